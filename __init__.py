@@ -1,0 +1,7 @@
+"""comfyui-guidance-schedules: classifier-free guidance that is applied only where it helps.
+
+ComfyUI loads this package from custom_nodes/ and registers the mappings below.
+"""
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

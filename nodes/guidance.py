@@ -1,0 +1,157 @@
+"""The one mechanism that runs any guidance schedule inside ComfyUI's sampling.
+
+`patch_model` adds two wrappers to a clone of the MODEL:
+- SAMPLER_SAMPLE (once per sampling run): builds a fresh schedule and step tracker for the run
+  and hands them to the run's evaluations through its model_options, so a cached MODEL or
+  GUIDER reused by later queue runs starts clean every time; logs what guidance did at the end.
+- PREDICT_NOISE (every model evaluation): attributes the evaluation to its solver step, asks the
+  schedule which samples need the unconditional pass, runs the conditional pass and, only when
+  needed, the unconditional one, and combines them with ComfyUI's own cfg_function so that
+  pre-CFG / post-CFG patches and the CFG++ samplers keep working. Other PREDICT_NOISE wrappers
+  inside ours still run: only the final stock computation is replaced.
+
+The guider nodes are a plain CFGGuider over a patched model, so the KSampler path (patch) and
+the SamplerCustomAdvanced path (guider) run the very same code.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+
+import comfy.model_sampling
+import comfy.patcher_extension
+import comfy.samplers
+from comfy.patcher_extension import WrapperExecutor, WrappersMP
+
+from ..samplers.schedule import (EDM_SIGMA, FLOW, Evaluation, GuidanceSchedule, RunInfo, RunRecord,
+                                 scale_argument, unguided_to_cond)
+from ..samplers.steps import StepTracker
+
+log = logging.getLogger("guidance_schedules")
+
+WRAPPER_KEY = "guidance_schedules"
+RUN_KEY = "guidance_schedules_run"  # model_options entry holding the current run's state
+
+
+class GuidanceRun:
+    """Per-run state: the schedule, the step tracker and the record of what happened."""
+
+    def __init__(self, schedule: GuidanceSchedule, tracker: StepTracker):
+        self.schedule = schedule
+        self.tracker = tracker
+        self.record = RunRecord(steps=tracker.steps)
+        self.warned = False
+
+
+def sigma_space_of(model_sampling) -> str:
+    if isinstance(model_sampling, comfy.model_sampling.CONST):
+        return FLOW
+    return EDM_SIGMA
+
+
+def sampler_function_name(sampler) -> str:
+    fn = getattr(sampler, "sampler_function", None)
+    fn = getattr(fn, "func", fn)  # functools.partial
+    return getattr(fn, "__name__", type(sampler).__name__)
+
+
+def patch_model(model, make_schedule, describe: str):
+    """A clone of `model` that samples with the schedule `make_schedule(run_info)`.
+
+    One guidance schedule per model: patching an already patched model replaces its schedule.
+    """
+    m = model.clone()
+    for kind in (WrappersMP.SAMPLER_SAMPLE, WrappersMP.PREDICT_NOISE):
+        m.remove_wrappers_with_key(kind, WRAPPER_KEY)
+    m.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,
+                           functools.partial(_run_with_schedule, make_schedule, describe))
+    m.add_wrapper_with_key(WrappersMP.PREDICT_NOISE, WRAPPER_KEY, _predict_noise_with_schedule)
+    return m
+
+
+class ScheduleGuider(comfy.samplers.CFGGuider):
+    """The GUIDER the pack's guider nodes output: stock CFGGuider behaviour over a patched model."""
+
+    def __init__(self, model, positive, negative, cfg):
+        super().__init__(model)
+        self.set_conds(positive, negative)
+        self.set_cfg(cfg)
+
+
+def _run_with_schedule(make_schedule, describe, executor, guider, sigmas, extra_args, *args, **kwargs):
+    sampler = executor.class_obj
+    name = sampler_function_name(sampler)
+    model_sampling = guider.model_patcher.get_model_object("model_sampling")
+    info = RunInfo(sigmas=tuple(float(s) for s in sigmas.flatten().tolist()),
+                   sigma_space=sigma_space_of(model_sampling), sampler=name)
+    if info.steps == 0:
+        return executor(guider, sigmas, extra_args, *args, **kwargs)
+    run = GuidanceRun(make_schedule(info), StepTracker(info.sigmas, name))
+    extra_args = dict(extra_args)
+    extra_args["model_options"] = {**extra_args.get("model_options", {}), RUN_KEY: run}
+    out = executor(guider, sigmas, extra_args, *args, **kwargs)
+    log.info("%s (%s, %s): %s", describe, name, info.sigma_space, run.record.describe())
+    return out
+
+
+def _is_stock_cfg_guider(guider) -> bool:
+    return isinstance(guider, comfy.samplers.CFGGuider) and \
+        type(guider).predict_noise is comfy.samplers.CFGGuider.predict_noise
+
+
+def _predict_noise_with_schedule(executor, x, timestep, model_options={}, seed=None):
+    run: GuidanceRun | None = model_options.get(RUN_KEY)
+    guider = executor.class_obj
+    if run is None:
+        return executor(x, timestep, model_options, seed)
+    if not _is_stock_cfg_guider(guider):
+        if not run.warned:
+            log.warning("Guidance schedule inactive: the guider %s computes its own guidance; "
+                        "use the pack's guider node or KSampler instead.", type(guider).__name__)
+            run.warned = True
+        return executor(x, timestep, model_options, seed)
+    step, first = run.tracker.locate(float(timestep.max()))
+    ev = Evaluation(step=step, first_of_step=first, sigma=float(timestep.max()), batch_size=x.shape[0],
+                    cond_scale=float(guider.cfg),
+                    skip_uncond_at_weight_one=not model_options.get("disable_cfg1_optimization", False))
+    # Run the remaining (inner) PREDICT_NOISE wrappers, then ours instead of the stock computation.
+    final = functools.partial(_guided_prediction, guider, run, ev)
+    inner = WrapperExecutor.new_class_executor(final, guider, executor.wrappers, executor.idx + 1)
+    return inner.execute(x, timestep, model_options, seed)
+
+
+def _guided_prediction(guider, run: GuidanceRun, ev: Evaluation, x, timestep, model_options={}, seed=None):
+    """comfy.samplers.sampling_function with a per-sample choice of the unconditional pass and weight."""
+    model = guider.inner_model
+    positive, negative = guider.conds.get("positive"), guider.conds.get("negative")
+    guided = run.schedule.needs_uncond(ev).to(torch.bool)
+    if negative is None:
+        guided = torch.zeros_like(guided)
+    ran_uncond = bool(guided.any())
+    conds = [positive, negative if ran_uncond else None]
+
+    if "sampler_calc_cond_batch_function" in model_options:
+        args = {"conds": conds, "input": x, "sigma": timestep, "model": model, "model_options": model_options}
+        out = model_options["sampler_calc_cond_batch_function"](args)
+    else:
+        out = comfy.samplers.calc_cond_batch(model, conds, x, timestep, model_options)
+    if not ran_uncond:
+        out = [out[0], out[0]]
+    for fn in model_options.get("sampler_pre_cfg_function", []):
+        args = {"conds": conds, "conds_out": out, "cond_scale": ev.cond_scale, "timestep": timestep,
+                "input": x, "sigma": timestep, "model": model, "model_options": model_options}
+        out = fn(args)
+    cond_pred, uncond_pred = out[0], (out[1] if ran_uncond else out[0])
+
+    if ran_uncond:
+        weights = run.schedule.weights(ev, cond_pred, uncond_pred)
+    else:
+        weights = torch.ones(ev.batch_size, dtype=torch.float64)
+    run.record.add(ev, guided, weights, ran_uncond)
+    uncond_pred = unguided_to_cond(cond_pred, uncond_pred, guided)
+    scale = scale_argument(weights, guided, like=cond_pred)
+    return comfy.samplers.cfg_function(model, cond_pred, uncond_pred, scale, x, timestep,
+                                       model_options=model_options, cond=positive,
+                                       uncond=negative if ran_uncond else None)

@@ -1,0 +1,99 @@
+"""Guidance interval (Kynkaeaenniemi et al., NeurIPS 2024, arXiv 2404.07724).
+
+Guide with weight w only for steps whose starting sigma lies in (sigma_lo, sigma_hi]; every
+other step uses the conditional prediction alone and its unconditional pass is not run.
+
+Bounds are compared at the precision they are written with. The paper picks sigma_lo and
+sigma_hi among the grid sigmas of its schedule and prints them rounded (0.28 for the grid sigma
+0.2809...), so a step sigma is rounded to the bound's number of decimals (at least two) before
+the comparison: the grid sigma 0.2809 counts as 0.28, which is not above sigma_lo = 0.28, as in
+the paper. A bound typed with more decimals is compared more finely.
+
+Sigmas are EDM sigmas. For flow models the step's flow time t is converted to the EDM sigma of
+equal signal-to-noise ratio, t / (1 - t), i.e. the bounds mean t in (lo / (1 + lo), hi / (1 + hi)].
+The first step of a flow model (t = 1) is infinitely noisy and is guided only when sigma_hi is
+SIGMA_HI_UNBOUNDED.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+
+import torch
+
+from .prediction import edm_sigma
+from .schedule import Evaluation, GuidanceSchedule, RunInfo
+
+log = logging.getLogger(__name__)
+
+SIGMA_HI_UNBOUNDED = 1000.0  # sigma_hi at or above this has no upper bound
+PAPER_SDXL = (0.28, 5.42)  # (sigma_lo, sigma_hi) the paper uses for SDXL
+
+
+def as_written(value: float) -> float:
+    """The value a person typed: float noise a UI may add (0.28000000000000003) removed."""
+    return float(format(float(value), ".10g"))
+
+
+def written_decimals(value: float) -> int:
+    """Decimals in the shortest text of `value` (0.28 -> 2, 5.0 -> 1, 1e-05 -> 5)."""
+    exponent = Decimal(repr(as_written(value))).as_tuple().exponent
+    return max(-int(exponent), 0)
+
+
+def at_precision_of(sigma: float, bound: float) -> float:
+    return round(sigma, max(2, written_decimals(bound))) if math.isfinite(sigma) else sigma
+
+
+@dataclass(frozen=True)
+class GuidanceInterval:
+    """The interval (sigma_lo, sigma_hi] in EDM sigma units."""
+
+    sigma_lo: float
+    sigma_hi: float
+
+    def __post_init__(self):
+        for name in ("sigma_lo", "sigma_hi"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.sigma_lo < 0:
+            raise ValueError(f"sigma_lo must be >= 0, got {self.sigma_lo}")
+        if self.sigma_lo >= self.sigma_hi:
+            raise ValueError(f"sigma_lo ({self.sigma_lo}) must be smaller than sigma_hi ({self.sigma_hi}): "
+                             "guidance is applied for sigma in (sigma_lo, sigma_hi]")
+
+    def contains(self, sigma: float) -> bool:
+        """Is a step starting at EDM sigma `sigma` guided?"""
+        lo, hi = as_written(self.sigma_lo), as_written(self.sigma_hi)
+        above_lo = at_precision_of(sigma, lo) > lo
+        below_hi = hi >= SIGMA_HI_UNBOUNDED or at_precision_of(sigma, hi) <= hi
+        return above_lo and below_hi
+
+    def guided_steps(self, run: RunInfo) -> list[bool]:
+        """Per step of the run: guided or not, decided on the step's starting sigma."""
+        return [self.contains(edm_sigma(s, run.sigma_space)) for s in run.sigmas[:run.steps]]
+
+
+class IntervalSchedule(GuidanceSchedule):
+    name = "guidance interval"
+
+    def __init__(self, run: RunInfo, interval: GuidanceInterval):
+        super().__init__(run)
+        self.interval = interval
+        self.guided = interval.guided_steps(run)
+        if run.steps and not any(self.guided):
+            first, last = edm_sigma(run.sigmas[0], run.sigma_space), edm_sigma(run.sigmas[run.steps - 1], run.sigma_space)
+            log.warning("Guidance interval: sigma_lo=%g, sigma_hi=%g select none of this run's %d steps "
+                        "(EDM sigmas %.4g .. %.4g); every step runs without guidance.",
+                        interval.sigma_lo, interval.sigma_hi, run.steps, first, last)
+
+    def needs_uncond(self, ev: Evaluation) -> torch.Tensor:
+        if not self.guided[ev.step]:
+            return torch.zeros(ev.batch_size, dtype=torch.bool)
+        return super().needs_uncond(ev)
+
+    def weights(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        return torch.full((ev.batch_size,), float(ev.cond_scale) if self.guided[ev.step] else 1.0, dtype=torch.float64)

@@ -1,0 +1,26 @@
+"""Conversions between the sigma spaces ComfyUI samples in."""
+from __future__ import annotations
+
+import math
+
+from .schedule import EDM_SIGMA, FLOW
+
+
+def edm_sigma(sigma: float, sigma_space: str) -> float:
+    """The EDM sigma (noise-to-signal ratio) of a sampler sigma.
+
+    For EPS / v-prediction / EDM models the sampler sigma is the EDM sigma. For flow models
+    (x = (1 - t) x0 + t noise) the sampler "sigma" is t, and the EDM sigma of equal
+    signal-to-noise ratio is t / (1 - t): t = 1 (pure noise) is infinitely far.
+    """
+    if sigma_space == EDM_SIGMA:
+        return float(sigma)
+    if sigma_space == FLOW:
+        t = float(sigma)
+        return math.inf if t >= 1.0 else t / (1.0 - t)
+    raise ValueError(f"unknown sigma space {sigma_space!r}")
+
+
+def flow_time(edm: float) -> float:
+    """Inverse of edm_sigma for flow models: t = sigma / (1 + sigma)."""
+    return 1.0 if math.isinf(edm) else edm / (1.0 + edm)

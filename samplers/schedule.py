@@ -1,0 +1,142 @@
+"""The contract every guidance method fulfils, and the arithmetic they share.
+
+Convention (as in the papers and ComfyUI): the guided prediction is
+    D = D_uncond + w * (D_cond - D_uncond),
+so w = 1 means "no guidance" and the unconditional prediction is not needed.
+
+A schedule object lives for exactly one sampling run: the glue creates a fresh one from the
+node's settings at the start of every run, so nothing leaks from one queued prompt to the next.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+# Prediction families, as the glue reads them off ComfyUI's model_sampling object.
+EDM_SIGMA = "edm"  # EPS, v-prediction, EDM, x0: x = x0 + sigma * noise
+FLOW = "flow"  # rectified flow (SD3, Flux, ...): x = (1 - t) * x0 + t * noise, "sigma" is t
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a schedule may know about a sampling run before it starts."""
+
+    sigmas: tuple[float, ...]  # the run's sigma grid, last entry included (usually 0)
+    sigma_space: str = EDM_SIGMA  # EDM_SIGMA or FLOW
+    sampler: str = ""  # name of the k-diffusion function, for messages
+
+    @property
+    def steps(self) -> int:
+        return max(len(self.sigmas) - 1, 0)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One model evaluation of the run, as a schedule sees it."""
+
+    step: int  # the solver step it belongs to (Heun's correction belongs to its step)
+    first_of_step: bool  # the step's first evaluation (decisions are taken here)
+    sigma: float  # the sigma the model is evaluated at (may be off the grid)
+    batch_size: int
+    cond_scale: float  # the cfg the sampler was given (KSampler's cfg, the guider's cfg)
+    # ComfyUI skips the unconditional pass when cfg == 1 ("cfg1 optimisation") unless the
+    # sampler needs it anyway (the CFG++ samplers re-noise with it and disable the skip).
+    skip_uncond_at_weight_one: bool = True
+
+
+class GuidanceSchedule:
+    """Base class: stock CFG. Subclasses decide per step and per sample.
+
+    needs_uncond() is asked before the model call and returns a bool per sample; the
+    unconditional pass runs (for the whole batch) only when some sample needs it. Samples that
+    do not need it are treated exactly as if they had been sampled alone with it skipped: their
+    unconditional slot holds the conditional prediction and their weight is irrelevant.
+    weights() is asked after the model call, only when the unconditional pass ran.
+    """
+
+    name = "CFG"
+
+    def __init__(self, run: RunInfo):
+        self.run = run
+
+    def needs_uncond(self, ev: Evaluation) -> torch.Tensor:
+        needed = not (math.isclose(ev.cond_scale, 1.0) and ev.skip_uncond_at_weight_one)
+        return torch.full((ev.batch_size,), needed, dtype=torch.bool)
+
+    def weights(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        return torch.full((ev.batch_size,), float(ev.cond_scale), dtype=torch.float64)
+
+    def summary(self) -> str:
+        return ""
+
+
+@dataclass
+class RunRecord:
+    """What guidance did in one run: per step, which samples were guided and with which weight.
+
+    Filled by the glue at every step's first evaluation; used for the log line and plots.
+    """
+
+    steps: int
+    batch_size: int = 0
+    guided: dict[int, list[bool]] = field(default_factory=dict)
+    weight: dict[int, list[float]] = field(default_factory=dict)
+    sigma: dict[int, float] = field(default_factory=dict)
+    evaluations: int = 0  # model evaluations (calls of the guider), each for the whole batch
+    uncond_evaluations: int = 0  # of those, how many ran the unconditional pass
+
+    def add(self, ev: Evaluation, guided: torch.Tensor, weight: torch.Tensor, ran_uncond: bool):
+        self.evaluations += 1
+        self.uncond_evaluations += int(ran_uncond)
+        self.batch_size = ev.batch_size
+        if ev.first_of_step:
+            self.guided[ev.step] = [bool(g) for g in guided.tolist()]
+            self.weight[ev.step] = [float(w) if g else 1.0 for w, g in zip(weight.tolist(), guided.tolist())]
+            self.sigma[ev.step] = ev.sigma
+
+    def guided_steps(self, sample: int = 0) -> list[int]:
+        return [s for s, g in sorted(self.guided.items()) if sample < len(g) and g[sample]]
+
+    def describe(self) -> str:
+        skipped = self.evaluations - self.uncond_evaluations
+        guided = self.guided_steps()
+        span = f"steps {_ranges(guided)}" if guided else "no step"
+        return (f"guided {span} ({len(guided)} of {self.steps}); unconditional pass skipped in "
+                f"{skipped} of {self.evaluations} model evaluations")
+
+
+def _ranges(indices: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7'."""
+    parts, start = [], None
+    for i, v in enumerate(indices):
+        if start is None:
+            start = v
+        if i + 1 == len(indices) or indices[i + 1] != v + 1:
+            parts.append(f"{start}-{v}" if v != start else f"{v}")
+            start = None
+    return ", ".join(parts)
+
+
+def unguided_to_cond(cond: torch.Tensor, uncond: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
+    """The unconditional slot handed on: the real prediction for guided samples, the conditional
+    one for the others, so that D = cond for them and hooks (CFG++ re-noising, post-CFG patches)
+    see what they would see had the pass been skipped for that sample alone, never zeros."""
+    if bool(guided.all()):
+        return uncond
+    mask = guided.to(cond.device).view(-1, *([1] * (cond.ndim - 1)))
+    return torch.where(mask, uncond, cond)
+
+
+def scale_argument(weights: torch.Tensor, guided: torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+    """The cond_scale to hand to ComfyUI's cfg_function: a float when every guided sample shares
+    one weight (the common case, and what other patches expect), else a per-sample tensor that
+    broadcasts over the latent. Unguided samples carry cond in both slots, so their entry only
+    has to keep the value common; 1.0 when no sample is guided."""
+    if not bool(guided.any()):
+        return 1.0
+    w = torch.where(guided, weights.to(torch.float64), weights[guided][0].to(torch.float64))
+    if bool((w == w[0]).all()):
+        return float(w[0])
+    return w.to(device=like.device, dtype=like.dtype).view(-1, *([1] * (like.ndim - 1)))

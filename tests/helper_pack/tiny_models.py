@@ -1,0 +1,79 @@
+"""Tiny ComfyUI models for the host tests: real ComfyUI model objects around a cheap denoiser.
+
+They are built in process (no weights to download) and count every evaluation per branch
+(conditional / unconditional), so tests can check exactly which passes a guidance method ran.
+"""
+import torch
+
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_patcher
+import comfy.supported_models_base
+
+MODEL_TYPES = {
+    "eps": comfy.model_base.ModelType.EPS,
+    "v_prediction": comfy.model_base.ModelType.V_PREDICTION,
+    "flow": comfy.model_base.ModelType.FLOW,
+    "edm": comfy.model_base.ModelType.EDM,
+}
+
+CHANNELS = 4
+CONTEXT_DIM = 8
+
+
+class CountingDenoiser(torch.nn.Module):
+    """A smooth, deterministic stand-in for a UNet that records what it is asked.
+
+    The output depends on the input, the timestep and the text context, so the conditional
+    and unconditional branches really differ and guidance changes the result.
+    Each call appends (timestep, [0 = cond / 1 = uncond per chunk], rows per chunk) to `calls`.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.dtype = torch.float32
+        g = torch.Generator().manual_seed(1234)
+        self.register_buffer("pattern", torch.randn(1, CHANNELS, 1, 1, generator=g))
+        self.register_buffer("mix", torch.randn(CONTEXT_DIM, CHANNELS, generator=g) / CONTEXT_DIM ** 0.5)
+        self.calls = []
+
+    def forward(self, x, timesteps, context=None, transformer_options={}, **kwargs):
+        chunks = list(transformer_options.get("cond_or_uncond", []))
+        rows = x.shape[0] // max(len(chunks), 1)
+        self.calls.append((float(timesteps.flatten()[0]), chunks, rows))
+        t = (timesteps.float() / 1000.0).view(-1, 1, 1, 1)
+        text = (context.mean(dim=1) @ self.mix).view(x.shape[0], CHANNELS, 1, 1)
+        spatial = torch.linspace(-1, 1, x.shape[-1], device=x.device).view(1, 1, 1, -1)
+        return torch.tanh(0.9 * x + (0.6 + t) * text * (1 + spatial) + 0.1 * self.pattern)
+
+    def reset(self):
+        self.calls.clear()
+
+    def evaluations(self):
+        """(conditional, unconditional) row-evaluations counted since the last reset."""
+        cond = sum(rows for _, chunks, rows in self.calls for c in chunks if c == 0)
+        uncond = sum(rows for _, chunks, rows in self.calls for c in chunks if c == 1)
+        return cond, uncond
+
+    def uncond_timesteps(self):
+        return [t for t, chunks, _ in self.calls if 1 in chunks]
+
+
+def build_model(model_type="eps"):
+    """A ModelPatcher around CountingDenoiser with the given prediction type."""
+    config = comfy.supported_models_base.BASE({"disable_unet_model_creation": True})
+    config.latent_format = comfy.latent_formats.SD15()
+    if model_type == "flow":
+        config.sampling_settings = {"shift": 3.0, "multiplier": 1000}
+    base = comfy.model_base.BaseModel(config, model_type=MODEL_TYPES[model_type], device=torch.device("cpu"))
+    base.diffusion_model = CountingDenoiser()
+    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def build_conditioning(seed, tokens=3):
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, CONTEXT_DIM, generator=g), {}]]
+
+
+def counter(model_patcher):
+    return model_patcher.model.diffusion_model
