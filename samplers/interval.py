@@ -60,9 +60,9 @@ class GuidanceInterval:
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
         if self.sigma_lo < 0:
-            raise ValueError(f"sigma_lo must be >= 0, got {self.sigma_lo}")
+            raise ValueError(f"sigma_lo must be >= 0, got {self.sigma_lo:g}")
         if self.sigma_lo >= self.sigma_hi:
-            raise ValueError(f"sigma_lo ({self.sigma_lo}) must be smaller than sigma_hi ({self.sigma_hi}): "
+            raise ValueError(f"sigma_lo ({self.sigma_lo:g}) must be smaller than sigma_hi ({self.sigma_hi:g}): "
                              "guidance is applied for sigma in (sigma_lo, sigma_hi]")
 
     def contains(self, sigma: float) -> bool:
