@@ -23,3 +23,17 @@ if PACKAGE not in sys.modules:
 # would shadow ComfyUI's nodes.py: the pack is only ever imported as a package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != PACK_ROOT]
 
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def comfy_server():
+    """A running ComfyUI (main.py --cpu) with this pack and the test helper pack, shared by the
+    host tests that drive it over HTTP."""
+    import host_support
+    host_support.require_comfyui()
+    from comfy_server import ComfyServer
+    server = ComfyServer()
+    yield server
+    server.stop()

@@ -1,0 +1,106 @@
+"""Start a real ComfyUI server (main.py --cpu) with this pack and the test helper pack.
+
+Used by the server tests; also handy by hand:  python tests/comfy_server.py  (prints its URL).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from host_support import COMFYUI_ROOT, HELPER_PACK, PACK_ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    def __init__(self, startup_timeout: float = 180.0):
+        self.base = Path(tempfile.mkdtemp(prefix="gs-comfy-"))
+        custom = self.base / "custom_nodes"
+        custom.mkdir()
+        (custom / "comfyui-guidance-schedules").symlink_to(PACK_ROOT, target_is_directory=True)
+        (custom / "gs_test_helpers").symlink_to(HELPER_PACK, target_is_directory=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.base / "server.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+             "--base-directory", str(self.base), "--disable-auto-launch"],
+            cwd=COMFYUI_ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.time() + startup_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited during startup:\n{self.log()}")
+            try:
+                self.get("/system_stats")
+                return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if time.time() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"ComfyUI did not start in {startup_timeout:.0f}s:\n{self.log()}")
+                time.sleep(0.5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, payload):
+        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def run_prompt(self, prompt: dict, timeout: float = 300.0) -> dict:
+        """Queue an API-format prompt and wait for its history entry."""
+        status, body = self.post("/prompt", {"prompt": prompt, "client_id": "gs-tests"})
+        if status != 200:
+            raise AssertionError(f"/prompt refused the prompt ({status}): {json.dumps(body)[:2000]}")
+        prompt_id = body["prompt_id"]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                return history[prompt_id]
+            time.sleep(0.25)
+        raise AssertionError(f"prompt {prompt_id} did not finish in {timeout:.0f}s:\n{self.log()}")
+
+    def output_path(self, item: dict) -> Path:
+        return self.base / "output" / item.get("subfolder", "") / item["filename"]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+if __name__ == "__main__":
+    server = ComfyServer()
+    print(server.url, "base directory", server.base, "- Ctrl+C stops it")
+    try:
+        server.proc.wait()
+    except KeyboardInterrupt:
+        server.stop()

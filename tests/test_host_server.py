@@ -1,0 +1,82 @@
+"""The pack in a running ComfyUI server, as users drive it: /object_info and API prompts."""
+import host_support
+
+host_support.require_comfyui()
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+
+BOUNDS = {"sigma_hi": 3.0, "sigma_lo": 0.3}
+
+
+@pytest.fixture(scope="module")
+def server(comfy_server):
+    return comfy_server
+
+
+def test_object_info_lists_the_nodes_with_their_inputs(server):
+    info = server.get("/object_info")
+    guider, patch = info["GuidanceIntervalGuider"], info["GuidanceIntervalPatch"]
+    assert list(guider["input"]["required"]) == ["model", "positive", "negative", "cfg", "sigma_hi", "sigma_lo"]
+    assert list(patch["input"]["required"]) == ["model", "sigma_hi", "sigma_lo"]
+    assert guider["output"] == ["GUIDER"] and patch["output"] == ["MODEL"]
+    assert guider["input"]["required"]["sigma_hi"][1]["default"] == 5.42
+    assert guider["input"]["required"]["sigma_lo"][1]["default"] == 0.28
+    assert guider["category"] == patch["category"] == "sampling/guidance schedules"
+    assert "tooltip" in patch["input"]["required"]["sigma_lo"][1]
+
+
+def interval_prompt(sampler="heun", bounds=BOUNDS):
+    model, pos, neg = ["1", 0], ["1", 1], ["1", 2]
+    return {
+        "1": {"class_type": "GSTestTinyModel", "inputs": {"model_type": "eps"}},
+        "2": {"class_type": "GuidanceIntervalPatch", "inputs": {"model": model, **bounds}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
+        "4": {"class_type": "KSampler", "inputs": {
+            "model": ["2", 0], "seed": 42, "steps": 8, "cfg": 5.0, "sampler_name": sampler, "scheduler": "karras",
+            "positive": pos, "negative": neg, "latent_image": ["3", 0], "denoise": 1.0}},
+        "5": {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "gs_patch"}},
+        "6": {"class_type": "GuidanceIntervalGuider", "inputs": {
+            "model": model, "positive": pos, "negative": neg, "cfg": 5.0, **bounds}},
+        "7": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": sampler}},
+        "8": {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": "karras", "steps": 8, "denoise": 1.0}},
+        "9": {"class_type": "RandomNoise", "inputs": {"noise_seed": 42}},
+        "10": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["9", 0], "guider": ["6", 0], "sampler": ["7", 0], "sigmas": ["8", 0], "latent_image": ["3", 0]}},
+        "11": {"class_type": "SaveLatent", "inputs": {"samples": ["10", 0], "filename_prefix": "gs_guider"}},
+    }
+
+
+def saved_latent(server, history, node):
+    return load_file(server.output_path(history["outputs"][node]["latents"][0]))["latent_tensor"]
+
+
+def expected_in_process(sampler):
+    """The same graph run in this process: the server must produce exactly this."""
+    import nodes as comfy_nodes
+    import tiny_models
+    from guidance_schedules.nodes.interval import GuidanceIntervalPatch
+    model = GuidanceIntervalPatch().patch(tiny_models.build_model("eps"), **BOUNDS)[0]
+    latent = {"samples": torch.zeros(2, tiny_models.CHANNELS, 8, 8)}
+    return comfy_nodes.KSampler().sample(model, 42, 8, 5.0, sampler, "karras", tiny_models.build_conditioning(1),
+                                         tiny_models.build_conditioning(2), latent, 1.0)[0]["samples"]
+
+
+@pytest.mark.parametrize("sampler", ["heun", "euler_cfg_pp"])
+def test_an_api_prompt_runs_both_nodes(server, sampler):
+    history = server.run_prompt(interval_prompt(sampler))
+    assert history["status"]["status_str"] == "success", history["status"]
+    via_patch, via_guider = saved_latent(server, history, "5"), saved_latent(server, history, "11")
+    assert via_patch.shape == (2, 4, 8, 8) and torch.isfinite(via_patch).all()
+    assert torch.equal(via_patch, via_guider)
+    assert (via_patch - expected_in_process(sampler)).abs().max().item() <= 1e-5
+    assert "Guidance interval (0.3, 3]" in server.log()
+
+
+def test_bad_bounds_fail_the_prompt_with_a_message_naming_the_inputs(server):
+    history = server.run_prompt(interval_prompt("euler", {"sigma_hi": 0.5, "sigma_lo": 2.0}))
+    assert history["status"]["status_str"] == "error"
+    errors = [m[1] for m in history["status"]["messages"] if m[0] == "execution_error"]
+    assert errors and "sigma_lo (2) must be smaller than sigma_hi (0.5)" in errors[0]["exception_message"]

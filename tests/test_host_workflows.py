@@ -1,0 +1,128 @@
+"""Every shipped workflow is valid against the nodes a running ComfyUI registers: node types exist,
+input names, links and widget values are valid, and each UI workflow matches its API twin."""
+import host_support
+
+host_support.require_comfyui()
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+UI_FILES = sorted(WORKFLOWS.glob("*.json"))
+CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
+
+
+@pytest.fixture(scope="module")
+def object_info(comfy_server):
+    return comfy_server.get("/object_info")
+
+
+def input_specs(info, class_type):
+    spec = info[class_type]["input"]
+    return {**spec.get("required", {}), **spec.get("optional", {})}
+
+
+def combo_options(decl):
+    if isinstance(decl[0], list):
+        return decl[0]
+    if decl[0] == "COMBO":
+        return decl[1].get("options", [])
+    return None
+
+
+def is_widget(decl):
+    return combo_options(decl) is not None or decl[0] in ("INT", "FLOAT", "STRING", "BOOLEAN")
+
+
+def check_widget_value(where, decl, value):
+    options = combo_options(decl)
+    if options is not None:
+        # A model-file combo is empty on a machine without that model: a file name is all we can check.
+        assert value in options if options else isinstance(value, str), f"{where}: {value!r} not among {options[:8]}"
+        return
+    kind, opts = decl[0], (decl[1] if len(decl) > 1 else {})
+    if kind in ("INT", "FLOAT"):
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: {value!r} is not a number"
+        assert opts.get("min", -float("inf")) <= value <= opts.get("max", float("inf")), f"{where}: {value} out of range"
+        if kind == "INT":
+            assert float(value).is_integer(), f"{where}: {value} is not an integer"
+    elif kind == "STRING":
+        assert isinstance(value, str), f"{where}: {value!r} is not a string"
+    elif kind == "BOOLEAN":
+        assert isinstance(value, bool), f"{where}: {value!r} is not a boolean"
+
+
+def ui_to_api(ui, info):
+    """The API prompt the graph editor would queue for this UI workflow (checking it on the way)."""
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    links = {link[0]: link for link in ui["links"]}
+    prompt = {}
+    for node in ui["nodes"]:
+        class_type = node["type"]
+        assert class_type in info, f"node {node['id']}: unknown node type {class_type}"
+        specs = input_specs(info, class_type)
+        inputs = {}
+        for slot, inp in enumerate(node.get("inputs", [])):
+            assert inp["name"] in specs, f"node {node['id']} {class_type}: no input named {inp['name']}"
+            if inp.get("link") is None:
+                continue
+            link_id, src, src_slot, dst, dst_slot, kind = links[inp["link"]]
+            assert (dst, dst_slot) == (node["id"], slot), f"link {link_id} does not end at {class_type}.{inp['name']}"
+            src_type = info[nodes[src]["type"]]["output"][src_slot]
+            assert src_type == kind == specs[inp["name"]][0], f"link {link_id}: {src_type} -> {inp['name']} ({kind})"
+            inputs[inp["name"]] = [str(src), src_slot]
+        values = list(node.get("widgets_values", []))
+        for name, decl in specs.items():
+            if not is_widget(decl) or name in inputs:
+                continue
+            assert values, f"node {node['id']} {class_type}: no widget value for {name}"
+            value = values.pop(0)
+            check_widget_value(f"node {node['id']} {class_type}.{name}", decl, value)
+            inputs[name] = value
+            if len(decl) > 1 and decl[1].get("control_after_generate"):
+                assert values and values.pop(0) in CONTROL_VALUES, f"node {node['id']}: {name} lacks its control value"
+        assert not values, f"node {node['id']} {class_type}: extra widget values {values}"
+        for name, decl in info[class_type]["input"].get("required", {}).items():
+            assert name in inputs, f"node {node['id']} {class_type}: required input {name} is missing"
+        prompt[str(node["id"])] = {"class_type": class_type, "inputs": inputs}
+    return prompt
+
+
+def check_api(prompt, info):
+    for nid, node in prompt.items():
+        class_type = node["class_type"]
+        assert class_type in info, f"{nid}: unknown node type {class_type}"
+        specs = input_specs(info, class_type)
+        for name, value in node["inputs"].items():
+            assert name in specs, f"{nid} {class_type}: no input named {name}"
+            if isinstance(value, list):
+                src = prompt[value[0]]
+                assert info[src["class_type"]]["output"][value[1]] == specs[name][0], f"{nid}.{name}: wrong type"
+            else:
+                check_widget_value(f"{nid} {class_type}.{name}", specs[name], value)
+        for name in info[class_type]["input"].get("required", {}):
+            assert name in node["inputs"], f"{nid} {class_type}: required input {name} is missing"
+
+
+def test_there_is_a_ui_and_an_api_workflow_for_each_node(object_info):
+    used = set()
+    for path in UI_FILES:
+        used |= {n["type"] for n in json.loads(path.read_text())["nodes"]}
+        assert (WORKFLOWS / "api" / path.name).is_file(), f"{path.name} has no API twin"
+    from guidance_schedules.nodes import NODE_CLASS_MAPPINGS
+    assert set(NODE_CLASS_MAPPINGS) <= used
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_workflow_is_valid_and_matches_its_api_twin(path, object_info):
+    ui_prompt = ui_to_api(json.loads(path.read_text()), object_info)
+    api = json.loads((WORKFLOWS / "api" / path.name).read_text())
+    check_api(api, object_info)
+    assert ui_prompt == {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}
+
+
+def test_the_server_offers_the_ui_workflows_as_templates(comfy_server):
+    templates = comfy_server.get("/workflow_templates")
+    assert sorted(templates["comfyui-guidance-schedules"]) == sorted(p.stem for p in UI_FILES)
