@@ -1,12 +1,20 @@
 """ComfyUI glue: node definitions and the shared patch/guider mechanism (guidance.py)."""
+from .annealing import AnnealingGuidanceGuider, AnnealingGuidancePatch
 from .interval import GuidanceIntervalGuider, GuidanceIntervalPatch
+from .plot import GuidanceSchedulePlot
 
 NODE_CLASS_MAPPINGS = {
     "GuidanceIntervalGuider": GuidanceIntervalGuider,
     "GuidanceIntervalPatch": GuidanceIntervalPatch,
+    "AnnealingGuidanceGuider": AnnealingGuidanceGuider,
+    "AnnealingGuidancePatch": AnnealingGuidancePatch,
+    "GuidanceSchedulePlot": GuidanceSchedulePlot,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "GuidanceIntervalGuider": "Guidance Interval Guider",
     "GuidanceIntervalPatch": "Guidance Interval (model patch)",
+    "AnnealingGuidanceGuider": "Annealing Guidance Guider",
+    "AnnealingGuidancePatch": "Annealing Guidance (model patch)",
+    "GuidanceSchedulePlot": "Guidance Schedule Plot",
 }

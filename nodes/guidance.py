@@ -33,6 +33,17 @@ log = logging.getLogger("guidance_schedules")
 
 WRAPPER_KEY = "guidance_schedules"
 RUN_KEY = "guidance_schedules_run"  # model_options entry holding the current run's state
+HISTORY_KEY = "guidance_schedules_history"  # ModelPatcher attachment: what the last run did
+
+
+class RunHistory:
+    """Where a patched model leaves the record of its latest finished run, for the plot node.
+
+    It holds a result, never state that a run reads: every run starts from a fresh schedule."""
+
+    def __init__(self, describe: str):
+        self.describe = describe
+        self.last: RunRecord | None = None
 
 
 class GuidanceRun:
@@ -51,6 +62,22 @@ def sigma_space_of(model_sampling) -> str:
     return EDM_SIGMA
 
 
+def prediction_of(model_sampling) -> str:
+    # Subclasses first: EDM < V_PREDICTION < EPS, IMG_TO_IMG < X0 < EPS.
+    for cls, name in ((comfy.model_sampling.CONST, "flow"), (comfy.model_sampling.EDM, "edm"),
+                      (comfy.model_sampling.V_PREDICTION, "v"), (comfy.model_sampling.X0, "x0"),
+                      (comfy.model_sampling.EPS, "eps")):
+        if isinstance(model_sampling, cls):
+            return name
+    return type(model_sampling).__name__
+
+
+def timesteps_of(model_sampling) -> str:
+    if isinstance(model_sampling, comfy.model_sampling.ModelSamplingDiscrete) and len(model_sampling.sigmas) == 1000:
+        return "discrete_1000"
+    return "continuous"
+
+
 def sampler_function_name(sampler) -> str:
     fn = getattr(sampler, "sampler_function", None)
     fn = getattr(fn, "func", fn)  # functools.partial
@@ -65,8 +92,10 @@ def patch_model(model, make_schedule, describe: str):
     m = model.clone()
     for kind in (WrappersMP.SAMPLER_SAMPLE, WrappersMP.PREDICT_NOISE):
         m.remove_wrappers_with_key(kind, WRAPPER_KEY)
+    history = RunHistory(describe)
+    m.set_attachments(HISTORY_KEY, history)
     m.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,
-                           functools.partial(_run_with_schedule, make_schedule, describe))
+                           functools.partial(_run_with_schedule, make_schedule, history))
     m.add_wrapper_with_key(WrappersMP.PREDICT_NOISE, WRAPPER_KEY, _predict_noise_with_schedule)
     return m
 
@@ -80,19 +109,29 @@ class ScheduleGuider(comfy.samplers.CFGGuider):
         self.set_cfg(cfg)
 
 
-def _run_with_schedule(make_schedule, describe, executor, guider, sigmas, extra_args, *args, **kwargs):
+def history_of(model) -> RunHistory | None:
+    """The RunHistory of a patched MODEL (or of a GUIDER's model), None if it carries no schedule."""
+    patcher = getattr(model, "model_patcher", model)
+    return getattr(patcher, "attachments", {}).get(HISTORY_KEY)
+
+
+def _run_with_schedule(make_schedule, history: RunHistory, executor, guider, sigmas, extra_args, *args, **kwargs):
     sampler = executor.class_obj
     name = sampler_function_name(sampler)
     model_sampling = guider.model_patcher.get_model_object("model_sampling")
+    noise = args[1] if len(args) > 1 else kwargs.get("noise")
     info = RunInfo(sigmas=tuple(float(s) for s in sigmas.flatten().tolist()),
-                   sigma_space=sigma_space_of(model_sampling), sampler=name)
+                   sigma_space=sigma_space_of(model_sampling), sampler=name,
+                   prediction=prediction_of(model_sampling), timesteps=timesteps_of(model_sampling),
+                   latent_shape=tuple(noise.shape) if noise is not None else ())
     if info.steps == 0:
         return executor(guider, sigmas, extra_args, *args, **kwargs)
     run = GuidanceRun(make_schedule(info), StepTracker(info.sigmas, name))
     extra_args = dict(extra_args)
     extra_args["model_options"] = {**extra_args.get("model_options", {}), RUN_KEY: run}
     out = executor(guider, sigmas, extra_args, *args, **kwargs)
-    log.info("%s (%s, %s): %s", describe, name, info.sigma_space, run.record.describe())
+    history.last = run.record
+    log.info("%s (%s, %s): %s", history.describe, name, info.sigma_space, run.record.describe())
     return out
 
 
@@ -112,10 +151,13 @@ def _predict_noise_with_schedule(executor, x, timestep, model_options={}, seed=N
                         "use the pack's guider node or KSampler instead.", type(guider).__name__)
             run.warned = True
         return executor(x, timestep, model_options, seed)
-    step, first = run.tracker.locate(float(timestep.max()))
-    ev = Evaluation(step=step, first_of_step=first, sigma=float(timestep.max()), batch_size=x.shape[0],
+    sigma = timestep.max()
+    step, first = run.tracker.locate(float(sigma))
+    model_sampling = guider.inner_model.model_sampling
+    ev = Evaluation(step=step, first_of_step=first, sigma=float(sigma), batch_size=x.shape[0],
                     cond_scale=float(guider.cfg),
-                    skip_uncond_at_weight_one=not model_options.get("disable_cfg1_optimization", False))
+                    skip_uncond_at_weight_one=not model_options.get("disable_cfg1_optimization", False),
+                    model_timestep=float(model_sampling.timestep(sigma.reshape(1)).flatten()[0]))
     # Run the remaining (inner) PREDICT_NOISE wrappers, then ours instead of the stock computation.
     final = functools.partial(_guided_prediction, guider, run, ev)
     inner = WrapperExecutor.new_class_executor(final, guider, executor.wrappers, executor.idx + 1)

@@ -25,7 +25,10 @@ class RunInfo:
 
     sigmas: tuple[float, ...]  # the run's sigma grid, last entry included (usually 0)
     sigma_space: str = EDM_SIGMA  # EDM_SIGMA or FLOW
-    sampler: str = ""  # name of the k-diffusion function, for messages
+    sampler: str = ""  # name of the k-diffusion function (sample_euler, ...)
+    prediction: str = "eps"  # what the model predicts: eps, v, edm, x0, flow
+    timesteps: str = "discrete_1000"  # the model's timestep convention: discrete_1000 or continuous
+    latent_shape: tuple[int, ...] = ()  # (batch, channels, ...) of the run's latent
 
     @property
     def steps(self) -> int:
@@ -44,6 +47,7 @@ class Evaluation:
     # ComfyUI skips the unconditional pass when cfg == 1 ("cfg1 optimisation") unless the
     # sampler needs it anyway (the CFG++ samplers re-noise with it and disable the skip).
     skip_uncond_at_weight_one: bool = True
+    model_timestep: float = 0.0  # the timestep the model itself receives (0..999 for SD/SDXL)
 
 
 class GuidanceSchedule:

@@ -80,3 +80,48 @@ def test_bad_bounds_fail_the_prompt_with_a_message_naming_the_inputs(server):
     assert history["status"]["status_str"] == "error"
     errors = [m[1] for m in history["status"]["messages"] if m[0] == "execution_error"]
     assert errors and "sigma_lo (2) must be smaller than sigma_hi (0.5)" in errors[0]["exception_message"]
+
+
+def test_an_api_prompt_runs_annealing_guidance_and_its_plot(server):
+    import reference
+    from guidance_schedules.samplers.annealing import convert_official_checkpoint
+    if not reference.CHECKPOINT.is_file():
+        pytest.skip(f"annealing reference data not found in {reference.REFERENCE}")
+    folder = server.base / "models" / "guidance_schedulers"
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "annealing_sdxl.safetensors").exists():
+        convert_official_checkpoint(str(reference.CHECKPOINT), str(folder / "annealing_sdxl.safetensors"))
+    # A file added while the server runs is offered without a restart.
+    combo = server.get("/object_info/AnnealingGuidanceGuider")["AnnealingGuidanceGuider"]["input"]["required"]["scheduler"]
+    assert "annealing_sdxl.safetensors" in combo[0]
+    model, pos, neg = ["1", 0], ["1", 1], ["1", 2]
+    settings = {"scheduler": "annealing_sdxl.safetensors", "lambda": 0.4}
+    prompt = {
+        "1": {"class_type": "GSTestTinyModel", "inputs": {"model_type": "eps"}},
+        "2": {"class_type": "AnnealingGuidancePatch", "inputs": {"model": model, **settings}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
+        "4": {"class_type": "KSampler", "inputs": {
+            "model": ["2", 0], "seed": 3, "steps": 10, "cfg": 1.0, "sampler_name": "euler_cfg_pp",
+            "scheduler": "ddim_uniform", "positive": pos, "negative": neg, "latent_image": ["3", 0], "denoise": 1.0}},
+        "5": {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "gs_anneal_patch"}},
+        "6": {"class_type": "AnnealingGuidanceGuider", "inputs": {"model": model, "positive": pos, "negative": neg, **settings}},
+        "7": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler_cfg_pp"}},
+        "8": {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": "ddim_uniform", "steps": 10, "denoise": 1.0}},
+        "9": {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}},
+        "10": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["9", 0], "guider": ["6", 0], "sampler": ["7", 0], "sigmas": ["8", 0], "latent_image": ["3", 0]}},
+        "11": {"class_type": "SaveLatent", "inputs": {"samples": ["10", 0], "filename_prefix": "gs_anneal_guider"}},
+        "12": {"class_type": "GuidanceSchedulePlot", "inputs": {"samples": ["10", 0], "guider": ["6", 0]}},
+        "13": {"class_type": "SaveImage", "inputs": {"images": ["12", 0], "filename_prefix": "gs_anneal_plot"}},
+    }
+    history = server.run_prompt(prompt)
+    assert history["status"]["status_str"] == "success", history["status"]
+    via_patch, via_guider = saved_latent(server, history, "5"), saved_latent(server, history, "11")
+    assert torch.isfinite(via_patch).all() and torch.equal(via_patch, via_guider)
+    assert server.output_path(history["outputs"]["13"]["images"][0]).stat().st_size > 1000
+    assert "Annealing guidance (annealing_sdxl.safetensors, lambda 0.4)" in server.log()
+
+    prompt["4"]["inputs"]["sampler_name"] = "euler"
+    failed = server.run_prompt(prompt)
+    errors = [m[1] for m in failed["status"]["messages"] if m[0] == "execution_error"]
+    assert errors and "Use euler_cfg_pp" in errors[0]["exception_message"]

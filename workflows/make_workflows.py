@@ -31,9 +31,9 @@ def sdxl_front(g):
     g.node("latent", "EmptyLatentImage", (420, 580), width=1024, height=1024, batch_size=1)
 
 
-def sdxl_back(g, samples):
-    g.node("decode", "VAEDecode", (1500, 200), samples=samples, vae=("ckpt", 2))
-    g.node("save", "SaveImage", (1740, 200), images=("decode", 0), filename_prefix="guidance_schedules/interval")
+def sdxl_back(g, samples, prefix, suffix="", y=200):
+    g.node("decode" + suffix, "VAEDecode", (1500, y), samples=samples, vae=("ckpt", 2))
+    g.node("save" + suffix, "SaveImage", (1740, y), images=("decode" + suffix, 0), filename_prefix=prefix)
 
 
 def interval_patch(g):
@@ -43,7 +43,7 @@ def interval_patch(g):
     g.node("sampler", "KSampler", (900, 200), model=("interval", 0), seed=0, steps=32, cfg=10.0,
            sampler_name="dpmpp_2m", scheduler="karras", positive=("pos", 0), negative=("neg", 0),
            latent_image=("latent", 0), denoise=1.0)
-    sdxl_back(g, ("sampler", 0))
+    sdxl_back(g, ("sampler", 0), "guidance_schedules/interval")
 
 
 def interval_guider(g):
@@ -56,12 +56,48 @@ def interval_guider(g):
     g.node("sigmas", "KarrasScheduler", (900, 620), steps=32, sigma_max=14.61, sigma_min=0.03, rho=3.0)
     g.node("sample", "SamplerCustomAdvanced", (1200, 200), noise=("noise", 0), guider=("guider", 0),
            sampler=("ksampler", 0), sigmas=("sigmas", 0), latent_image=("latent", 0))
-    sdxl_back(g, ("sample", 0))
+    sdxl_back(g, ("sample", 0), "guidance_schedules/interval")
+
+
+ANNEALING_SCHEDULER = "annealing_sdxl.safetensors"  # the converted official network (see weights/README.md)
+
+
+def annealing_patch(g):
+    """Stock KSampler with the paper's sampler: DDIM with CFG++ re-noising = euler_cfg_pp, 50 steps."""
+    sdxl_front(g)
+    g.node("annealing", "AnnealingGuidancePatch", (420, 760), model=("ckpt", 0), scheduler=ANNEALING_SCHEDULER,
+           **{"lambda": 0.4})
+    g.node("sampler", "KSampler", (900, 200), model=("annealing", 0), seed=0, steps=50, cfg=1.0,
+           sampler_name="euler_cfg_pp", scheduler="ddim_uniform", positive=("pos", 0), negative=("neg", 0),
+           latent_image=("latent", 0), denoise=1.0, title="KSampler (cfg unused: the scheduler picks the scale)")
+    g.node("plot", "GuidanceSchedulePlot", (1200, 560), samples=("sampler", 0), model=("annealing", 0))
+    g.node("preview", "PreviewImage", (1500, 560), images=("plot", 0))
+    sdxl_back(g, ("sampler", 0), "guidance_schedules/annealing")
+
+
+def annealing_guider(g, lambdas=(0.4,)):
+    sdxl_front(g)
+    g.node("noise", "RandomNoise", (900, 20), noise_seed=0)
+    g.node("ksampler", "KSamplerSelect", (900, 160), sampler_name="euler_cfg_pp")
+    g.node("sigmas", "BasicScheduler", (900, 280), model=("ckpt", 0), scheduler="ddim_uniform", steps=50, denoise=1.0)
+    for i, lam in enumerate(lambdas):
+        y, k = 420 + 460 * i, f"_{i}" if len(lambdas) > 1 else ""
+        g.node("guider" + k, "AnnealingGuidanceGuider", (900, y), model=("ckpt", 0), positive=("pos", 0),
+               negative=("neg", 0), scheduler=ANNEALING_SCHEDULER, title=f"Annealing guidance, lambda {lam}",
+               **{"lambda": lam})
+        g.node("sample" + k, "SamplerCustomAdvanced", (1200, y), noise=("noise", 0), guider=("guider" + k, 0),
+               sampler=("ksampler", 0), sigmas=("sigmas", 0), latent_image=("latent", 0))
+        g.node("plot" + k, "GuidanceSchedulePlot", (1500, y + 200), samples=("sample" + k, 0), guider=("guider" + k, 0))
+        g.node("preview" + k, "PreviewImage", (1740, y + 200), images=("plot" + k, 0))
+        sdxl_back(g, ("sample" + k, 0), f"guidance_schedules/annealing_lambda_{lam}", k, y)
 
 
 WORKFLOWS = {
     "guidance_interval_patch_sdxl": interval_patch,
     "guidance_interval_guider_sdxl": interval_guider,
+    "annealing_guidance_patch_sdxl": annealing_patch,
+    "annealing_guidance_guider_sdxl": annealing_guider,
+    "annealing_guidance_lambda_sweep_sdxl": lambda g: annealing_guider(g, (0.05, 0.4, 0.8)),
 }
 
 

@@ -77,3 +77,36 @@ def build_conditioning(seed, tokens=3):
 
 def counter(model_patcher):
     return model_patcher.model.diffusion_model
+
+
+class PatternDenoiser(torch.nn.Module):
+    """The annealing reference's toy model, in the DDPM scale:
+    eps(z_t, t) = tanh(0.9 * z_t + 0.6 * pattern * (t / 1000)), one pattern per branch and sample.
+    ComfyUI hands an EPS model z_t = x / sqrt(1 + sigma^2) and the discrete timestep, as here."""
+
+    def __init__(self, pattern_cond, pattern_uncond):
+        super().__init__()
+        self.dtype = torch.float32
+        self.register_buffer("patterns", torch.stack([pattern_cond, pattern_uncond]).float())  # (2, B, C, H, W)
+        self.calls = []
+
+    def forward(self, x, timesteps, context=None, transformer_options={}, **kwargs):
+        chunks = list(transformer_options.get("cond_or_uncond", [0]))
+        rows = x.shape[0] // len(chunks)
+        self.calls.append((float(timesteps.flatten()[0]), chunks, rows))
+        pattern = torch.cat([self.patterns[c, :rows] for c in chunks])
+        t = timesteps.float().view(-1, 1, 1, 1) / 1000.0
+        return torch.tanh(0.9 * x + 0.6 * pattern * t)
+
+    def evaluations(self):
+        return CountingDenoiser.evaluations(self)
+
+
+def build_pattern_model(pattern_cond, pattern_uncond):
+    """An SD/SDXL-style EPS model (discrete DDPM schedule, scaled_linear 0.00085..0.012) around
+    PatternDenoiser, with a latent format that leaves latents unscaled."""
+    config = comfy.supported_models_base.BASE({"disable_unet_model_creation": True})
+    config.latent_format = comfy.latent_formats.LatentFormat()
+    base = comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.EPS, device=torch.device("cpu"))
+    base.diffusion_model = PatternDenoiser(pattern_cond, pattern_uncond)
+    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))

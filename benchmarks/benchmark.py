@@ -1,0 +1,174 @@
+"""Speed of the guidance methods inside ComfyUI: model evaluations and seconds per image.
+
+Builds a diffusion model of a real architecture with random weights inside ComfyUI (timing does
+not depend on the weights), samples with the stock KSampler node for every method, and prints a
+table. Methods run interleaved, run by run, and the table shows medians with their spread, since
+single runs vary by 10% or more. "ideal" is what skipping would save if an evaluation without the
+unconditional pass cost exactly the measured cond-only time: the gap to it is overhead.
+
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/benchmark.py                 # CPU: SD1.5 at 256 px
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/benchmark.py --arch sdxl --size 1024 --batch 4
+
+Not a test: it asserts nothing about time. Evaluation counts are exact (counted at the model).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+PACK_ROOT = Path(__file__).resolve().parents[1]
+
+SD15 = {'use_checkpoint': False, 'image_size': 32, 'out_channels': 4, 'use_spatial_transformer': True, 'legacy': False,
+        'adm_in_channels': None, 'in_channels': 4, 'model_channels': 320, 'num_res_blocks': [2, 2, 2, 2],
+        'transformer_depth': [1, 1, 1, 1, 1, 1, 0, 0], 'channel_mult': [1, 2, 4, 4], 'transformer_depth_middle': 1,
+        'use_linear_in_transformer': False, 'context_dim': 768, 'num_heads': 8,
+        'transformer_depth_output': [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+        'use_temporal_attention': False, 'use_temporal_resblock': False}
+SDXL = {'use_checkpoint': False, 'image_size': 32, 'out_channels': 4, 'use_spatial_transformer': True, 'legacy': False,
+        'num_classes': 'sequential', 'adm_in_channels': 2816, 'in_channels': 4, 'model_channels': 320,
+        'num_res_blocks': [2, 2, 2], 'transformer_depth': [0, 0, 2, 2, 10, 10], 'channel_mult': [1, 2, 4],
+        'transformer_depth_middle': 10, 'use_linear_in_transformer': True, 'context_dim': 2048, 'num_head_channels': 64,
+        'transformer_depth_output': [0, 0, 0, 2, 2, 2, 10, 10, 10],
+        'use_temporal_attention': False, 'use_temporal_resblock': False}
+
+
+def import_comfyui():
+    root = os.environ.get("COMFYUI_PATH")
+    if not root:
+        sys.exit("set COMFYUI_PATH to a ComfyUI checkout")
+    sys.path.insert(0, root)
+    import torch
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = not torch.cuda.is_available()
+    package = types.ModuleType("guidance_schedules")
+    package.__path__ = [str(PACK_ROOT)]
+    sys.modules["guidance_schedules"] = package
+
+
+def build(arch):
+    """(ModelPatcher, positive, negative) of the architecture, random weights, fp16 on a GPU."""
+    import torch
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+    dtype = torch.float16 if mm.should_use_fp16() else torch.float32
+    if arch == "sd15":
+        config = comfy.supported_models.SD15({**SD15, "dtype": dtype})
+        context, pooled = 768, None
+    else:
+        config = comfy.supported_models.SDXL({**SDXL, "dtype": dtype})
+        context, pooled = 2048, 1280
+    config.set_inference_dtype(dtype, None)
+    model = config.get_model({}, device=mm.get_torch_device())
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.diffusion_model.parameters():
+            p.copy_((torch.randn(p.shape, generator=g) * 0.02).to(p.dtype))
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+
+    def conditioning(seed):
+        g = torch.Generator().manual_seed(seed)
+        extra = {"pooled_output": torch.randn(1, pooled, generator=g)} if pooled else {}
+        return [[torch.randn(1, 77, context, generator=g), extra]]
+    return patcher, conditioning(1), conditioning(2)
+
+
+def add_counter(model):
+    """Count rows per branch at the diffusion model: (cond, uncond) evaluations per image."""
+    import comfy.patcher_extension
+    counts = {"cond": 0, "uncond": 0}
+
+    def count(executor, *args, **kwargs):
+        to = kwargs.get("transformer_options") or args[-1]
+        chunks = to.get("cond_or_uncond", [])
+        rows = args[0].shape[0] // max(len(chunks), 1)
+        for c in chunks:
+            counts["uncond" if c == 1 else "cond"] += rows
+        return executor(*args, **kwargs)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "benchmark_counter", count)
+    return counts
+
+
+def methods(model, cfg):
+    """(name, model to sample with, cfg). The pack's other methods join this list."""
+    from guidance_schedules.nodes.interval import GuidanceIntervalPatch
+    interval = GuidanceIntervalPatch().patch(model, sigma_hi=5.42, sigma_lo=0.28)[0]
+    return [
+        ("CFG", model, cfg),
+        ("interval (0.28, 5.42]", interval, cfg),
+        ("cond only (cfg 1)", model, 1.0),
+    ]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", choices=["sd15", "sdxl"], default="sd15")
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels (latent = size / 8)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sampler", default="euler")
+    parser.add_argument("--scheduler", default="karras")
+    parser.add_argument("--cfg", type=float, default=7.0)
+    args = parser.parse_args()
+
+    import_comfyui()
+    import torch
+    import comfy.model_management as mm
+    import comfy.utils
+    import nodes
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+
+    model, pos, neg = build(args.arch)
+    counts = add_counter(model)
+    rows = methods(model, args.cfg)
+    latent = {"samples": torch.zeros(args.batch, 4, args.size // 8, args.size // 8)}
+
+    def run(m, cfg):
+        counts.update(cond=0, uncond=0)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        nodes.KSampler().sample(m, 0, args.steps, cfg, args.sampler, args.scheduler, pos, neg, latent, 1.0)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter() - start, dict(counts)
+
+    for _, m, cfg in rows:  # warm-up: model load, kernels, allocator
+        run(m, cfg)
+    times = {name: [] for name, _, _ in rows}
+    evals = {}
+    for _ in range(args.repeats):
+        for name, m, cfg in rows:
+            seconds, c = run(m, cfg)
+            times[name].append(seconds / args.batch)
+            evals[name] = c
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    print(f"\n{args.arch.upper()} architecture (random weights), {args.size}x{args.size}, batch {args.batch}, "
+          f"{args.steps} {args.sampler} steps ({args.scheduler}), cfg {args.cfg}, {args.repeats} runs, "
+          f"torch {torch.__version__}, device: {device}\n")
+    cfg_median = statistics.median(times["CFG"])
+    cond_median = statistics.median(times["cond only (cfg 1)"])
+    cfg_uncond = evals["CFG"]["uncond"] or 1
+    header = f"| {'method':<24} | evals/image (cond+uncond) | s/image median (min-max) | vs CFG | ideal vs CFG |"
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for name, _, _ in rows:
+        t = times[name]
+        c, u = evals[name]["cond"] // args.batch, evals[name]["uncond"] // args.batch
+        med = statistics.median(t)
+        # ideal: a share u / u_CFG of the steps at the CFG cost, the rest at the cond-only cost
+        share = evals[name]["uncond"] / cfg_uncond
+        ideal = (share * cfg_median + (1 - share) * cond_median) / cfg_median
+        timing = f"{med:.3f} ({min(t):.3f}-{max(t):.3f})"
+        print(f"| {name:<24} | {f'{c} + {u} = {c + u}':<25} | {timing:<24} | {med / cfg_median:6.2f} | {ideal:12.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""Annealing guidance scheduler (Yehezkel, Dahary, Voynov, Cohen-Or, 2025, arXiv 2506.24108).
+
+A small MLP picks the guidance scale of every step and sample from the model's discrete
+timestep t, the size of the guidance direction ||eps_uncond - eps_cond|| and a user trade-off
+lambda (low: image quality, high: prompt alignment):
+
+    w_t = w_scale * MLP([e(t / 1000), e(||delta|| / 5), e(lambda)]) + w_bias,   e(v) = [v, cos v, cos 2v, cos 3v]
+    eps_hat = eps_u + w_t * (eps_c - eps_u)
+
+and the sampler re-noises with eps_u (CFG++), not with eps_hat: the scales live in CFG++ units
+(about 0.7 - 1.3). In ComfyUI's sampler space delta = eps_u - eps_c = (D_c - D_u) / sigma.
+
+Files: the pack's format is safetensors with the network's configuration and what it was trained
+for in the metadata; the official release (a torch.save dict) loads too, with weights_only.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .schedule import Evaluation, GuidanceSchedule, RunInfo
+
+FORMAT = "guidance_schedules/annealing_scheduler"
+FORMAT_VERSION = "1"
+DEFAULT_LAMBDA = 0.4
+
+
+class SchedulerFileError(ValueError):
+    """A scheduler file that cannot be used: unreadable, wrong shapes, or trained for another model."""
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    hidden_size: int = 128
+    output_size: int = 1
+    n_layers: int = 3
+    t_embed_dim: int = 4
+    delta_embed_dim: int = 4
+    lambda_embed_dim: int = 4
+    t_embed_normalization: float = 1000.0
+    delta_embed_normalization: float = 5.0
+    w_scale: float = 1.0
+    w_bias: float = 1.0
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        sizes = [self.t_embed_dim + self.delta_embed_dim + self.lambda_embed_dim] + \
+                [self.hidden_size] * (self.n_layers + 1) + [self.output_size]
+        shapes = {}
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            shapes[f"combined_head.{2 * i}.weight"] = (n_out, n_in)
+            shapes[f"combined_head.{2 * i}.bias"] = (n_out,)
+        return shapes
+
+
+@dataclass(frozen=True)
+class TrainedFor:
+    """What a scheduler network was trained with; it only makes sense on such a model."""
+
+    model_family: str = "sdxl"
+    prediction: str = "eps"  # the network reads noise predictions
+    latent_channels: int = 4
+    timesteps: str = "discrete_1000"  # the model's own timestep, 0..999 (DDPM)
+    source: str = ""
+
+
+# The released network: SDXL base 1.0, eps prediction, 4 latent channels, DDPM timesteps.
+OFFICIAL_SDXL = TrainedFor(source="annealing-guidance/annealing-guidance src/model/checkpoints/checkpoint.pt")
+
+
+class AnnealingNetwork(torch.nn.Module):
+    """The scheduler MLP, with the official parameter names (combined_head.N)."""
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        self.config = config
+        n_in = config.t_embed_dim + config.delta_embed_dim + config.lambda_embed_dim
+        layers = [torch.nn.Linear(n_in, config.hidden_size), torch.nn.ReLU()]
+        for _ in range(config.n_layers):
+            layers += [torch.nn.Linear(config.hidden_size, config.hidden_size), torch.nn.ReLU()]
+        layers.append(torch.nn.Linear(config.hidden_size, config.output_size))
+        self.combined_head = torch.nn.Sequential(*layers)
+
+    @staticmethod
+    def embed(value: torch.Tensor, dims: int) -> torch.Tensor:
+        """[v, cos(v), cos(2v), ...] per sample: (B,) -> (B, dims)."""
+        k = torch.arange(1, dims, device=value.device, dtype=value.dtype)
+        return torch.cat([value.unsqueeze(-1), torch.cos(value.unsqueeze(-1) * k)], dim=-1)
+
+    def forward(self, timestep: torch.Tensor, delta_norm: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """Guidance scale per sample from (B,) timesteps, ||eps_u - eps_c|| and lambdas."""
+        c = self.config
+        dtype = self.combined_head[0].weight.dtype
+        features = torch.cat([
+            self.embed(timestep.to(dtype) / c.t_embed_normalization, c.t_embed_dim),
+            self.embed(delta_norm.to(dtype) / c.delta_embed_normalization, c.delta_embed_dim),
+            self.embed(lam.to(dtype), c.lambda_embed_dim),
+        ], dim=-1)
+        return (c.w_scale * self.combined_head(features) + c.w_bias)[:, 0]
+
+
+@dataclass
+class AnnealingScheduler:
+    """A loaded scheduler file: the network and what it was trained for."""
+
+    network: AnnealingNetwork
+    trained_for: TrainedFor
+    path: str = ""
+    _device_copies: dict = field(default_factory=dict, repr=False)
+
+    def on(self, device: torch.device, dtype: torch.dtype = torch.float64) -> AnnealingNetwork:
+        """The network on the sampling device (kept, so a run does not copy it every step)."""
+        key = (str(device), dtype)
+        if key not in self._device_copies:
+            net = AnnealingNetwork(self.network.config)
+            net.load_state_dict(self.network.state_dict())
+            self._device_copies[key] = net.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        return self._device_copies[key]
+
+    def check_compatible(self, prediction: str, latent_channels: int, timesteps: str) -> None:
+        """Refuse a model the network was not trained for, saying why."""
+        t = self.trained_for
+        name = os.path.basename(self.path) or "the scheduler"
+        if prediction != t.prediction:
+            raise SchedulerFileError(
+                f"{name} was trained for {t.model_family} ({t.prediction} prediction) and reads noise predictions of "
+                f"that kind; this model is a {prediction} model. A scheduler network has to be trained for the model "
+                "family it guides.")
+        if latent_channels != t.latent_channels:
+            raise SchedulerFileError(
+                f"{name} was trained for {t.model_family} latents with {t.latent_channels} channels; this latent has "
+                f"{latent_channels}. The size of the guidance direction, which the network reads, depends on the latent.")
+        if timesteps != t.timesteps:
+            raise SchedulerFileError(
+                f"{name} expects {t.timesteps} timesteps; this model uses {timesteps}.")
+
+
+def _network_from(state: dict[str, torch.Tensor], config: NetworkConfig, name: str) -> AnnealingNetwork:
+    expected = config.expected_shapes()
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise SchedulerFileError(f"{name} lacks the tensors {', '.join(missing)}: not an annealing scheduler network")
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != shape:
+            raise SchedulerFileError(f"{name}: {key} has shape {tuple(state[key].shape)}, the configuration in the file "
+                                     f"needs {shape}")
+    for key in expected:
+        if not torch.isfinite(state[key]).all():
+            raise SchedulerFileError(f"{name}: {key} holds non-finite values")
+    net = AnnealingNetwork(config)
+    net.load_state_dict({k: state[k].to(torch.float32) for k in expected})
+    return net.eval().requires_grad_(False)
+
+
+def _config_from(values: dict, name: str) -> NetworkConfig:
+    known = NetworkConfig.__dataclass_fields__
+    try:
+        return NetworkConfig(**{k: type(getattr(NetworkConfig(), k))(v) for k, v in values.items() if k in known})
+    except (TypeError, ValueError) as e:
+        raise SchedulerFileError(f"{name}: bad network configuration {values}: {e}") from None
+
+
+def load_scheduler(path: str) -> AnnealingScheduler:
+    """Load a scheduler network: the pack's safetensors format, or the official torch.save file."""
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise SchedulerFileError(f"scheduler file not found: {path}")
+    if path.endswith(".safetensors"):
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise SchedulerFileError(f"{name} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+        if meta.get("format") != FORMAT:
+            raise SchedulerFileError(f"{name} is not an annealing scheduler file of this pack (metadata format is "
+                                     f"{meta.get('format')!r}); convert official checkpoints with "
+                                     "scripts/convert_annealing_checkpoint.py")
+        try:
+            config = _config_from(json.loads(meta["network"]), name)
+            trained = TrainedFor(**json.loads(meta["trained_for"]))
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise SchedulerFileError(f"{name}: incomplete metadata ({e})") from None
+        return AnnealingScheduler(_network_from(state, config, name), trained, path)
+    return load_official_checkpoint(path)
+
+
+def load_official_checkpoint(path: str) -> AnnealingScheduler:
+    """The official release, a torch.save dict, loaded with weights_only (no arbitrary pickle)."""
+    name = os.path.basename(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a corrupt or unsafe pickle
+        raise SchedulerFileError(f"{name} could not be loaded safely as a checkpoint (weights only): {e}") from None
+    if not isinstance(checkpoint, dict) or "guidance_scale_model" not in checkpoint:
+        raise SchedulerFileError(f"{name} is not an annealing guidance checkpoint (no 'guidance_scale_model' entry)")
+    model_config = (checkpoint.get("config") or {}).get("guidance_scale_model", {})
+    if model_config.get("type", "scalar_mlp") != "scalar_mlp":
+        raise SchedulerFileError(f"{name}: network type {model_config.get('type')!r} is not supported (scalar_mlp is)")
+    diffusion = (checkpoint.get("config") or {}).get("diffusion", {})
+    model_id = str(diffusion.get("model_id", ""))
+    if model_id and "xl" not in model_id.lower():
+        raise SchedulerFileError(f"{name} was trained for {model_id}; only SDXL checkpoints are recognised")
+    return AnnealingScheduler(_network_from(checkpoint["guidance_scale_model"], _config_from(model_config, name), name),
+                              OFFICIAL_SDXL, path)
+
+
+def save_scheduler(scheduler: AnnealingScheduler, path: str) -> None:
+    """Write the pack's safetensors format (weights + configuration + what it was trained for)."""
+    state = {k: v.detach().contiguous().cpu() for k, v in scheduler.network.state_dict().items()}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
+            "network": json.dumps(asdict(scheduler.network.config)),
+            "trained_for": json.dumps(asdict(scheduler.trained_for))}
+    save_file(state, path, metadata=meta)
+
+
+def convert_official_checkpoint(src: str, dst: str) -> AnnealingScheduler:
+    """Official checkpoint.pt -> the pack's safetensors format. Refuses to overwrite dst."""
+    if os.path.exists(dst):
+        raise FileExistsError(f"{dst} exists; choose another name or remove it first")
+    scheduler = load_official_checkpoint(src)
+    save_scheduler(scheduler, dst)
+    return scheduler
+
+
+def renoises_with_uncond(sampler: str) -> bool:
+    """ComfyUI's CFG++ samplers (sample_*_cfg_pp) re-noise with the unconditional prediction."""
+    return sampler.endswith("_cfg_pp")
+
+
+class AnnealingSchedule(GuidanceSchedule):
+    """Per step and sample: w = network(t, ||eps_u - eps_c||, lambda). Needs the uncond pass every step."""
+
+    name = "annealing guidance"
+
+    def __init__(self, run: RunInfo, scheduler: AnnealingScheduler, lam: float):
+        super().__init__(run)
+        if not renoises_with_uncond(run.sampler):
+            raise ValueError(
+                f"Annealing guidance needs a sampler that re-noises with the unconditional prediction (CFG++): the "
+                f"network's scales are in CFG++ units. Use euler_cfg_pp (the paper's DDIM) or another *_cfg_pp "
+                f"sampler; got {run.sampler.removeprefix('sample_') or 'an unknown sampler'}.")
+        self.scheduler = scheduler
+        self.lam = float(lam)
+
+    def needs_uncond(self, ev: Evaluation) -> torch.Tensor:
+        return torch.ones(ev.batch_size, dtype=torch.bool)
+
+    def weights(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        # delta = eps_u - eps_c = (D_c - D_u) / sigma in ComfyUI's sampler space (EPS models).
+        # float64: the network is tiny, and its scales then match the official code to 1e-6.
+        delta_norm = (cond - uncond).flatten(1).to(torch.float64).norm(dim=1) / ev.sigma
+        net = self.scheduler.on(cond.device)
+        b = ev.batch_size
+        with torch.no_grad():
+            w = net(torch.full((b,), float(ev.model_timestep), device=cond.device, dtype=torch.float64), delta_norm,
+                    torch.full((b,), self.lam, device=cond.device, dtype=torch.float64))
+        return w.to(torch.float64).cpu()
+
+
+def check_lambda(lam: float) -> float:
+    if not isinstance(lam, (int, float)) or not math.isfinite(lam) or not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lambda must be a number in [0, 1] (0: image quality, 1: prompt alignment), got {lam!r}")
+    return float(lam)

@@ -1,0 +1,16 @@
+"""The shared annealing reference data (../shared/reference/annealing/): test data only, never
+copied into the pack. Tests that need it skip with this reason when it is absent."""
+from pathlib import Path
+
+import pytest
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "annealing"
+CHECKPOINT = REFERENCE / "official_sdxl_checkpoint.pt"
+PARITY = REFERENCE / "parity_vectors.safetensors"
+
+
+def require_reference():
+    if not (CHECKPOINT.is_file() and PARITY.is_file()):
+        pytest.skip(f"annealing reference data not found in {REFERENCE}", allow_module_level=True)
+    from safetensors.torch import load_file
+    return load_file(str(PARITY))

@@ -1,0 +1,139 @@
+"""The annealing scheduler network, its files and its schedule, without ComfyUI."""
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import reference
+from guidance_schedules.samplers.annealing import (FORMAT, AnnealingSchedule, NetworkConfig, SchedulerFileError,
+                                                   check_lambda, convert_official_checkpoint, load_scheduler)
+from guidance_schedules.samplers.schedule import Evaluation, RunInfo
+
+PARITY = reference.require_reference()
+
+
+def network_w(scheduler, t, eps_cond, eps_uncond, lam):
+    net = scheduler.on(torch.device("cpu"))
+    return net(t, (eps_uncond - eps_cond).flatten(1).norm(dim=1), lam)
+
+
+def test_official_network_reproduces_the_reference_scales():
+    scheduler = load_scheduler(str(reference.CHECKPOINT))
+    w = network_w(scheduler, PARITY["mlp.t"], PARITY["mlp.eps_cond"], PARITY["mlp.eps_uncond"], PARITY["mlp.lambda"])
+    assert (w - PARITY["mlp.w"]).abs().max().item() <= 1e-6
+
+
+def test_the_schedule_computes_delta_from_denoised_predictions(tmp_path):
+    # In ComfyUI's sampler space D = x - sigma * eps, so (D_c - D_u) / sigma = eps_u - eps_c.
+    scheduler = load_scheduler(str(reference.CHECKPOINT))
+    schedule = AnnealingSchedule(RunInfo(sigmas=(14.6, 0.0), sampler="sample_euler_cfg_pp"), scheduler, 0.4)
+    sigma, x = 3.0, torch.randn(64, 4, 16, 16, dtype=torch.float64)
+    cond, uncond = x - sigma * PARITY["mlp.eps_cond"], x - sigma * PARITY["mlp.eps_uncond"]
+    for i in range(0, 64, 16):
+        ev = Evaluation(step=0, first_of_step=True, sigma=sigma, batch_size=1, cond_scale=1.0,
+                        model_timestep=float(PARITY["mlp.t"][i]))
+        schedule.lam = float(PARITY["mlp.lambda"][i])
+        w = schedule.weights(ev, cond[i:i + 1], uncond[i:i + 1])
+        assert abs(float(w[0]) - float(PARITY["mlp.w"][i])) <= 1e-6
+
+
+def test_converter_writes_the_packs_format_with_metadata(tmp_path):
+    out = tmp_path / "annealing_sdxl.safetensors"
+    convert_official_checkpoint(str(reference.CHECKPOINT), str(out))
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["format"] == FORMAT
+    assert json.loads(meta["network"])["hidden_size"] == 128
+    trained = json.loads(meta["trained_for"])
+    assert (trained["model_family"], trained["prediction"], trained["latent_channels"], trained["timesteps"]) == \
+        ("sdxl", "eps", 4, "discrete_1000")
+    converted = load_scheduler(str(out))
+    w = network_w(converted, PARITY["mlp.t"], PARITY["mlp.eps_cond"], PARITY["mlp.eps_uncond"], PARITY["mlp.lambda"])
+    assert (w - PARITY["mlp.w"]).abs().max().item() <= 1e-6
+
+
+def test_converter_never_overwrites(tmp_path):
+    out = tmp_path / "mine.safetensors"
+    out.write_bytes(b"a user's file")
+    with pytest.raises(FileExistsError, match="exists"):
+        convert_official_checkpoint(str(reference.CHECKPOINT), str(out))
+    assert out.read_bytes() == b"a user's file"
+
+
+@pytest.fixture
+def converted(tmp_path):
+    out = tmp_path / "ok.safetensors"
+    convert_official_checkpoint(str(reference.CHECKPOINT), str(out))
+    return out
+
+
+def test_truncated_file_gets_a_clear_error(tmp_path, converted):
+    bad = tmp_path / "truncated.safetensors"
+    bad.write_bytes(converted.read_bytes()[:5000])
+    with pytest.raises(SchedulerFileError, match="truncated.safetensors is not a readable safetensors file"):
+        load_scheduler(str(bad))
+
+
+def test_wrong_shapes_get_a_clear_error(tmp_path, converted):
+    with safe_open(str(converted), framework="pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    state["combined_head.2.weight"] = torch.zeros(64, 128)
+    bad = tmp_path / "shapes.safetensors"
+    save_file(state, str(bad), metadata=meta)
+    with pytest.raises(SchedulerFileError, match=r"combined_head.2.weight has shape \(64, 128\).*needs \(128, 128\)"):
+        load_scheduler(str(bad))
+
+
+def test_other_safetensors_files_are_refused(tmp_path):
+    other = tmp_path / "lora.safetensors"
+    save_file({"x": torch.zeros(2)}, str(other))
+    with pytest.raises(SchedulerFileError, match="not an annealing scheduler file"):
+        load_scheduler(str(other))
+
+
+def test_corrupt_or_unsafe_checkpoints_are_refused(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x80\x04not a pickle")
+    with pytest.raises(SchedulerFileError, match="could not be loaded safely"):
+        load_scheduler(str(junk))
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("arbitrary code",))
+    evil = tmp_path / "evil.pt"
+    torch.save({"guidance_scale_model": Evil()}, str(evil))
+    with pytest.raises(SchedulerFileError, match="could not be loaded safely"):
+        load_scheduler(str(evil))
+    with pytest.raises(SchedulerFileError, match="not found"):
+        load_scheduler(str(tmp_path / "missing.safetensors"))
+
+
+def test_models_it_was_not_trained_for_are_refused():
+    scheduler = load_scheduler(str(reference.CHECKPOINT))
+    scheduler.check_compatible("eps", 4, "discrete_1000")
+    with pytest.raises(SchedulerFileError, match="trained for sdxl .*this model is a flow model"):
+        scheduler.check_compatible("flow", 16, "continuous")
+    with pytest.raises(SchedulerFileError, match="latents with 4 channels; this latent has 16"):
+        scheduler.check_compatible("eps", 16, "discrete_1000")
+    with pytest.raises(SchedulerFileError, match="expects discrete_1000 timesteps"):
+        scheduler.check_compatible("eps", 4, "continuous")
+
+
+def test_samplers_that_do_not_renoise_with_the_uncond_are_refused():
+    scheduler = load_scheduler(str(reference.CHECKPOINT))
+    with pytest.raises(ValueError, match="CFG\\+\\+.*got euler"):
+        AnnealingSchedule(RunInfo(sigmas=(1.0, 0.0), sampler="sample_euler"), scheduler, 0.4)
+    AnnealingSchedule(RunInfo(sigmas=(1.0, 0.0), sampler="sample_dpmpp_2m_cfg_pp"), scheduler, 0.4)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+def test_lambda_out_of_range_is_refused_by_name(bad):
+    with pytest.raises(ValueError, match=r"lambda must be a number in \[0, 1\]"):
+        check_lambda(bad)
+
+
+def test_network_config_shapes():
+    shapes = NetworkConfig().expected_shapes()
+    assert shapes["combined_head.0.weight"] == (128, 12) and shapes["combined_head.8.weight"] == (1, 128)
