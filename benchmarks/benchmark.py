@@ -94,15 +94,24 @@ def add_counter(model):
     return counts
 
 
-def methods(model, cfg):
-    """(name, model to sample with, cfg). The pack's other methods join this list."""
+def methods(model, cfg, sampler, annealing_scheduler):
+    """(name, model to sample with, cfg, sampler). The pack's other methods join this list."""
     from guidance_schedules.nodes.interval import GuidanceIntervalPatch
     interval = GuidanceIntervalPatch().patch(model, sigma_hi=5.42, sigma_lo=0.28)[0]
-    return [
-        ("CFG", model, cfg),
-        ("interval (0.28, 5.42]", interval, cfg),
-        ("cond only (cfg 1)", model, 1.0),
+    rows = [
+        ("CFG", model, cfg, sampler),
+        ("interval (0.28, 5.42]", interval, cfg, sampler),
+        ("cond only (cfg 1)", model, 1.0, sampler),
     ]
+    if annealing_scheduler:
+        import folder_paths
+        from guidance_schedules.nodes.annealing import FOLDER, AnnealingGuidancePatch
+        folder_paths.add_model_folder_path(FOLDER, os.path.dirname(os.path.abspath(annealing_scheduler)))
+        annealing = AnnealingGuidancePatch().patch(model, os.path.basename(annealing_scheduler), **{"lambda": 0.4})[0]
+        # The annealing network needs CFG++ re-noising: compare it with CFG on the same sampler.
+        rows += [("CFG, euler_cfg_pp", model, cfg, "euler_cfg_pp"),
+                 ("annealing 0.4, euler_cfg_pp", annealing, cfg, "euler_cfg_pp")]
+    return rows
 
 
 def main():
@@ -115,6 +124,8 @@ def main():
     parser.add_argument("--sampler", default="euler")
     parser.add_argument("--scheduler", default="karras")
     parser.add_argument("--cfg", type=float, default=7.0)
+    parser.add_argument("--annealing-scheduler", default="",
+                        help="an annealing scheduler file (.safetensors or the official .pt) to add its row (SDXL arch only)")
     args = parser.parse_args()
 
     import_comfyui()
@@ -126,26 +137,28 @@ def main():
 
     model, pos, neg = build(args.arch)
     counts = add_counter(model)
-    rows = methods(model, args.cfg)
+    rows = methods(model, args.cfg, args.sampler, args.annealing_scheduler if args.arch == "sdxl" else "")
+    if args.annealing_scheduler and args.arch != "sdxl":
+        print("note: the annealing row needs --arch sdxl (the released network is trained for SDXL latents)")
     latent = {"samples": torch.zeros(args.batch, 4, args.size // 8, args.size // 8)}
 
-    def run(m, cfg):
+    def run(m, cfg, sampler):
         counts.update(cond=0, uncond=0)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         start = time.perf_counter()
-        nodes.KSampler().sample(m, 0, args.steps, cfg, args.sampler, args.scheduler, pos, neg, latent, 1.0)
+        nodes.KSampler().sample(m, 0, args.steps, cfg, sampler, args.scheduler, pos, neg, latent, 1.0)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         return time.perf_counter() - start, dict(counts)
 
-    for _, m, cfg in rows:  # warm-up: model load, kernels, allocator
-        run(m, cfg)
-    times = {name: [] for name, _, _ in rows}
+    for _, m, cfg, sampler in rows:  # warm-up: model load, kernels, allocator
+        run(m, cfg, sampler)
+    times = {name: [] for name, *_ in rows}
     evals = {}
     for _ in range(args.repeats):
-        for name, m, cfg in rows:
-            seconds, c = run(m, cfg)
+        for name, m, cfg, sampler in rows:
+            seconds, c = run(m, cfg, sampler)
             times[name].append(seconds / args.batch)
             evals[name] = c
 
@@ -153,21 +166,23 @@ def main():
     print(f"\n{args.arch.upper()} architecture (random weights), {args.size}x{args.size}, batch {args.batch}, "
           f"{args.steps} {args.sampler} steps ({args.scheduler}), cfg {args.cfg}, {args.repeats} runs, "
           f"torch {torch.__version__}, device: {device}\n")
-    cfg_median = statistics.median(times["CFG"])
+    # Each row is compared with the CFG row on the same sampler (the first row of that sampler).
+    baseline = {}
+    for name, _, _, sampler in rows:
+        baseline.setdefault(sampler, name)
     cond_median = statistics.median(times["cond only (cfg 1)"])
-    cfg_uncond = evals["CFG"]["uncond"] or 1
-    header = f"| {'method':<24} | evals/image (cond+uncond) | s/image median (min-max) | vs CFG | ideal vs CFG |"
+    header = f"| {'method':<27} | evals/image (cond+uncond) | s/image median (min-max) | vs CFG | ideal vs CFG |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    for name, _, _ in rows:
-        t = times[name]
+    for name, _, _, sampler in rows:
+        t, base = times[name], baseline[sampler]
         c, u = evals[name]["cond"] // args.batch, evals[name]["uncond"] // args.batch
-        med = statistics.median(t)
-        # ideal: a share u / u_CFG of the steps at the CFG cost, the rest at the cond-only cost
-        share = evals[name]["uncond"] / cfg_uncond
-        ideal = (share * cfg_median + (1 - share) * cond_median) / cfg_median
+        med, base_median = statistics.median(t), statistics.median(times[base])
+        # ideal: a share u / u_CFG of the passes at the CFG cost, the rest at the cond-only cost
+        share = evals[name]["uncond"] / (evals[base]["uncond"] or 1)
+        ideal = (share * base_median + (1 - share) * cond_median) / base_median
         timing = f"{med:.3f} ({min(t):.3f}-{max(t):.3f})"
-        print(f"| {name:<24} | {f'{c} + {u} = {c + u}':<25} | {timing:<24} | {med / cfg_median:6.2f} | {ideal:12.2f} |")
+        print(f"| {name:<27} | {f'{c} + {u} = {c + u}':<25} | {timing:<24} | {med / base_median:6.2f} | {ideal:12.2f} |")
 
 
 if __name__ == "__main__":

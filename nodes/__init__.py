@@ -1,4 +1,5 @@
 """ComfyUI glue: node definitions and the shared patch/guider mechanism (guidance.py)."""
+from .adaptive import AdaptiveGuidanceGuider, AdaptiveGuidancePatch
 from .annealing import AnnealingGuidanceGuider, AnnealingGuidancePatch
 from .interval import GuidanceIntervalGuider, GuidanceIntervalPatch
 from .plot import GuidanceSchedulePlot
@@ -6,6 +7,8 @@ from .plot import GuidanceSchedulePlot
 NODE_CLASS_MAPPINGS = {
     "GuidanceIntervalGuider": GuidanceIntervalGuider,
     "GuidanceIntervalPatch": GuidanceIntervalPatch,
+    "AdaptiveGuidanceGuider": AdaptiveGuidanceGuider,
+    "AdaptiveGuidancePatch": AdaptiveGuidancePatch,
     "AnnealingGuidanceGuider": AnnealingGuidanceGuider,
     "AnnealingGuidancePatch": AnnealingGuidancePatch,
     "GuidanceSchedulePlot": GuidanceSchedulePlot,
@@ -14,6 +17,8 @@ NODE_CLASS_MAPPINGS = {
 NODE_DISPLAY_NAME_MAPPINGS = {
     "GuidanceIntervalGuider": "Guidance Interval Guider",
     "GuidanceIntervalPatch": "Guidance Interval (model patch)",
+    "AdaptiveGuidanceGuider": "Adaptive Guidance Guider",
+    "AdaptiveGuidancePatch": "Adaptive Guidance (model patch)",
     "AnnealingGuidanceGuider": "Annealing Guidance Guider",
     "AnnealingGuidancePatch": "Annealing Guidance (model patch)",
     "GuidanceSchedulePlot": "Guidance Schedule Plot",

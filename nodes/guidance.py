@@ -131,7 +131,9 @@ def _run_with_schedule(make_schedule, history: RunHistory, executor, guider, sig
     extra_args["model_options"] = {**extra_args.get("model_options", {}), RUN_KEY: run}
     out = executor(guider, sigmas, extra_args, *args, **kwargs)
     history.last = run.record
-    log.info("%s (%s, %s): %s", history.describe, name, info.sigma_space, run.record.describe())
+    details = run.schedule.summary()
+    log.info("%s (%s, %s): %s%s", history.describe, name, info.sigma_space, run.record.describe(),
+             f"; {details}" if details else "")
     return out
 
 
@@ -188,7 +190,7 @@ def _guided_prediction(guider, run: GuidanceRun, ev: Evaluation, x, timestep, mo
     cond_pred, uncond_pred = out[0], (out[1] if ran_uncond else out[0])
 
     if ran_uncond:
-        weights = run.schedule.weights(ev, cond_pred, uncond_pred)
+        weights, guided = run.schedule.guide(ev, cond_pred, uncond_pred, guided)
     else:
         weights = torch.ones(ev.batch_size, dtype=torch.float64)
     run.record.add(ev, guided, weights, ran_uncond)

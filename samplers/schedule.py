@@ -54,10 +54,12 @@ class GuidanceSchedule:
     """Base class: stock CFG. Subclasses decide per step and per sample.
 
     needs_uncond() is asked before the model call and returns a bool per sample; the
-    unconditional pass runs (for the whole batch) only when some sample needs it. Samples that
-    do not need it are treated exactly as if they had been sampled alone with it skipped: their
-    unconditional slot holds the conditional prediction and their weight is irrelevant.
-    weights() is asked after the model call, only when the unconditional pass ran.
+    unconditional pass runs (for the whole batch) only when some sample needs it. guide() is asked
+    after the model call, only when that pass ran: it returns the weight of every sample and which
+    samples are guided (a subset of those that needed the pass: a method may measure and then
+    decide not to guide). Samples that are not guided are treated exactly as if they had been
+    sampled alone with the pass skipped: their unconditional slot holds the conditional
+    prediction and their weight is irrelevant.
     """
 
     name = "CFG"
@@ -68,6 +70,11 @@ class GuidanceSchedule:
     def needs_uncond(self, ev: Evaluation) -> torch.Tensor:
         needed = not (math.isclose(ev.cond_scale, 1.0) and ev.skip_uncond_at_weight_one)
         return torch.full((ev.batch_size,), needed, dtype=torch.bool)
+
+    def guide(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor,
+              needed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight per sample, guided per sample) once the predictions are in."""
+        return self.weights(ev, cond, uncond), needed
 
     def weights(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
         return torch.full((ev.batch_size,), float(ev.cond_scale), dtype=torch.float64)

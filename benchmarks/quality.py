@@ -1,0 +1,243 @@
+"""Quality of the guidance methods on the test beds, sampled through ComfyUI with this pack's nodes.
+
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/quality.py            # both beds, 3 seeds
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/quality.py --bed digits --variant labelnoise30
+
+Bed 1 (gmm): exact denoisers of a 2-D class-conditional Gaussian mixture; per setting: modes of
+class A covered (of 4), the smallest mode's share relative to the truth, sliced Wasserstein
+distance to the true conditional, share of samples more than 4 stds off the data.
+Bed 2 (digits): the shipped digits models; per setting: model evaluations per image, class
+adherence (evaluator accuracy, mean probability of the requested class), per-class Frechet
+distance of evaluator features, precision / recall, within-class diversity relative to real data.
+Numbers are means over seeds with the spread (max - min) in brackets. A PNG of adherence against
+FD, one curve per method, is written for the README. Not a test: it asserts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def import_comfyui():
+    root = os.environ.get("COMFYUI_PATH")
+    if not root:
+        sys.exit("set COMFYUI_PATH to a ComfyUI checkout")
+    sys.path.insert(0, root)
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = True
+    package = types.ModuleType("guidance_schedules")
+    package.__path__ = [str(ROOT)]
+    sys.modules["guidance_schedules"] = package
+    sys.path.insert(1, str(ROOT))  # benchmarks.beds
+    import comfy.utils
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+
+
+def guider_for(method, model, pos, neg):
+    """method: ("cfg", w) | ("interval", w, lo, hi) | further methods as they land."""
+    import comfy.samplers
+    from guidance_schedules.nodes.interval import GuidanceIntervalGuider
+    kind = method[0]
+    if kind == "cfg":
+        g = comfy.samplers.CFGGuider(model)
+        g.set_conds(pos, neg)
+        g.set_cfg(method[1])
+        return g
+    if kind == "interval":
+        _, w, lo, hi = method
+        return GuidanceIntervalGuider().get_guider(model, pos, neg, w, sigma_hi=hi, sigma_lo=lo)[0]
+    if kind == "adaptive":
+        from guidance_schedules.nodes.adaptive import AdaptiveGuidanceGuider
+        _, w, threshold = method
+        return AdaptiveGuidanceGuider().get_guider(model, pos, neg, w, threshold)[0]
+    raise ValueError(f"unknown method {method}")
+
+
+def label_of(method):
+    if method[0] == "cfg":
+        return f"CFG w={method[1]:g}"
+    if method[0] == "interval":
+        return f"interval ({method[2]:g}, {method[3]:g}] w={method[1]:g}"
+    if method[0] == "adaptive":
+        return f"AG threshold {method[2]:g} w={method[1]:g}"
+    return str(method)
+
+
+def curve_of(method):
+    if method[0] == "cfg":
+        return "CFG"
+    if method[0] == "interval":
+        return f"interval ({method[2]:g}, {method[3]:g}]"
+    return f"AG w={method[1]:g}"
+
+
+def psnr(a, b):
+    """PSNR of two sample sets in [-1, 1] pixel units (peak-to-peak 2)."""
+    mse = ((a - b) ** 2).mean().item()
+    return 10 * torch.log10(torch.tensor(4.0 / max(mse, 1e-12))).item()
+
+
+def sample(model, method, labels, n_labels, sigmas, seed, shape):
+    import comfy.samplers
+    from comfy_extras.nodes_custom_sampler import Noise_RandomNoise, SamplerCustomAdvanced
+    from benchmarks.beds.comfy_models import class_conditioning, network_of
+    pos, neg = class_conditioning(labels, n_labels), class_conditioning(None, n_labels)
+    guider = guider_for(method, model, pos, neg)
+    net = network_of(model)
+    net.rows.update(cond=0, uncond=0)
+    latent = {"samples": torch.zeros(len(labels), *shape)}
+    out = SamplerCustomAdvanced().sample(Noise_RandomNoise(seed), guider, comfy.samplers.sampler_object("euler"),
+                                         sigmas, latent)[0]["samples"]
+    evals = (net.rows["cond"] + net.rows["uncond"]) / len(labels)
+    return out.reshape(len(labels), -1), evals
+
+
+def summarise(runs):
+    keys = runs[0].keys()
+    return {k: (statistics.mean(r[k] for r in runs), max(r[k] for r in runs) - min(r[k] for r in runs)) for k in keys}
+
+
+def print_table(title, columns, rows):
+    print(f"\n{title}\n")
+    head = "| setting | " + " | ".join(columns) + " |"
+    print(head)
+    print("|" + "---|" * (len(columns) + 1))
+    for name, stats in rows:
+        cells = []
+        for c in columns:
+            mean, spread = stats[c]
+            cells.append(f"{mean:.3g} ({spread:.2g})" if spread else f"{mean:.3g}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def gmm_methods():
+    ws = [1.0, 2.0, 4.0, 8.0]
+    return [("cfg", w) for w in ws] + [("interval", w, 0.1, 1.0) for w in ws[1:]] + \
+           [("interval", w, 0.3, 3.0) for w in ws[1:]]
+
+
+def digits_methods():
+    ws = [1.5, 2.0, 3.0, 4.0, 6.0]
+    return [("cfg", 1.0)] + [("cfg", w) for w in ws] + [("interval", w, 0.28, 5.42) for w in ws] + \
+           [("interval", w, 0.5, 20.0) for w in ws] + [("interval", w, 0.1, 2.0) for w in ws] + \
+           [("adaptive", w, t) for w in (2.0, 3.0) for t in (0.98, 0.99, 0.995, 0.999)]
+
+
+def run_gmm(seeds, n):
+    from benchmarks.beds import gmm
+    from benchmarks.beds.comfy_models import gmm_model
+    from benchmarks.beds.digits import karras_sigmas
+    model, mixture = gmm_model(), gmm.default_mixture()
+    sigmas = karras_sigmas(32, 0.005, 20.0)
+    rows = []
+    for method in gmm_methods():
+        runs = []
+        for seed in seeds:
+            x, evals = sample(model, method, [0] * n, 3, sigmas, seed, (2, 1, 1))
+            m = gmm.measure(mixture, x.double(), 0, torch.Generator().manual_seed(seed))
+            runs.append({"evals/image": evals, **m})
+        rows.append((label_of(method), summarise(runs)))
+        print(".", end="", flush=True)
+    print_table(f"GMM bed, class A (4 modes, one beside class B), {n} samples, 32 Euler steps, {len(seeds)} seeds",
+                ["evals/image", "modes_covered", "min_mode_share", "sliced_w", "off_data"], rows)
+    return rows
+
+
+def run_digits(seeds, per_class, variant):
+    from benchmarks.beds import digits, evaluator, metrics
+    from benchmarks.beds.comfy_models import digits_model
+    model, judge = digits_model(variant), evaluator.load()
+    x_train, y_train, x_test, y_test = digits.load_split()
+    real_x, real_y = torch.cat([x_train, x_test]), torch.cat([y_train, y_test])
+    labels = [c for c in range(10) for _ in range(per_class)]
+    sigmas = digits.karras_sigmas(32, 0.005, 20.0)
+    rows, points, cfg_samples = [], [], {}
+    for method in digits_methods():
+        runs = []
+        for seed in seeds:
+            x, evals = sample(model, method, labels, digits.NULL_CLASS + 1, sigmas, seed, (1, 8, 8))
+            m = metrics.evaluate(x, torch.tensor(labels), judge, real_x, real_y, x_train)
+            if method[0] == "cfg":
+                cfg_samples[(method[1], seed)] = x
+            reference = cfg_samples.get((method[1], seed))
+            m["psnr_vs_cfg"] = psnr(x, reference) if reference is not None and method[0] != "cfg" else 0.0
+            runs.append({"evals/image": evals, **m})
+        stats = summarise(runs)
+        rows.append((label_of(method), stats))
+        points.append((curve_of(method), stats["fd"][0], stats["p_class"][0], method[1]))
+        print(".", end="", flush=True)
+    print_table(f"Digits bed ({variant}), {per_class} samples per class, 32 Euler steps sigma 20 -> 0.005, "
+                f"{len(seeds)} seeds", ["evals/image", "accuracy", "p_class", "fd", "precision", "recall", "diversity",
+                                        "near_copies", "psnr_vs_cfg"], rows)
+    return rows, points
+
+
+def plot(points, path, title):
+    """Adherence (y) against per-class FD (x), one polyline per method, labelled with w."""
+    from PIL import Image, ImageDraw, ImageFont
+    width, height, left, right, top, bottom = 900, 560, 70, 700, 40, 500
+    img = Image.new("RGB", (width, height), "white")
+    draw, font = ImageDraw.Draw(img), ImageFont.load_default()
+    xs, ys = [p[1] for p in points], [p[2] for p in points]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    pad_x, pad_y = (x1 - x0) * 0.05 or 1, (y1 - y0) * 0.05 or 0.05
+
+    def at(x, y):
+        return (left + (right - left) * (x - x0 + pad_x) / (x1 - x0 + 2 * pad_x),
+                bottom - (bottom - top) * (y - y0 + pad_y) / (y1 - y0 + 2 * pad_y))
+
+    draw.text((left, 12), title, fill="black", font=font)
+    draw.line([(left, top), (left, bottom), (right, bottom)], fill="black")
+    for k in range(5):
+        x = x0 - pad_x + (x1 - x0 + 2 * pad_x) * k / 4
+        y = y0 - pad_y + (y1 - y0 + 2 * pad_y) * k / 4
+        px, _ = at(x, y0)
+        _, py = at(x0, y)
+        draw.text((px - 10, bottom + 6), f"{x:.1f}", fill="black", font=font)
+        draw.text((8, py - 6), f"{y:.3f}", fill="black", font=font)
+    draw.text(((left + right) // 2 - 80, height - 30), "per-class FD (lower is better)", fill="black", font=font)
+    draw.text((8, top - 24), "mean p(requested class)", fill="black", font=font)
+    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+    for i, curve in enumerate(dict.fromkeys(p[0] for p in points)):
+        pts = [p for p in points if p[0] == curve]
+        xy = [at(p[1], p[2]) for p in pts]
+        colour = colours[i % len(colours)]
+        if len(xy) > 1:
+            draw.line(xy, fill=colour, width=2)
+        for (px, py), p in zip(xy, pts):
+            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+            draw.text((px + 4, py - 12), f"{p[3]:g}", fill=colour, font=font)
+        draw.text((right + 15, top + 18 * i), curve, fill=colour, font=font)
+    img.save(path)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bed", choices=["gmm", "digits", "both"], default="both")
+    parser.add_argument("--variant", choices=["early", "labelnoise30"], default="labelnoise30")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--per-class", type=int, default=200)
+    parser.add_argument("--png", default=str(ROOT / "docs" / "tradeoff_digits.png"))
+    args = parser.parse_args()
+    import_comfyui()
+    torch.set_num_threads(2)
+    seeds = list(range(args.seeds))
+    if args.bed in ("gmm", "both"):
+        run_gmm(seeds, 2000)
+    if args.bed in ("digits", "both"):
+        _, points = run_digits(seeds, args.per_class, args.variant)
+        Path(args.png).parent.mkdir(parents=True, exist_ok=True)
+        plot(points, args.png, f"Digits bed ({args.variant}): adherence against FD, numbers are w")
+        print(f"\nwrote {args.png}")
+
+
+if __name__ == "__main__":
+    main()

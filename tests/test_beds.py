@@ -1,0 +1,37 @@
+"""The test beds' code: the exact GMM denoiser against brute force, and the shipped digits models."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.beds, without the pack's __init__
+from benchmarks.beds import gmm  # noqa: E402
+
+sys.path.pop(0)
+
+
+def test_exact_denoiser_matches_a_brute_force_posterior_mean():
+    mixture = gmm.default_mixture()
+    g = torch.Generator().manual_seed(0)
+    near = {0: [[-2.5, 0.3], [0.3, 1.7], [0.0, -1.8]], 1: [[-3.0, 0.5], [-3.4, -0.2], [-2.6, 0.0]],
+            None: [[-2.6, 0.2], [0.3, 1.7], [-3.2, -0.5]]}  # points with posterior mass nearby
+    for label in (0, 1, None):
+        prior = torch.cat([mixture.sample(100_000, c, g) for c in ((label,) if label is not None else (0, 1))])
+        for sigma in (0.1, 0.7, 3.0):
+            x = torch.tensor(near[label], dtype=torch.float64)
+            # E[x0 | x] = sum_i x0_i N(x; x0_i, sigma^2) / sum_i N(x; x0_i, sigma^2), x0_i from the prior
+            logw = -((x.unsqueeze(1) - prior.unsqueeze(0)) ** 2).sum(-1) / (2 * sigma ** 2)
+            brute = (logw.softmax(1).unsqueeze(-1) * prior.unsqueeze(0)).sum(1)
+            exact = mixture.denoise(x, torch.full((3,), sigma), label)
+            assert (exact - brute).abs().max().item() < 0.03, (label, sigma)
+
+
+def test_true_samples_measure_as_perfect():
+    mixture = gmm.default_mixture()
+    g = torch.Generator().manual_seed(1)
+    m = gmm.measure(mixture, mixture.sample(4000, 0, g), 0, g)
+    assert m["modes_covered"] == 4 and m["min_mode_share"] > 0.8 and m["sliced_w"] < 0.05 and m["off_data"] < 0.01
+    collapsed = mixture.means[:1].repeat(4000, 1) + 0.01 * torch.randn(4000, 2, generator=g, dtype=torch.float64)
+    m = gmm.measure(mixture, collapsed, 0, g)
+    assert m["modes_covered"] == 1 and m["sliced_w"] > 0.5
