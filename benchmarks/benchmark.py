@@ -94,13 +94,29 @@ def add_counter(model):
     return counts
 
 
-def methods(model, cfg, sampler, annealing_scheduler):
+def adaptive_stopping_at(model, step):
+    """Adaptive Guidance whose predictions 'agree' from `step` on: with random weights the real
+    similarity means nothing, so the stop is forced where the paper's runs stop (about half way,
+    a quarter of the evaluations saved). Everything else is the real AG code path."""
+    import torch
+    from guidance_schedules.nodes.guidance import patch_model
+    from guidance_schedules.samplers.adaptive import AdaptiveSchedule
+
+    class ForcedStop(AdaptiveSchedule):
+        def similarity_of(self, ev, cond, uncond):
+            return torch.full((ev.batch_size,), 1.0 if ev.step >= step else 0.0, dtype=torch.float64)
+    return patch_model(model, lambda run: ForcedStop(run, 0.995), f"Adaptive guidance (stop forced at step {step})")
+
+
+def methods(model, cfg, sampler, steps, annealing_scheduler):
     """(name, model to sample with, cfg, sampler). The pack's other methods join this list."""
     from guidance_schedules.nodes.interval import GuidanceIntervalPatch
     interval = GuidanceIntervalPatch().patch(model, sigma_hi=5.42, sigma_lo=0.28)[0]
+    stop = (steps - 1) // 2
     rows = [
         ("CFG", model, cfg, sampler),
         ("interval (0.28, 5.42]", interval, cfg, sampler),
+        (f"AG, stop forced at step {stop}", adaptive_stopping_at(model, stop), cfg, sampler),
         ("cond only (cfg 1)", model, 1.0, sampler),
     ]
     if annealing_scheduler:
@@ -137,7 +153,7 @@ def main():
 
     model, pos, neg = build(args.arch)
     counts = add_counter(model)
-    rows = methods(model, args.cfg, args.sampler, args.annealing_scheduler if args.arch == "sdxl" else "")
+    rows = methods(model, args.cfg, args.sampler, args.steps, args.annealing_scheduler if args.arch == "sdxl" else "")
     if args.annealing_scheduler and args.arch != "sdxl":
         print("note: the annealing row needs --arch sdxl (the released network is trained for SDXL latents)")
     latent = {"samples": torch.zeros(args.batch, 4, args.size // 8, args.size // 8)}

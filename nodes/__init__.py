@@ -1,5 +1,5 @@
 """ComfyUI glue: node definitions and the shared patch/guider mechanism (guidance.py)."""
-from .adaptive import AdaptiveGuidanceGuider, AdaptiveGuidancePatch
+from .adaptive import AdaptiveGuidanceGuider, AdaptiveGuidancePatch, LinearAGCalibrate
 from .annealing import AnnealingGuidanceGuider, AnnealingGuidancePatch
 from .interval import GuidanceIntervalGuider, GuidanceIntervalPatch
 from .plot import GuidanceSchedulePlot
@@ -9,6 +9,7 @@ NODE_CLASS_MAPPINGS = {
     "GuidanceIntervalPatch": GuidanceIntervalPatch,
     "AdaptiveGuidanceGuider": AdaptiveGuidanceGuider,
     "AdaptiveGuidancePatch": AdaptiveGuidancePatch,
+    "LinearAGCalibrate": LinearAGCalibrate,
     "AnnealingGuidanceGuider": AnnealingGuidanceGuider,
     "AnnealingGuidancePatch": AnnealingGuidancePatch,
     "GuidanceSchedulePlot": GuidanceSchedulePlot,
@@ -19,6 +20,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "GuidanceIntervalPatch": "Guidance Interval (model patch)",
     "AdaptiveGuidanceGuider": "Adaptive Guidance Guider",
     "AdaptiveGuidancePatch": "Adaptive Guidance (model patch)",
+    "LinearAGCalibrate": "LinearAG Calibrate",
     "AnnealingGuidanceGuider": "Annealing Guidance Guider",
     "AnnealingGuidancePatch": "Annealing Guidance (model patch)",
     "GuidanceSchedulePlot": "Guidance Schedule Plot",

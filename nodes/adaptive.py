@@ -1,11 +1,46 @@
 """Adaptive Guidance nodes: a GUIDER for SamplerCustomAdvanced and a MODEL patch for KSampler."""
 from __future__ import annotations
 
+import os
+
+import folder_paths
+
+from ..samplers import linear_ag
 from ..samplers.adaptive import AdaptiveSchedule, check_threshold
-from .guidance import ScheduleGuider, patch_model
+from .guidance import ScheduleGuider, patch_model, sampler_function_name
 
 CATEGORY = "sampling/guidance schedules"
-DEFAULT_THRESHOLD = 0.99
+DEFAULT_THRESHOLD = 0.995
+LINEAR_AG_FOLDER = "linear_ag"
+NONE = "none"
+
+
+def register_linear_ag_folder():
+    """models/linear_ag: the coefficient files LinearAGCalibrate writes and the AG nodes read."""
+    path = os.path.join(folder_paths.models_dir, LINEAR_AG_FOLDER)
+    if LINEAR_AG_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[LINEAR_AG_FOLDER] = ([], {".safetensors"})
+    if path not in folder_paths.folder_names_and_paths[LINEAR_AG_FOLDER][0]:
+        folder_paths.folder_names_and_paths[LINEAR_AG_FOLDER][0].append(path)
+
+
+register_linear_ag_folder()
+
+
+def linear_ag_input():
+    return {"linear_ag": ([NONE] + folder_paths.get_filename_list(LINEAR_AG_FOLDER), {
+        "tooltip": "Optional LinearAG coefficients (models/linear_ag, made by LinearAGCalibrate for this model, "
+                   "sampler and step count): the unconditional pass of every other guided step is estimated from "
+                   "earlier predictions instead of run."})}
+
+
+def load_linear_ag(name):
+    if name in (None, NONE):
+        return None
+    path = folder_paths.get_full_path(LINEAR_AG_FOLDER, name)
+    if path is None:
+        raise ValueError(f"linear_ag: no file named {name!r} in {LINEAR_AG_FOLDER}")
+    return linear_ag.load(path)
 
 
 def threshold_input():
@@ -16,13 +51,15 @@ def threshold_input():
                    "earlier (faster, further from CFG); above 1 never stops (plain CFG)."})}
 
 
-def adaptive_schedule(threshold):
+def adaptive_schedule(threshold, linear_ag_name=NONE):
     threshold = check_threshold(threshold)
-    return lambda run: AdaptiveSchedule(run, threshold)
+    coefficients = load_linear_ag(linear_ag_name)
+    return lambda run: AdaptiveSchedule(run, threshold, coefficients, linear_ag_name)
 
 
-def describe(threshold):
-    return f"Adaptive guidance (threshold {threshold:g})"
+def describe(threshold, linear_ag_name=NONE):
+    extra = f", LinearAG {linear_ag_name}" if linear_ag_name not in (None, NONE) else ""
+    return f"Adaptive guidance (threshold {threshold:g}{extra})"
 
 
 class AdaptiveGuidancePatch:
@@ -35,10 +72,10 @@ class AdaptiveGuidancePatch:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",), **threshold_input()}}
+        return {"required": {"model": ("MODEL",), **threshold_input()}, "optional": linear_ag_input()}
 
-    def patch(self, model, threshold):
-        return (patch_model(model, adaptive_schedule(threshold), describe(threshold)),)
+    def patch(self, model, threshold, linear_ag=NONE):
+        return (patch_model(model, adaptive_schedule(threshold, linear_ag), describe(threshold, linear_ag)),)
 
 
 class AdaptiveGuidanceGuider:
@@ -54,8 +91,63 @@ class AdaptiveGuidanceGuider:
             "model": ("MODEL",), "positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
             "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
                               "tooltip": "Guidance weight while a sample is guided."}),
-            **threshold_input()}}
+            **threshold_input()}, "optional": linear_ag_input()}
 
-    def get_guider(self, model, positive, negative, cfg, threshold):
-        return (ScheduleGuider(patch_model(model, adaptive_schedule(threshold), describe(threshold)),
+    def get_guider(self, model, positive, negative, cfg, threshold, linear_ag=NONE):
+        return (ScheduleGuider(patch_model(model, adaptive_schedule(threshold, linear_ag), describe(threshold, linear_ag)),
                                positive, negative, cfg),)
+
+
+class LinearAGCalibrate:
+    DESCRIPTION = ("Fits LinearAG coefficients for Adaptive Guidance: runs full-CFG samplings of your model with "
+                   "your sampler and sigmas, fits per-step least-squares coefficients that predict the "
+                   "unconditional prediction from earlier ones, and writes them to models/linear_ag/NAME.safetensors "
+                   "(never overwriting). Use the same sampler and step count when sampling with the file.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "calibrate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL",), "positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
+            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+            "sampler": ("SAMPLER",), "sigmas": ("SIGMAS",), "latent_image": ("LATENT",),
+            "runs": ("INT", {"default": 8, "min": 1, "max": 1000,
+                             "tooltip": "Full-CFG samplings to fit on (the paper used about 200 trajectories; "
+                                        "each latent in the batch counts as one)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True}),
+            "name": ("STRING", {"default": "my_model_euler_30",
+                                "tooltip": "File name (without .safetensors) in models/linear_ag."}),
+        }}
+
+    def calibrate(self, model, positive, negative, cfg, sampler, sigmas, latent_image, runs, seed, name):
+        from comfy_extras.nodes_custom_sampler import Noise_RandomNoise, SamplerCustomAdvanced
+        name = name.strip().removesuffix(".safetensors")
+        if not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+            raise ValueError(f"name: give a plain file name inside models/linear_ag, got {name!r}")
+        path = os.path.join(folder_paths.models_dir, LINEAR_AG_FOLDER, name + ".safetensors")
+        if os.path.exists(path):
+            raise ValueError(f"name: {path} exists; choose another name (files are never overwritten)")
+        recorded: list[list] = []
+
+        def recording(run):
+            recorded.append([])
+            return linear_ag.CalibrationSchedule(run, recorded[-1])
+        guider = ScheduleGuider(patch_model(model, recording, "LinearAG calibration"), positive, negative, cfg)
+        for r in range(runs):
+            SamplerCustomAdvanced().sample(Noise_RandomNoise(seed + r), guider, sampler, sigmas, latent_image)
+        # every latent of the batch is one trajectory
+        trajectories = [[(c[b:b + 1], u[b:b + 1]) for c, u in run] for run in recorded for b in range(run[0][0].shape[0])]
+        result = linear_ag.fit(trajectories)
+        fitted_for = linear_ag.FittedFor(
+            sampler=sampler_function_name(sampler), steps=len(sigmas) - 1,
+            sigmas=tuple(float(s) for s in sigmas.flatten().tolist()),
+            model=type(model.model.model_config).__name__ + " " + model.model.model_type.name, cfg=float(cfg),
+            runs=len(trajectories))
+        linear_ag.save(result, fitted_for, path)
+        odd = result.relative_error[1::2]
+        text = (f"wrote {path}: {len(trajectories)} trajectories, {fitted_for.steps} steps; relative error of the "
+                f"estimate {float(odd.min()):.3f} .. {float(odd.max()):.3f} (0 = exact, 1 = as far as the cond prediction)")
+        return {"ui": {"text": [text]}, "result": ()}

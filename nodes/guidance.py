@@ -170,10 +170,11 @@ def _guided_prediction(guider, run: GuidanceRun, ev: Evaluation, x, timestep, mo
     """comfy.samplers.sampling_function with a per-sample choice of the unconditional pass and weight."""
     model = guider.inner_model
     positive, negative = guider.conds.get("positive"), guider.conds.get("negative")
-    guided = run.schedule.needs_uncond(ev).to(torch.bool)
+    needed = run.schedule.needs_uncond(ev).to(torch.bool)
     if negative is None:
-        guided = torch.zeros_like(guided)
-    ran_uncond = bool(guided.any())
+        needed = torch.zeros_like(needed)
+    guided = needed
+    ran_uncond = bool(needed.any())
     conds = [positive, negative if ran_uncond else None]
 
     if "sampler_calc_cond_batch_function" in model_options:
@@ -189,11 +190,14 @@ def _guided_prediction(guider, run: GuidanceRun, ev: Evaluation, x, timestep, mo
         out = fn(args)
     cond_pred, uncond_pred = out[0], (out[1] if ran_uncond else out[0])
 
-    if ran_uncond:
+    estimate = None if ran_uncond else run.schedule.estimate_uncond(ev, cond_pred)
+    if estimate is not None:
+        uncond_pred, guided = estimate
+    if ran_uncond or estimate is not None:
         weights, guided = run.schedule.guide(ev, cond_pred, uncond_pred, guided)
     else:
         weights = torch.ones(ev.batch_size, dtype=torch.float64)
-    run.record.add(ev, guided, weights, ran_uncond)
+    run.record.add(ev, needed, guided, weights, ran_uncond)
     uncond_pred = unguided_to_cond(cond_pred, uncond_pred, guided)
     scale = scale_argument(weights, guided, like=cond_pred)
     return comfy.samplers.cfg_function(model, cond_pred, uncond_pred, scale, x, timestep,

@@ -20,6 +20,7 @@ import math
 
 import torch
 
+from . import linear_ag
 from .schedule import Evaluation, GuidanceSchedule, RunInfo
 
 
@@ -39,28 +40,52 @@ def check_threshold(threshold: float) -> float:
 class AdaptiveSchedule(GuidanceSchedule):
     name = "adaptive guidance"
 
-    def __init__(self, run: RunInfo, threshold: float):
+    def __init__(self, run: RunInfo, threshold: float, linear: tuple[torch.Tensor, linear_ag.FittedFor] | None = None,
+                 linear_name: str = "the LinearAG file"):
         super().__init__(run)
         self.threshold = check_threshold(threshold)
         self.stopped: torch.Tensor | None = None  # per sample: conditional-only from now on
         self.stop_step: list[int | None] = []  # per sample: the crossing step
         self.similarity: dict[int, list[float]] = {}  # per step: gamma per sample (for logs and plots)
-        self._step_guided: tuple[int, torch.Tensor] | None = None
+        self._plan: tuple[int, torch.Tensor, bool] | None = None  # (step, guided, estimated) for the current step
+        self.coefficients = None
+        if linear is not None:
+            linear_ag.check_run(linear[1], run.sampler, run.steps, linear_name)
+            self.coefficients = linear[0]
+        self._previous: tuple[int, torch.Tensor, torch.Tensor] | None = None  # last real step's (step, D_c, D_u)
+        self.estimated_steps = 0
 
-    def needs_uncond(self, ev: Evaluation) -> torch.Tensor:
+    def _step_plan(self, ev: Evaluation) -> tuple[torch.Tensor, bool]:
         if self.stopped is None:
             self.stopped = torch.zeros(ev.batch_size, dtype=torch.bool)
             self.stop_step = [None] * ev.batch_size
-        if ev.first_of_step or self._step_guided is None or self._step_guided[0] != ev.step:
+        if ev.first_of_step or self._plan is None or self._plan[0] != ev.step:
             # Decided at the step's first evaluation and kept for the step's other evaluations.
-            self._step_guided = (ev.step, ~self.stopped & super().needs_uncond(ev))
-        return self._step_guided[1] & ~self.stopped
+            guided = ~self.stopped & super().needs_uncond(ev)
+            estimated = (self.coefficients is not None and linear_ag.estimated_step(ev.step) and bool(guided.any())
+                         and self._previous is not None and self._previous[0] == ev.step - 1)
+            self._plan = (ev.step, guided, estimated)
+            self.estimated_steps += int(estimated)
+        return self._plan[1] & ~self.stopped, self._plan[2]
+
+    def needs_uncond(self, ev: Evaluation) -> torch.Tensor:
+        guided, estimated = self._step_plan(ev)
+        return torch.zeros_like(guided) if estimated else guided
+
+    def estimate_uncond(self, ev: Evaluation, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        guided, estimated = self._step_plan(ev)
+        if not estimated:
+            return None
+        _, prev_cond, prev_uncond = self._previous
+        return linear_ag.estimate(self.coefficients, ev.step, cond, prev_cond, prev_uncond), guided
 
     def guide(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor,
               needed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         guided = needed.clone()
-        if ev.first_of_step:
-            gamma = cosine_per_sample(cond, uncond)
+        _, estimated = self._step_plan(ev)
+        if ev.first_of_step and not estimated:
+            self._previous = (ev.step, cond, uncond)
+            gamma = self.similarity_of(ev, cond, uncond)
             self.similarity[ev.step] = gamma.tolist()
             crossing = guided & (gamma >= self.threshold)
             for b in torch.nonzero(crossing).flatten().tolist():
@@ -69,8 +94,14 @@ class AdaptiveSchedule(GuidanceSchedule):
             guided = guided & ~crossing
         return torch.full((ev.batch_size,), float(ev.cond_scale), dtype=torch.float64), guided
 
+    def similarity_of(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        """gamma per sample: cosine similarity of the denoised predictions."""
+        return cosine_per_sample(cond, uncond)
+
     def summary(self) -> str:
         steps = self.run.steps
         parts = [f"sample {b}: guided {s if s is not None else steps} of {steps} steps"
                  for b, s in enumerate(self.stop_step)]
+        if self.coefficients is not None:
+            parts.append(f"LinearAG estimated the unconditional pass at {self.estimated_steps} steps")
         return "; ".join(parts)

@@ -71,6 +71,11 @@ class GuidanceSchedule:
         needed = not (math.isclose(ev.cond_scale, 1.0) and ev.skip_uncond_at_weight_one)
         return torch.full((ev.batch_size,), needed, dtype=torch.bool)
 
+    def estimate_uncond(self, ev: Evaluation, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """When the unconditional pass was skipped: an estimate of it and the samples to guide with
+        it (LinearAG), or None to leave those samples unguided."""
+        return None
+
     def guide(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor,
               needed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight per sample, guided per sample) once the predictions are in."""
@@ -97,11 +102,18 @@ class RunRecord:
     sigma: dict[int, float] = field(default_factory=dict)
     evaluations: int = 0  # model evaluations (calls of the guider), each for the whole batch
     uncond_evaluations: int = 0  # of those, how many ran the unconditional pass
+    # per sample: evaluations at which that sample needed the unconditional pass, i.e. what it
+    # would have cost alone (in a batch the pass runs for all samples when one needs it)
+    uncond_needed: list[int] = field(default_factory=list)
 
-    def add(self, ev: Evaluation, guided: torch.Tensor, weight: torch.Tensor, ran_uncond: bool):
+    def add(self, ev: Evaluation, needed: torch.Tensor, guided: torch.Tensor, weight: torch.Tensor, ran_uncond: bool):
         self.evaluations += 1
         self.uncond_evaluations += int(ran_uncond)
         self.batch_size = ev.batch_size
+        if not self.uncond_needed:
+            self.uncond_needed = [0] * ev.batch_size
+        for b, n in enumerate(needed.tolist()):
+            self.uncond_needed[b] += int(n)
         if ev.first_of_step:
             self.guided[ev.step] = [bool(g) for g in guided.tolist()]
             self.weight[ev.step] = [float(w) if g else 1.0 for w, g in zip(weight.tolist(), guided.tolist())]

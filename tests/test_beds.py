@@ -35,3 +35,16 @@ def test_true_samples_measure_as_perfect():
     collapsed = mixture.means[:1].repeat(4000, 1) + 0.01 * torch.randn(4000, 2, generator=g, dtype=torch.float64)
     m = gmm.measure(mixture, collapsed, 0, g)
     assert m["modes_covered"] == 1 and m["sliced_w"] > 0.5
+
+
+def test_shipped_digits_model_samples_the_requested_classes_at_w3():
+    from benchmarks.beds import digits, evaluator
+    model, judge = digits.load("labelnoise30"), evaluator.load()
+    labels = torch.arange(10).repeat_interleave(20)
+    x = digits.sample_cfg(model, labels, 3.0, digits.karras_sigmas(), seed=0)
+    with torch.no_grad():
+        accuracy = (judge(x.clamp(-1, 1)).argmax(1) == labels).float().mean().item()
+    assert accuracy >= 0.9
+    unguided = digits.sample_cfg(model, labels, 1.0, digits.karras_sigmas(), seed=0)
+    with torch.no_grad():
+        assert (judge(unguided.clamp(-1, 1)).argmax(1) == labels).float().mean().item() < accuracy - 0.2

@@ -33,7 +33,7 @@ def latent(batch=1):
 
 
 @pytest.fixture(scope="module", params=MODEL_TYPES)
-def setup(request):
+def tiny_setup(request):
     model = tiny_models.build_model(request.param)
     return request.param, model, tiny_models.build_conditioning(1), tiny_models.build_conditioning(2)
 
@@ -72,8 +72,8 @@ def evaluations_per_step(sampler, sigmas):
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
-def test_interval_over_every_step_is_stock_cfg(setup, sampler):
-    model_type, model, pos, neg = setup
+def test_interval_over_every_step_is_stock_cfg(tiny_setup, sampler):
+    model_type, model, pos, neg = tiny_setup
     stock, stock_counts = ksampler(model, pos, neg, sampler, model_type)
     ours, counts = ksampler(patched(model, **EVERY_STEP), pos, neg, sampler, model_type)
     assert counts == stock_counts
@@ -81,8 +81,8 @@ def test_interval_over_every_step_is_stock_cfg(setup, sampler):
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
-def test_interval_over_no_step_is_cond_only_with_no_uncond_pass(setup, sampler):
-    model_type, model, pos, neg = setup
+def test_interval_over_no_step_is_cond_only_with_no_uncond_pass(tiny_setup, sampler):
+    model_type, model, pos, neg = tiny_setup
     # Reference: stock CFG whose negative is the positive, i.e. the conditional prediction in both
     # slots, which is also what the CFG++ samplers then re-noise with.
     cond_only, _ = ksampler(model, pos, pos, sampler, model_type)
@@ -94,8 +94,8 @@ def test_interval_over_no_step_is_cond_only_with_no_uncond_pass(setup, sampler):
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
-def test_partial_interval_skips_exactly_the_unguided_steps(setup, sampler):
-    model_type, model, pos, neg = setup
+def test_partial_interval_skips_exactly_the_unguided_steps(tiny_setup, sampler):
+    model_type, model, pos, neg = tiny_setup
     sigmas = sigmas_of(model, model_type)
     lo, hi = (0.2, 0.7) if model_type == "flow" else (0.3, 3.0)
     run = RunInfo(sigmas=tuple(sigmas.tolist()), sigma_space="flow" if model_type == "flow" else "edm")
@@ -108,8 +108,8 @@ def test_partial_interval_skips_exactly_the_unguided_steps(setup, sampler):
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
-def test_guider_and_patch_agree_and_repeat(setup, sampler):
-    model_type, model, pos, neg = setup
+def test_guider_and_patch_agree_and_repeat(tiny_setup, sampler):
+    model_type, model, pos, neg = tiny_setup
     bounds = dict(sigma_lo=0.2, sigma_hi=0.7) if model_type == "flow" else dict(sigma_lo=0.3, sigma_hi=3.0)
     via_patch, patch_counts = ksampler(patched(model, **bounds), pos, neg, sampler, model_type, batch=3)
     guider = GuidanceIntervalGuider().get_guider(model, pos, neg, CFG, **bounds)[0]
@@ -122,8 +122,8 @@ def test_guider_and_patch_agree_and_repeat(setup, sampler):
 
 
 @pytest.mark.parametrize("sampler", DETERMINISTIC)
-def test_a_batch_gives_each_sample_its_solo_result(setup, sampler):
-    model_type, model, pos, neg = setup
+def test_a_batch_gives_each_sample_its_solo_result(tiny_setup, sampler):
+    model_type, model, pos, neg = tiny_setup
     m = patched(model, **(dict(sigma_lo=0.2, sigma_hi=0.7) if model_type == "flow" else dict(sigma_lo=0.3, sigma_hi=3.0)))
     batch, _ = ksampler(m, pos, neg, sampler, model_type, batch=3)
     for b in range(3):

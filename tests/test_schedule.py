@@ -25,6 +25,6 @@ def test_record_describes_guided_steps_and_skipped_passes():
     for step in range(5):
         ev = Evaluation(step=step, first_of_step=True, sigma=1.0, batch_size=1, cond_scale=5.0)
         guided = torch.tensor([1 <= step <= 3])
-        record.add(ev, guided, torch.tensor([5.0]), bool(guided.any()))
-    assert record.guided_steps() == [1, 2, 3]
+        record.add(ev, guided, guided, torch.tensor([5.0]), bool(guided.any()))
+    assert record.guided_steps() == [1, 2, 3] and record.uncond_needed == [3]
     assert record.describe() == "guided steps 1-3 (3 of 5); unconditional pass skipped in 2 of 5 model evaluations"

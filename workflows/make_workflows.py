@@ -23,12 +23,12 @@ NEGATIVE = "blurry, low quality, deformed"
 CHECKPOINT = "sd_xl_base_1.0.safetensors"
 
 
-def sdxl_front(g):
+def sdxl_front(g, batch_size=1):
     """Checkpoint, prompts and an empty 1024x1024 latent: the usual SDXL front end."""
     g.node("ckpt", "CheckpointLoaderSimple", (0, 200), ckpt_name=CHECKPOINT)
     g.node("pos", "CLIPTextEncode", (420, 80), text=POSITIVE, clip=("ckpt", 1), title="Positive prompt")
     g.node("neg", "CLIPTextEncode", (420, 330), text=NEGATIVE, clip=("ckpt", 1), title="Negative prompt")
-    g.node("latent", "EmptyLatentImage", (420, 580), width=1024, height=1024, batch_size=1)
+    g.node("latent", "EmptyLatentImage", (420, 580), width=1024, height=1024, batch_size=batch_size)
 
 
 def sdxl_back(g, samples, prefix, suffix="", y=200):
@@ -57,6 +57,44 @@ def interval_guider(g):
     g.node("sample", "SamplerCustomAdvanced", (1200, 200), noise=("noise", 0), guider=("guider", 0),
            sampler=("ksampler", 0), sigmas=("sigmas", 0), latent_image=("latent", 0))
     sdxl_back(g, ("sample", 0), "guidance_schedules/interval")
+
+
+def adaptive_patch(g):
+    """Stock KSampler; each image stops being guided once its predictions agree."""
+    sdxl_front(g)
+    g.node("adaptive", "AdaptiveGuidancePatch", (420, 760), model=("ckpt", 0), threshold=0.995,
+           linear_ag="none")
+    g.node("sampler", "KSampler", (900, 200), model=("adaptive", 0), seed=0, steps=30, cfg=7.0,
+           sampler_name="dpmpp_2m", scheduler="karras", positive=("pos", 0), negative=("neg", 0),
+           latent_image=("latent", 0), denoise=1.0)
+    g.node("plot", "GuidanceSchedulePlot", (1200, 560), samples=("sampler", 0), model=("adaptive", 0))
+    g.node("preview", "PreviewImage", (1500, 560), images=("plot", 0))
+    sdxl_back(g, ("sampler", 0), "guidance_schedules/adaptive")
+
+
+def adaptive_guider(g):
+    sdxl_front(g)
+    g.node("guider", "AdaptiveGuidanceGuider", (900, 80), model=("ckpt", 0), positive=("pos", 0),
+           negative=("neg", 0), cfg=7.0, threshold=0.995, linear_ag="none")
+    g.node("noise", "RandomNoise", (900, 360), noise_seed=0)
+    g.node("ksampler", "KSamplerSelect", (900, 500), sampler_name="euler")
+    g.node("sigmas", "BasicScheduler", (900, 620), model=("ckpt", 0), scheduler="karras", steps=30, denoise=1.0)
+    g.node("sample", "SamplerCustomAdvanced", (1200, 200), noise=("noise", 0), guider=("guider", 0),
+           sampler=("ksampler", 0), sigmas=("sigmas", 0), latent_image=("latent", 0))
+    g.node("plot", "GuidanceSchedulePlot", (1200, 560), samples=("sample", 0), guider=("guider", 0))
+    g.node("preview", "PreviewImage", (1500, 560), images=("plot", 0))
+    sdxl_back(g, ("sample", 0), "guidance_schedules/adaptive")
+
+
+def linear_ag_calibration(g):
+    """Fit LinearAG coefficients for SDXL + euler + 30 karras steps (8 runs x batch 4 = 32 trajectories).
+    Then pick the file in the AG nodes' linear_ag input, with the same sampler and steps."""
+    sdxl_front(g, batch_size=4)
+    g.node("ksampler", "KSamplerSelect", (900, 360), sampler_name="euler")
+    g.node("sigmas", "BasicScheduler", (900, 480), model=("ckpt", 0), scheduler="karras", steps=30, denoise=1.0)
+    g.node("calibrate", "LinearAGCalibrate", (1250, 200), model=("ckpt", 0), positive=("pos", 0), negative=("neg", 0),
+           cfg=7.0, sampler=("ksampler", 0), sigmas=("sigmas", 0), latent_image=("latent", 0), runs=8, seed=0,
+           name="sdxl_euler_30")
 
 
 ANNEALING_SCHEDULER = "annealing_sdxl.safetensors"  # the converted official network (see weights/README.md)
@@ -95,6 +133,9 @@ def annealing_guider(g, lambdas=(0.4,)):
 WORKFLOWS = {
     "guidance_interval_patch_sdxl": interval_patch,
     "guidance_interval_guider_sdxl": interval_guider,
+    "adaptive_guidance_patch_sdxl": adaptive_patch,
+    "adaptive_guidance_guider_sdxl": adaptive_guider,
+    "linear_ag_calibration_sdxl": linear_ag_calibration,
     "annealing_guidance_patch_sdxl": annealing_patch,
     "annealing_guidance_guider_sdxl": annealing_guider,
     "annealing_guidance_lambda_sweep_sdxl": lambda g: annealing_guider(g, (0.05, 0.4, 0.8)),

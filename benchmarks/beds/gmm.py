@@ -7,7 +7,8 @@ the exact denoiser is the posterior mean
     r_k(x) ~ pi_k N(x; mu_k, (s_k^2 + sigma^2) I),
 so the true conditional distribution is known and samples can be measured exactly: which
 components they land in (mode coverage), their sliced Wasserstein distance to the true
-conditional, and how far outside the data they are pushed.
+conditional, how far outside the data they are pushed, and how tightly they gather in their
+component (mode_spread: 1 for the truth, below 1 = sharpened).
 
 The layout mirrors the guidance interval paper's toy: class A has a component that sits next to
 class B's mass; CFG at high noise pushes A's samples away from B and so drops that component.
@@ -92,9 +93,12 @@ def measure(mixture: Mixture, samples: torch.Tensor, label: int, generator: torc
     # distance off the data: Mahalanobis distance (in stds) to the nearest component of the class
     d = ((samples.double().unsqueeze(1) - mixture.means.double().unsqueeze(0)).norm(dim=-1) / mixture.stds.double())
     nearest = torch.where(mask.view(1, -1), d, torch.full_like(d, math.inf)).min(1).values
+    # sharpness: RMS distance to the assigned component's mean, in its stds per dimension (truth: 1)
+    offsets = (samples.double() - mixture.means.double()[comps]) / mixture.stds.double()[comps].view(-1, 1)
     return {
         "modes_covered": float((share >= 0.25 * expected).double().sum()),  # a mode counts with >= 1/4 of its mass
         "min_mode_share": float((share / expected).min()),
         "sliced_w": sliced_wasserstein(samples, mixture.sample(len(samples), label, generator)),
         "off_data": float((nearest > 4).double().mean()),  # share beyond 4 stds of every component (true data: 0.03%)
+        "mode_spread": float((offsets ** 2).mean().sqrt()),
     }

@@ -1,0 +1,140 @@
+"""LinearAG (Castillo et al., 2023): replace the unconditional pass, on alternate steps of the guided
+part of a run, by an affine combination of predictions already made, with per-step coefficients
+fitted by least squares on full-CFG runs of the user's own model and sampler:
+
+    D_u(i) ~ a_i D_c(i) + b_i D_c(i-1) + c_i D_u(i-1) + d_i      (i odd: 1, 3, 5, ...)
+
+The paper writes the combination in noise space over past iterates; here it is in the denoised
+space ComfyUI hands around, with the current conditional prediction and the previous step's two
+predictions (the previous step, being even, always ran the real unconditional pass). Scalar
+coefficients per step, shared by all latent elements, as in the paper.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .schedule import Evaluation, GuidanceSchedule, RunInfo
+
+FORMAT = "guidance_schedules/linear_ag"
+N_TERMS = 4  # a, b, c, d
+
+
+class CoefficientsFileError(ValueError):
+    """A LinearAG file that cannot be used here: unreadable, or fitted for another setup."""
+
+
+def estimated_step(step: int) -> bool:
+    """LinearAG estimates the unconditional prediction on odd steps (1, 3, 5, ...)."""
+    return step % 2 == 1
+
+
+def features(cond: torch.Tensor, prev_cond: torch.Tensor, prev_uncond: torch.Tensor) -> torch.Tensor:
+    """(elements, 4) design matrix of one step: D_c(i), D_c(i-1), D_u(i-1), 1."""
+    c, pc, pu = (t.reshape(-1).to(torch.float64) for t in (cond, prev_cond, prev_uncond))
+    return torch.stack([c, pc, pu, torch.ones_like(c)], dim=1)
+
+
+def estimate(coefficients: torch.Tensor, step: int, cond, prev_cond, prev_uncond) -> torch.Tensor:
+    a, b, c, d = (float(v) for v in coefficients[step])
+    return (a * cond.to(torch.float64) + b * prev_cond.to(torch.float64) + c * prev_uncond.to(torch.float64) + d).to(cond.dtype)
+
+
+@dataclass
+class Fit:
+    coefficients: torch.Tensor  # (steps, 4); rows of even steps are unused (zeros)
+    relative_error: torch.Tensor  # (steps,) ||D_u - estimate|| / ||D_u - D_c|| on the calibration data
+
+
+def fit(runs: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> Fit:
+    """runs[r][i] = (D_c, D_u) at step i of calibration run r (full CFG). Least squares per odd step."""
+    steps = len(runs[0])
+    if any(len(r) != steps for r in runs):
+        raise ValueError("calibration runs differ in step count")
+    coefficients = torch.zeros(steps, N_TERMS, dtype=torch.float64)
+    error = torch.zeros(steps, dtype=torch.float64)
+    for i in range(1, steps):
+        if not estimated_step(i):
+            continue
+        design = torch.cat([features(r[i][0], r[i - 1][0], r[i - 1][1]) for r in runs])
+        target = torch.cat([r[i][1].reshape(-1).to(torch.float64) for r in runs])
+        solution = torch.linalg.lstsq(design, target.unsqueeze(1), driver="gelsd").solution[:, 0]
+        coefficients[i] = solution
+        gap = torch.cat([(r[i][1] - r[i][0]).reshape(-1).to(torch.float64) for r in runs]).norm()
+        error[i] = (design @ solution - target).norm() / gap.clamp_min(1e-12)
+    return Fit(coefficients, error)
+
+
+@dataclass(frozen=True)
+class FittedFor:
+    sampler: str  # k-diffusion function name
+    steps: int
+    sigmas: tuple[float, ...]
+    model: str
+    cfg: float
+    runs: int
+
+
+def save(result: Fit, fitted_for: FittedFor, path: str) -> None:
+    if os.path.exists(path):
+        raise FileExistsError(f"{path} exists; choose another name or remove it first")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    meta = {"format": FORMAT, "fitted_for": json.dumps({**fitted_for.__dict__, "sigmas": list(fitted_for.sigmas)})}
+    save_file({"coefficients": result.coefficients.contiguous(), "relative_error": result.relative_error.contiguous()},
+              path, metadata=meta)
+
+
+def load(path: str) -> tuple[torch.Tensor, FittedFor]:
+    name = os.path.basename(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            coefficients = f.get_tensor("coefficients") if "coefficients" in f.keys() else None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CoefficientsFileError(f"{name} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+    if meta.get("format") != FORMAT or coefficients is None:
+        raise CoefficientsFileError(f"{name} is not a LinearAG coefficients file (make one with the LinearAGCalibrate node)")
+    try:
+        fitted = json.loads(meta["fitted_for"])
+        fitted_for = FittedFor(**{**fitted, "sigmas": tuple(fitted["sigmas"])})
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise CoefficientsFileError(f"{name}: incomplete metadata ({e})") from None
+    if tuple(coefficients.shape) != (fitted_for.steps, N_TERMS) or not torch.isfinite(coefficients).all():
+        raise CoefficientsFileError(f"{name}: coefficients of shape {tuple(coefficients.shape)} do not fit "
+                                    f"{fitted_for.steps} steps")
+    return coefficients.to(torch.float64), fitted_for
+
+
+def check_run(fitted_for: FittedFor, sampler: str, steps: int, name: str = "the LinearAG file") -> None:
+    """Refuse a run the coefficients were not fitted for: they only hold for that sampler and grid."""
+    if sampler != fitted_for.sampler:
+        raise CoefficientsFileError(f"{name} was fitted for the sampler {fitted_for.sampler.removeprefix('sample_')}; "
+                                    f"this run uses {sampler.removeprefix('sample_')}. Calibrate again for it.")
+    if steps != fitted_for.steps:
+        raise CoefficientsFileError(f"{name} was fitted for {fitted_for.steps} steps; this run has {steps}. "
+                                    "Calibrate again for it.")
+
+
+
+class CalibrationSchedule(GuidanceSchedule):
+    """Full CFG (the unconditional pass every step, cfg 1 included) that records each step's first
+    (D_c, D_u) into `record`, for fitting."""
+
+    name = "LinearAG calibration"
+
+    def __init__(self, run: RunInfo, record: list):
+        super().__init__(run)
+        self.record = record
+
+    def needs_uncond(self, ev: Evaluation) -> torch.Tensor:
+        return torch.ones(ev.batch_size, dtype=torch.bool)
+
+    def guide(self, ev, cond, uncond, needed):
+        if ev.first_of_step:
+            self.record.append((cond.detach().to("cpu", torch.float32), uncond.detach().to("cpu", torch.float32)))
+        return super().guide(ev, cond, uncond, needed)

@@ -1,0 +1,68 @@
+"""LinearAG fitting and files, without ComfyUI."""
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from guidance_schedules.samplers import linear_ag
+
+
+def synthetic_runs(coefficients, runs=5, steps=6, shape=(2, 4, 4), seed=0):
+    """Trajectories whose odd-step D_u is exactly the affine combination with these coefficients."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(runs):
+        traj = []
+        for i in range(steps):
+            cond = torch.randn(1, *shape, generator=g)
+            if linear_ag.estimated_step(i) and i > 0:
+                a, b, c, d = coefficients[i]
+                uncond = a * cond + b * traj[i - 1][0] + c * traj[i - 1][1] + d
+            else:
+                uncond = torch.randn(1, *shape, generator=g)
+            traj.append((cond, uncond))
+        out.append(traj)
+    return out
+
+
+def test_fit_recovers_exact_coefficients():
+    truth = torch.zeros(6, 4, dtype=torch.float64)
+    truth[1], truth[3], truth[5] = torch.tensor([0.8, 0.1, 0.3, 0.05]), torch.tensor([1.1, -0.2, 0.05, 0.0]), \
+        torch.tensor([0.5, 0.0, 0.5, -0.1])
+    result = linear_ag.fit(synthetic_runs(truth))
+    assert torch.allclose(result.coefficients, truth, atol=1e-5)
+    assert result.relative_error[1::2].max() < 1e-5
+
+
+def fitted_for(**changes):
+    base = dict(sampler="sample_euler", steps=6, sigmas=(14.6, 7.0, 3.0, 1.0, 0.3, 0.1, 0.0), model="SDXL EPS",
+                cfg=7.0, runs=5)
+    return linear_ag.FittedFor(**{**base, **changes})
+
+
+def test_save_load_round_trip_and_no_overwrite(tmp_path):
+    result = linear_ag.fit(synthetic_runs(torch.zeros(6, 4, dtype=torch.float64)))
+    path = tmp_path / "sub" / "coeffs.safetensors"
+    linear_ag.save(result, fitted_for(), str(path))
+    coefficients, meta = linear_ag.load(str(path))
+    assert torch.equal(coefficients, result.coefficients) and meta == fitted_for()
+    with pytest.raises(FileExistsError):
+        linear_ag.save(result, fitted_for(), str(path))
+
+
+def test_a_file_for_another_sampler_or_step_count_is_refused():
+    linear_ag.check_run(fitted_for(), "sample_euler", 6)
+    with pytest.raises(linear_ag.CoefficientsFileError, match="fitted for the sampler euler; this run uses dpmpp_2m"):
+        linear_ag.check_run(fitted_for(), "sample_dpmpp_2m", 6)
+    with pytest.raises(linear_ag.CoefficientsFileError, match="fitted for 6 steps; this run has 20"):
+        linear_ag.check_run(fitted_for(), "sample_euler", 20)
+
+
+def test_corrupt_and_foreign_files_are_refused(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00\x01garbage")
+    with pytest.raises(linear_ag.CoefficientsFileError, match="not a readable safetensors file"):
+        linear_ag.load(str(bad))
+    other = tmp_path / "other.safetensors"
+    save_file({"coefficients": torch.zeros(3, 4)}, str(other))
+    with pytest.raises(linear_ag.CoefficientsFileError, match="not a LinearAG coefficients file"):
+        linear_ag.load(str(other))
