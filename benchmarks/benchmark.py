@@ -18,10 +18,10 @@ import os
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
-PACK_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from comfy_host import import_comfyui  # noqa: E402
 
 SD15 = {'use_checkpoint': False, 'image_size': 32, 'out_channels': 4, 'use_spatial_transformer': True, 'legacy': False,
         'adm_in_channels': None, 'in_channels': 4, 'model_channels': 320, 'num_res_blocks': [2, 2, 2, 2],
@@ -35,19 +35,6 @@ SDXL = {'use_checkpoint': False, 'image_size': 32, 'out_channels': 4, 'use_spati
         'transformer_depth_middle': 10, 'use_linear_in_transformer': True, 'context_dim': 2048, 'num_head_channels': 64,
         'transformer_depth_output': [0, 0, 0, 2, 2, 2, 10, 10, 10],
         'use_temporal_attention': False, 'use_temporal_resblock': False}
-
-
-def import_comfyui():
-    root = os.environ.get("COMFYUI_PATH")
-    if not root:
-        sys.exit("set COMFYUI_PATH to a ComfyUI checkout")
-    sys.path.insert(0, root)
-    import torch
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = not torch.cuda.is_available()
-    package = types.ModuleType("guidance_schedules")
-    package.__path__ = [str(PACK_ROOT)]
-    sys.modules["guidance_schedules"] = package
 
 
 def build(arch):
@@ -108,6 +95,25 @@ def adaptive_stopping_at(model, step):
     return patch_model(model, lambda run: ForcedStop(run, 0.995), f"Adaptive guidance (stop forced at step {step})")
 
 
+def linear_ag_model(model, sampler, steps):
+    """Adaptive Guidance that never stops, with LinearAG estimating every other unconditional pass.
+    The coefficients are placeholders (a = 1: the estimate is the conditional prediction): the time
+    of an estimate does not depend on their values, and a real fit needs trained weights."""
+    import tempfile
+    import torch
+    import folder_paths
+    from guidance_schedules.nodes.adaptive import LINEAR_AG_FOLDER, AdaptiveGuidancePatch
+    from guidance_schedules.samplers import linear_ag
+    folder = tempfile.mkdtemp(prefix="gs-bench-")
+    coefficients = torch.zeros(steps, linear_ag.N_TERMS, dtype=torch.float64)
+    coefficients[:, 0] = 1.0
+    fitted_for = linear_ag.FittedFor(sampler=f"sample_{sampler}", steps=steps, sigmas=(), model="benchmark", cfg=0.0, runs=0)
+    linear_ag.save(linear_ag.Fit(coefficients, torch.zeros(steps, dtype=torch.float64)), fitted_for,
+                   os.path.join(folder, "benchmark.safetensors"))
+    folder_paths.add_model_folder_path(LINEAR_AG_FOLDER, folder)
+    return AdaptiveGuidancePatch().patch(model, 2.0, linear_ag="benchmark.safetensors")[0]
+
+
 def methods(model, cfg, sampler, steps, annealing_scheduler):
     """(name, model to sample with, cfg, sampler). The pack's other methods join this list."""
     from guidance_schedules.nodes.interval import GuidanceIntervalPatch
@@ -117,6 +123,7 @@ def methods(model, cfg, sampler, steps, annealing_scheduler):
         ("CFG", model, cfg, sampler),
         ("interval (0.28, 5.42]", interval, cfg, sampler),
         (f"AG, stop forced at step {stop}", adaptive_stopping_at(model, stop), cfg, sampler),
+        ("LinearAG (AG never stops)", linear_ag_model(model, sampler, steps), cfg, sampler),
         ("cond only (cfg 1)", model, 1.0, sampler),
     ]
     if annealing_scheduler:
@@ -146,10 +153,7 @@ def main():
 
     import_comfyui()
     import torch
-    import comfy.model_management as mm
-    import comfy.utils
     import nodes
-    comfy.utils.PROGRESS_BAR_ENABLED = False
 
     model, pos, neg = build(args.arch)
     counts = add_counter(model)

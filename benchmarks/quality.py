@@ -18,28 +18,15 @@ import argparse
 import os
 import statistics
 import sys
-import types
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from comfy_host import import_comfyui  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 ONLY = ""  # --only: a filter on the settings' labels
-
-
-def import_comfyui():
-    root = os.environ.get("COMFYUI_PATH")
-    if not root:
-        sys.exit("set COMFYUI_PATH to a ComfyUI checkout")
-    sys.path.insert(0, root)
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = True
-    package = types.ModuleType("guidance_schedules")
-    package.__path__ = [str(ROOT)]
-    sys.modules["guidance_schedules"] = package
-    sys.path.insert(1, str(ROOT))  # benchmarks.beds
-    import comfy.utils
-    comfy.utils.PROGRESS_BAR_ENABLED = False
 
 
 def guider_for(method, model, pos, neg):
@@ -55,10 +42,11 @@ def guider_for(method, model, pos, neg):
     if kind == "interval":
         _, w, lo, hi = method
         return GuidanceIntervalGuider().get_guider(model, pos, neg, w, sigma_hi=hi, sigma_lo=lo)[0]
-    if kind == "adaptive":
+    if kind in ("adaptive", "linear_ag"):
         from guidance_schedules.nodes.adaptive import AdaptiveGuidanceGuider
-        _, w, threshold = method
-        return AdaptiveGuidanceGuider().get_guider(model, pos, neg, w, threshold)[0]
+        _, w, threshold = method[:3]
+        linear = method[3] if kind == "linear_ag" else "none"
+        return AdaptiveGuidanceGuider().get_guider(model, pos, neg, w, threshold, linear_ag=linear)[0]
     raise ValueError(f"unknown method {method}")
 
 
@@ -69,6 +57,8 @@ def label_of(method):
         return f"interval ({method[2]:g}, {method[3]:g}] w={method[1]:g}"
     if method[0] == "adaptive":
         return f"AG threshold {method[2]:g} w={method[1]:g}"
+    if method[0] == "linear_ag":
+        return f"AG threshold {method[2]:g} + LinearAG w={method[1]:g}"
     return str(method)
 
 
@@ -77,7 +67,7 @@ def curve_of(method):
         return "CFG"
     if method[0] == "interval":
         return f"interval ({method[2]:g}, {method[3]:g}]"
-    return f"AG w={method[1]:g}"
+    return f"{'AG + LinearAG' if method[0] == 'linear_ag' else 'AG'} w={method[1]:g}"
 
 
 def psnr(a, b):
@@ -135,7 +125,33 @@ def digits_methods():
     ws = [1.5, 2.0, 3.0, 4.0, 6.0]
     return [("cfg", 1.0)] + [("cfg", w) for w in ws] + [("interval", w, 0.28, 5.42) for w in ws] + \
            [("interval", w, 0.5, 20.0) for w in ws] + [("interval", w, 0.1, 2.0) for w in ws] + \
-           [("adaptive", w, t) for w in (2.0, 3.0) for t in (0.99, 0.995, 0.999)]
+           [("adaptive", w, t) for w in (2.0, 3.0) for t in (0.99, 0.995, 0.999)] + \
+           [("linear_ag", 3.0, t, LINEAR_AG_FILE) for t in (0.995, 0.999, 2.0)]
+
+
+LINEAR_AG_FILE = "digits_bed_euler_32.safetensors"
+
+
+def calibrate_linear_ag(model, sigmas, variant):
+    """Fit LinearAG for the digits bed with the pack's calibration node (cfg 3, 8 x 100 trajectories,
+    seeds apart from the measured ones), into a temporary models/linear_ag."""
+    import tempfile
+    import comfy.samplers
+    import folder_paths
+    from benchmarks.beds.comfy_models import class_conditioning
+    from guidance_schedules.nodes.adaptive import LINEAR_AG_FOLDER, LinearAGCalibrate
+    models = tempfile.mkdtemp(prefix="gs-quality-")
+    folder_paths.add_model_folder_path(LINEAR_AG_FOLDER, os.path.join(models, LINEAR_AG_FOLDER))
+    original, folder_paths.models_dir = folder_paths.models_dir, models
+    try:
+        labels = list(range(10)) * 10
+        out = LinearAGCalibrate().calibrate(model, class_conditioning(labels, 11), class_conditioning(None, 11), 3.0,
+                                            comfy.samplers.sampler_object("euler"), sigmas,
+                                            {"samples": torch.zeros(len(labels), 1, 8, 8)}, runs=8, seed=1000,
+                                            name=LINEAR_AG_FILE.removesuffix(".safetensors"))
+    finally:
+        folder_paths.models_dir = original
+    print("\nLinearAG calibration:", out["ui"]["text"][0].split(": ", 1)[1])
 
 
 def run_gmm(seeds, n):
@@ -166,6 +182,8 @@ def run_digits(seeds, per_class, variant):
     real_x, real_y = torch.cat([x_train, x_test]), torch.cat([y_train, y_test])
     labels = [c for c in range(10) for _ in range(per_class)]
     sigmas = digits.karras_sigmas(32, 0.005, 20.0)
+    if any(m[0] == "linear_ag" for m in digits_methods() if ONLY in label_of(m)):
+        calibrate_linear_ag(model, sigmas, variant)
     rows, points, cfg_samples = [], [], {}
     for method in [m for m in digits_methods() if ONLY in label_of(m) or m == ("cfg", 3.0) or m == ("cfg", 2.0)]:
         runs = []
@@ -179,7 +197,9 @@ def run_digits(seeds, per_class, variant):
             runs.append({"evals/image": evals, **m})
         stats = summarise(runs)
         rows.append((label_of(method), stats))
-        points.append((curve_of(method), stats["fd"][0], stats["p_class"][0], method[1]))
+        # points are labelled with what moves along their curve: w, or AG's threshold
+        points.append((curve_of(method), stats["fd"][0], stats["p_class"][0],
+                       method[2] if method[0] in ("adaptive", "linear_ag") else method[1]))
         print(".", end="", flush=True)
     print_table(f"Digits bed ({variant}), {per_class} samples per class, 32 Euler steps sigma 20 -> 0.005, "
                 f"{len(seeds)} seeds", ["evals/image", "accuracy", "p_class", "fd", "precision", "recall", "diversity",
@@ -187,10 +207,34 @@ def run_digits(seeds, per_class, variant):
     return rows, points
 
 
+@torch.no_grad()
+def similarity_curves(variant, w=3.0, n_per_class=50):
+    """Median cosine similarity of the conditional and unconditional predictions per step, in the
+    denoised space and in the noise space, along CFG trajectories: which space AG can threshold."""
+    from benchmarks.beds import digits
+    model = digits.load(variant)
+    labels = torch.arange(10).repeat_interleave(n_per_class)
+    null = torch.full_like(labels, digits.NULL_CLASS)
+    sigmas = digits.karras_sigmas(32, 0.005, 20.0)
+    x = torch.randn(len(labels), 64, generator=torch.Generator().manual_seed(0)) * sigmas[0]
+    print(f"\nSimilarity of the predictions along CFG w={w:g} runs, digits bed ({variant}), median over "
+          f"{len(labels)} samples\n\n| step | sigma | cos(D_c, D_u) | cos(eps_c, eps_u) |\n|---|---|---|---|")
+    for i in range(len(sigmas) - 1):
+        s = torch.full((len(labels),), float(sigmas[i]))
+        d_c, d_u = model.denoise(x, s, labels), model.denoise(x, s, null)
+        cos_d = torch.nn.functional.cosine_similarity(d_c, d_u, dim=1).median().item()
+        cos_e = torch.nn.functional.cosine_similarity(x - d_c, x - d_u, dim=1).median().item()
+        if i % 3 == 0 or i == len(sigmas) - 2:
+            print(f"| {i} | {float(sigmas[i]):.3f} | {cos_d:.4f} | {cos_e:.5f} |")
+        x = x + (x - (d_u + w * (d_c - d_u))) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+
+
 def plot(points, path, title):
-    """Adherence (y) against per-class FD (x), one polyline per method, labelled with w."""
+    """Adherence (y) against per-class FD (x, log scale), one polyline per method."""
+    import math
+    points = [(curve, math.log10(fd), p, label) for curve, fd, p, label in points]
     from PIL import Image, ImageDraw, ImageFont
-    width, height, left, right, top, bottom = 900, 560, 70, 700, 40, 500
+    width, height, left, right, top, bottom = 900, 580, 70, 700, 60, 520
     img = Image.new("RGB", (width, height), "white")
     draw, font = ImageDraw.Draw(img), ImageFont.load_default()
     xs, ys = [p[1] for p in points], [p[2] for p in points]
@@ -201,18 +245,19 @@ def plot(points, path, title):
         return (left + (right - left) * (x - x0 + pad_x) / (x1 - x0 + 2 * pad_x),
                 bottom - (bottom - top) * (y - y0 + pad_y) / (y1 - y0 + 2 * pad_y))
 
-    draw.text((left, 12), title, fill="black", font=font)
+    draw.text((left, 8), title, fill="black", font=font)
     draw.line([(left, top), (left, bottom), (right, bottom)], fill="black")
     for k in range(5):
         x = x0 - pad_x + (x1 - x0 + 2 * pad_x) * k / 4
         y = y0 - pad_y + (y1 - y0 + 2 * pad_y) * k / 4
         px, _ = at(x, y0)
         _, py = at(x0, y)
-        draw.text((px - 10, bottom + 6), f"{x:.1f}", fill="black", font=font)
+        draw.text((px - 10, bottom + 6), f"{10 ** x:.0f}", fill="black", font=font)
         draw.text((8, py - 6), f"{y:.3f}", fill="black", font=font)
-    draw.text(((left + right) // 2 - 80, height - 30), "per-class FD (lower is better)", fill="black", font=font)
-    draw.text((8, top - 24), "mean p(requested class)", fill="black", font=font)
-    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+    draw.text(((left + right) // 2 - 80, height - 30), "per-class FD, log scale (lower is better)", fill="black", font=font)
+    draw.text((8, top - 22), "mean p(requested class)", fill="black", font=font)
+    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+               (227, 119, 194), (127, 127, 127)]
     for i, curve in enumerate(dict.fromkeys(p[0] for p in points)):
         pts = [p for p in points if p[0] == curve]
         xy = [at(p[1], p[2]) for p in pts]
@@ -228,24 +273,27 @@ def plot(points, path, title):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bed", choices=["gmm", "digits", "both"], default="both")
+    parser.add_argument("--bed", choices=["gmm", "digits", "both", "similarity"], default="both")
     parser.add_argument("--variant", choices=["early", "labelnoise30"], default="labelnoise30")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--per-class", type=int, default=200)
     parser.add_argument("--png", default=str(ROOT / "docs" / "tradeoff_digits.png"))
     parser.add_argument("--only", default="", help="run only the settings whose label contains this text")
     args = parser.parse_args()
-    import_comfyui()
+    import_comfyui(cpu=True)
     torch.set_num_threads(2)
     global ONLY
     ONLY = args.only
     seeds = list(range(args.seeds))
+    if args.bed in ("similarity", "both"):
+        similarity_curves(args.variant)
     if args.bed in ("gmm", "both"):
         run_gmm(seeds, 2000)
     if args.bed in ("digits", "both"):
         _, points = run_digits(seeds, args.per_class, args.variant)
         Path(args.png).parent.mkdir(parents=True, exist_ok=True)
-        plot(points, args.png, f"Digits bed ({args.variant}): adherence against FD, numbers are w")
+        plot(points, args.png, f"Digits bed ({args.variant}): adherence against FD; numbers: w (CFG, interval), "
+                               "threshold (AG)")
         print(f"\nwrote {args.png}")
 
 

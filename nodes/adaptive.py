@@ -7,7 +7,7 @@ import folder_paths
 
 from ..samplers import linear_ag
 from ..samplers.adaptive import AdaptiveSchedule, check_threshold
-from .guidance import ScheduleGuider, patch_model, sampler_function_name
+from .guidance import ScheduleGuider, guider_inputs, patch_model, sampler_function_name
 
 CATEGORY = "sampling/guidance schedules"
 DEFAULT_THRESHOLD = 0.995
@@ -87,11 +87,8 @@ class AdaptiveGuidanceGuider:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL",), "positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
-            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
-                              "tooltip": "Guidance weight while a sample is guided."}),
-            **threshold_input()}, "optional": linear_ag_input()}
+        return {"required": {**guider_inputs("Guidance weight while a sample is guided."), **threshold_input()},
+                "optional": linear_ag_input()}
 
     def get_guider(self, model, positive, negative, cfg, threshold, linear_ag=NONE):
         return (ScheduleGuider(patch_model(model, adaptive_schedule(threshold, linear_ag), describe(threshold, linear_ag)),
@@ -111,8 +108,7 @@ class LinearAGCalibrate:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL",), "positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
-            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+            **guider_inputs("Guidance weight of the full-CFG runs: the one you will sample with."),
             "sampler": ("SAMPLER",), "sigmas": ("SIGMAS",), "latent_image": ("LATENT",),
             "runs": ("INT", {"default": 8, "min": 1, "max": 1000,
                              "tooltip": "Full-CFG samplings to fit on (the paper used about 200 trajectories; "

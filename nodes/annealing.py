@@ -7,7 +7,7 @@ import os
 import folder_paths
 
 from ..samplers.annealing import DEFAULT_LAMBDA, AnnealingSchedule, check_lambda, load_scheduler
-from .guidance import ScheduleGuider, patch_model
+from .guidance import ScheduleGuider, guider_inputs, patch_model
 
 CATEGORY = "sampling/guidance schedules"
 FOLDER = "guidance_schedulers"
@@ -93,8 +93,7 @@ class AnnealingGuidanceGuider:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",), "positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
-                             **annealing_inputs()}}
+        return {"required": {**guider_inputs(), **annealing_inputs()}}
 
     def get_guider(self, model, positive, negative, scheduler, **kwargs):
         lam = kwargs["lambda"]

@@ -21,7 +21,6 @@ import logging
 import torch
 
 import comfy.model_sampling
-import comfy.patcher_extension
 import comfy.samplers
 from comfy.patcher_extension import WrapperExecutor, WrappersMP
 
@@ -98,6 +97,15 @@ def patch_model(model, make_schedule, describe: str):
                            functools.partial(_run_with_schedule, make_schedule, history))
     m.add_wrapper_with_key(WrappersMP.PREDICT_NOISE, WRAPPER_KEY, _predict_noise_with_schedule)
     return m
+
+
+def guider_inputs(cfg_tooltip: str | None = None) -> dict:
+    """The inputs every guider node of the pack starts with, in CFGGuider's order."""
+    inputs = {"model": ("MODEL",), "positive": ("CONDITIONING",), "negative": ("CONDITIONING",)}
+    if cfg_tooltip:
+        inputs["cfg"] = ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                                   "tooltip": cfg_tooltip})
+    return inputs
 
 
 class ScheduleGuider(comfy.samplers.CFGGuider):

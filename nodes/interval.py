@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..samplers.interval import PAPER_SDXL, SIGMA_HI_UNBOUNDED, GuidanceInterval, IntervalSchedule
-from .guidance import ScheduleGuider, patch_model
+from .guidance import ScheduleGuider, guider_inputs, patch_model
 
 CATEGORY = "sampling/guidance schedules"
 
@@ -63,12 +63,8 @@ class GuidanceIntervalGuider:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL",),
-            "positive": ("CONDITIONING",),
-            "negative": ("CONDITIONING",),
-            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
-                              "tooltip": "Guidance weight inside the interval (the paper uses higher weights than "
-                                         "full-run CFG: 16 for SDXL with its default interval)."}),
+            **guider_inputs("Guidance weight inside the interval (the paper uses higher weights than full-run CFG: "
+                            "16 for SDXL with its default interval)."),
             **interval_inputs()}}
 
     def get_guider(self, model, positive, negative, cfg, sigma_hi, sigma_lo):

@@ -38,8 +38,6 @@ def check_threshold(threshold: float) -> float:
 
 
 class AdaptiveSchedule(GuidanceSchedule):
-    name = "adaptive guidance"
-
     def __init__(self, run: RunInfo, threshold: float, linear: tuple[torch.Tensor, linear_ag.FittedFor] | None = None,
                  linear_name: str = "the LinearAG file"):
         super().__init__(run)

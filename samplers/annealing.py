@@ -236,8 +236,6 @@ def renoises_with_uncond(sampler: str) -> bool:
 class AnnealingSchedule(GuidanceSchedule):
     """Per step and sample: w = network(t, ||eps_u - eps_c||, lambda). Needs the uncond pass every step."""
 
-    name = "annealing guidance"
-
     def __init__(self, run: RunInfo, scheduler: AnnealingScheduler, lam: float):
         super().__init__(run)
         if not renoises_with_uncond(run.sampler):

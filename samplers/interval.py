@@ -78,8 +78,6 @@ class GuidanceInterval:
 
 
 class IntervalSchedule(GuidanceSchedule):
-    name = "guidance interval"
-
     def __init__(self, run: RunInfo, interval: GuidanceInterval):
         super().__init__(run)
         self.interval = interval

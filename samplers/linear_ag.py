@@ -125,8 +125,6 @@ class CalibrationSchedule(GuidanceSchedule):
     """Full CFG (the unconditional pass every step, cfg 1 included) that records each step's first
     (D_c, D_u) into `record`, for fitting."""
 
-    name = "LinearAG calibration"
-
     def __init__(self, run: RunInfo, record: list):
         super().__init__(run)
         self.record = record

@@ -55,14 +55,12 @@ class GuidanceSchedule:
 
     needs_uncond() is asked before the model call and returns a bool per sample; the
     unconditional pass runs (for the whole batch) only when some sample needs it. guide() is asked
-    after the model call, only when that pass ran: it returns the weight of every sample and which
+    after the model call, when that pass ran or estimate_uncond() stood in for it: it returns the weight of every sample and which
     samples are guided (a subset of those that needed the pass: a method may measure and then
     decide not to guide). Samples that are not guided are treated exactly as if they had been
     sampled alone with the pass skipped: their unconditional slot holds the conditional
     prediction and their weight is irrelevant.
     """
-
-    name = "CFG"
 
     def __init__(self, run: RunInfo):
         self.run = run
@@ -92,7 +90,8 @@ class GuidanceSchedule:
 class RunRecord:
     """What guidance did in one run: per step, which samples were guided and with which weight.
 
-    Filled by the glue at every step's first evaluation; used for the log line and plots.
+    Filled by the glue at every evaluation (counts) and every step's first evaluation (per-step
+    decisions); used for the log line, the plot node and the benchmarks.
     """
 
     steps: int
