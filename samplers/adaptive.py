@@ -44,7 +44,6 @@ class AdaptiveSchedule(GuidanceSchedule):
         self.threshold = check_threshold(threshold)
         self.stopped: torch.Tensor | None = None  # per sample: conditional-only from now on
         self.stop_step: list[int | None] = []  # per sample: the crossing step
-        self.similarity: dict[int, list[float]] = {}  # per step: gamma per sample (for logs and plots)
         self._plan: tuple[int, torch.Tensor, bool] | None = None  # (step, guided, estimated) for the current step
         self.coefficients = None
         if linear is not None:
@@ -84,7 +83,6 @@ class AdaptiveSchedule(GuidanceSchedule):
         if ev.first_of_step and not estimated:
             self._previous = (ev.step, cond, uncond)
             gamma = self.similarity_of(ev, cond, uncond)
-            self.similarity[ev.step] = gamma.tolist()
             crossing = guided & (gamma >= self.threshold)
             for b in torch.nonzero(crossing).flatten().tolist():
                 self.stopped[b] = True

@@ -20,7 +20,3 @@ def edm_sigma(sigma: float, sigma_space: str) -> float:
         return math.inf if t >= 1.0 else t / (1.0 - t)
     raise ValueError(f"unknown sigma space {sigma_space!r}")
 
-
-def flow_time(edm: float) -> float:
-    """Inverse of edm_sigma for flow models: t = sigma / (1 + sigma)."""
-    return 1.0 if math.isinf(edm) else edm / (1.0 + edm)

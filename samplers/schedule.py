@@ -98,7 +98,6 @@ class RunRecord:
     batch_size: int = 0
     guided: dict[int, list[bool]] = field(default_factory=dict)
     weight: dict[int, list[float]] = field(default_factory=dict)
-    sigma: dict[int, float] = field(default_factory=dict)
     evaluations: int = 0  # model evaluations (calls of the guider), each for the whole batch
     uncond_evaluations: int = 0  # of those, how many ran the unconditional pass
     # per sample: evaluations at which that sample needed the unconditional pass, i.e. what it
@@ -116,7 +115,6 @@ class RunRecord:
         if ev.first_of_step:
             self.guided[ev.step] = [bool(g) for g in guided.tolist()]
             self.weight[ev.step] = [float(w) if g else 1.0 for w, g in zip(weight.tolist(), guided.tolist())]
-            self.sigma[ev.step] = ev.sigma
 
     def guided_steps(self, sample: int = 0) -> list[int]:
         return [s for s, g in sorted(self.guided.items()) if sample < len(g) and g[sample]]
