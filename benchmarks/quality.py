@@ -34,7 +34,7 @@ def guider_for(method, model, pos, neg):
     import comfy.samplers
     from guidance_schedules.nodes.interval import GuidanceIntervalGuider
     kind = method[0]
-    if kind == "cfg":
+    if kind in ("cfg", "cfgpp"):
         g = comfy.samplers.CFGGuider(model)
         g.set_conds(pos, neg)
         g.set_cfg(method[1])
@@ -47,12 +47,28 @@ def guider_for(method, model, pos, neg):
         _, w, threshold = method[:3]
         linear = method[3] if kind == "linear_ag" else "none"
         return AdaptiveGuidanceGuider().get_guider(model, pos, neg, w, threshold, linear_ag=linear)[0]
+    if kind == "annealing":
+        import folder_paths
+        from benchmarks.beds import digits
+        from guidance_schedules.nodes.annealing import FOLDER, AnnealingGuidanceGuider
+        folder_paths.add_model_folder_path(FOLDER, str(digits.WEIGHTS))
+        return AnnealingGuidanceGuider().get_guider(model, pos, neg, "annealing_digits.safetensors",
+                                                    **{"lambda": method[1]})[0]
     raise ValueError(f"unknown method {method}")
+
+
+def sampler_of(method):
+    """The annealing scheduler and CFG++ re-noise with the unconditional prediction."""
+    return "euler_cfg_pp" if method[0] in ("cfgpp", "annealing") else "euler"
 
 
 def label_of(method):
     if method[0] == "cfg":
         return f"CFG w={method[1]:g}"
+    if method[0] == "cfgpp":
+        return f"CFG++ (euler_cfg_pp) w={method[1]:g}"
+    if method[0] == "annealing":
+        return f"annealing lambda={method[1]:g} (euler_cfg_pp)"
     if method[0] == "interval":
         return f"interval ({method[2]:g}, {method[3]:g}] w={method[1]:g}"
     if method[0] == "adaptive":
@@ -65,6 +81,8 @@ def label_of(method):
 def curve_of(method):
     if method[0] == "cfg":
         return "CFG"
+    if method[0] in ("cfgpp", "annealing"):
+        return "CFG++" if method[0] == "cfgpp" else "annealing"
     if method[0] == "interval":
         return f"interval ({method[2]:g}, {method[3]:g}]"
     return f"{'AG + LinearAG' if method[0] == 'linear_ag' else 'AG'} w={method[1]:g}"
@@ -86,7 +104,7 @@ def sample(model, method, labels, n_labels, sigmas, seed, shape):
     net = network_of(model)
     net.rows.update(cond=0, uncond=0)
     latent = {"samples": torch.zeros(len(labels), *shape)}
-    out = SamplerCustomAdvanced().sample(Noise_RandomNoise(seed), guider, comfy.samplers.sampler_object("euler"),
+    out = SamplerCustomAdvanced().sample(Noise_RandomNoise(seed), guider, comfy.samplers.sampler_object(sampler_of(method)),
                                          sigmas, latent)[0]["samples"]
     evals = (net.rows["cond"] + net.rows["uncond"]) / len(labels)
     history = history_of(guider)
@@ -126,7 +144,8 @@ def digits_methods():
     return [("cfg", 1.0)] + [("cfg", w) for w in ws] + [("interval", w, 0.28, 5.42) for w in ws] + \
            [("interval", w, 0.5, 20.0) for w in ws] + [("interval", w, 0.1, 2.0) for w in ws] + \
            [("adaptive", w, t) for w in (2.0, 3.0) for t in (0.99, 0.995, 0.999)] + \
-           [("linear_ag", 3.0, t, LINEAR_AG_FILE) for t in (0.995, 0.999, 2.0)]
+           [("linear_ag", 3.0, t, LINEAR_AG_FILE) for t in (0.995, 0.999, 2.0)] + \
+           [("cfgpp", w) for w in (1.0, 1.1, 1.25)] + [("annealing", lam) for lam in (0.05, 0.4, 0.8, 1.0)]
 
 
 LINEAR_AG_FILE = "digits_bed_euler_32.safetensors"
@@ -192,14 +211,14 @@ def run_digits(seeds, per_class, variant):
             m = metrics.evaluate(x, torch.tensor(labels), judge, real_x, real_y, x_train)
             if method[0] == "cfg":
                 cfg_samples[(method[1], seed)] = x
-            reference = cfg_samples.get((method[1], seed))
-            m["psnr_vs_cfg"] = psnr(x, reference) if reference is not None and method[0] != "cfg" else 0.0
+            reference = cfg_samples.get((method[1], seed)) if method[0] in ("interval", "adaptive", "linear_ag") else None
+            m["psnr_vs_cfg"] = psnr(x, reference) if reference is not None else 0.0
             runs.append({"evals/image": evals, **m})
         stats = summarise(runs)
         rows.append((label_of(method), stats))
         # points are labelled with what moves along their curve: w, or AG's threshold
         points.append((curve_of(method), stats["fd"][0], stats["p_class"][0],
-                       method[2] if method[0] in ("adaptive", "linear_ag") else method[1]))
+                       method[2] if method[0] in ("adaptive", "linear_ag") else method[1]))  # annealing: lambda
         print(".", end="", flush=True)
     print_table(f"Digits bed ({variant}), {per_class} samples per class, 32 Euler steps sigma 20 -> 0.005, "
                 f"{len(seeds)} seeds", ["evals/image", "accuracy", "p_class", "fd", "precision", "recall", "diversity",
@@ -293,7 +312,7 @@ def main():
         _, points = run_digits(seeds, args.per_class, args.variant)
         Path(args.png).parent.mkdir(parents=True, exist_ok=True)
         plot(points, args.png, f"Digits bed ({args.variant}): adherence against FD; numbers: w (CFG, interval), "
-                               "threshold (AG)")
+                               "threshold (AG), lambda (annealing)")
         print(f"\nwrote {args.png}")
 
 

@@ -48,3 +48,16 @@ def test_shipped_digits_model_samples_the_requested_classes_at_w3():
     unguided = digits.sample_cfg(model, labels, 1.0, digits.karras_sigmas(), seed=0)
     with torch.no_grad():
         assert (judge(unguided.clamp(-1, 1)).argmax(1) == labels).float().mean().item() < accuracy - 0.2
+
+
+def test_the_beds_annealing_scheduler_loads_for_the_bed_model_only():
+    from benchmarks.beds import annealing_train
+    from guidance_schedules.samplers.annealing import SchedulerFileError, load_scheduler
+    scheduler = load_scheduler(str(annealing_train.OUTPUT))
+    scheduler.check_compatible("edm", 1, "continuous")
+    with pytest.raises(SchedulerFileError, match="trained for digits_bed"):
+        scheduler.check_compatible("eps", 4, "discrete_1000")
+    net = scheduler.on(torch.device("cpu"))
+    w = net(torch.linspace(-1.3, 0.75, 8, dtype=torch.float64), torch.linspace(0.1, 10, 8, dtype=torch.float64),
+            torch.linspace(0, 1, 8, dtype=torch.float64))
+    assert torch.isfinite(w).all() and (w > 0).all()
