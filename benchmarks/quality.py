@@ -276,7 +276,7 @@ def plot(points, path, title):
     draw.text(((left + right) // 2 - 80, height - 30), "per-class FD, log scale (lower is better)", fill="black", font=font)
     draw.text((8, top - 22), "mean p(requested class)", fill="black", font=font)
     colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-               (227, 119, 194), (127, 127, 127)]
+               (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
     for i, curve in enumerate(dict.fromkeys(p[0] for p in points)):
         pts = [p for p in points if p[0] == curve]
         xy = [at(p[1], p[2]) for p in pts]
