@@ -38,6 +38,10 @@ def check_threshold(threshold: float) -> float:
 
 
 class AdaptiveSchedule(GuidanceSchedule):
+    """AG for one run. With LinearAG coefficients (samplers/linear_ag.py), the unconditional pass of
+    every odd step of the guided part is estimated from the previous (real) step instead of run;
+    gamma is only measured on real passes."""
+
     def __init__(self, run: RunInfo, threshold: float, linear: tuple[torch.Tensor, linear_ag.FittedFor] | None = None,
                  linear_name: str = "the LinearAG file"):
         super().__init__(run)
