@@ -62,30 +62,23 @@ def sampler_of(method):
     return "euler_cfg_pp" if method[0] in ("cfgpp", "annealing") else "euler"
 
 
+# method tuple -> (row label, curve of the plot); one entry per method kind
+NAMES = {
+    "cfg": lambda m: (f"CFG w={m[1]:g}", "CFG"),
+    "cfgpp": lambda m: (f"CFG++ (euler_cfg_pp) w={m[1]:g}", "CFG++"),
+    "annealing": lambda m: (f"annealing lambda={m[1]:g} (euler_cfg_pp)", "annealing"),
+    "interval": lambda m: (f"interval ({m[2]:g}, {m[3]:g}] w={m[1]:g}", f"interval ({m[2]:g}, {m[3]:g}]"),
+    "adaptive": lambda m: (f"AG threshold {m[2]:g} w={m[1]:g}", f"AG w={m[1]:g}"),
+    "linear_ag": lambda m: (f"AG threshold {m[2]:g} + LinearAG w={m[1]:g}", f"AG + LinearAG w={m[1]:g}"),
+}
+
+
 def label_of(method):
-    if method[0] == "cfg":
-        return f"CFG w={method[1]:g}"
-    if method[0] == "cfgpp":
-        return f"CFG++ (euler_cfg_pp) w={method[1]:g}"
-    if method[0] == "annealing":
-        return f"annealing lambda={method[1]:g} (euler_cfg_pp)"
-    if method[0] == "interval":
-        return f"interval ({method[2]:g}, {method[3]:g}] w={method[1]:g}"
-    if method[0] == "adaptive":
-        return f"AG threshold {method[2]:g} w={method[1]:g}"
-    if method[0] == "linear_ag":
-        return f"AG threshold {method[2]:g} + LinearAG w={method[1]:g}"
-    return str(method)
+    return NAMES[method[0]](method)[0]
 
 
 def curve_of(method):
-    if method[0] == "cfg":
-        return "CFG"
-    if method[0] in ("cfgpp", "annealing"):
-        return "CFG++" if method[0] == "cfgpp" else "annealing"
-    if method[0] == "interval":
-        return f"interval ({method[2]:g}, {method[3]:g}]"
-    return f"{'AG + LinearAG' if method[0] == 'linear_ag' else 'AG'} w={method[1]:g}"
+    return NAMES[method[0]](method)[1]
 
 
 def psnr(a, b):
@@ -151,7 +144,7 @@ def digits_methods():
 LINEAR_AG_FILE = "digits_bed_euler_32.safetensors"
 
 
-def calibrate_linear_ag(model, sigmas, variant):
+def calibrate_linear_ag(model, sigmas):
     """Fit LinearAG for the digits bed with the pack's calibration node (cfg 3, 8 x 100 trajectories,
     seeds apart from the measured ones), into a temporary models/linear_ag."""
     import tempfile
@@ -202,7 +195,7 @@ def run_digits(seeds, per_class, variant):
     labels = [c for c in range(10) for _ in range(per_class)]
     sigmas = digits.karras_sigmas(32, 0.005, 20.0)
     if any(m[0] == "linear_ag" for m in digits_methods() if ONLY in label_of(m)):
-        calibrate_linear_ag(model, sigmas, variant)
+        calibrate_linear_ag(model, sigmas)
     rows, points, cfg_samples = [], [], {}
     for method in [m for m in digits_methods() if ONLY in label_of(m) or m == ("cfg", 3.0) or m == ("cfg", 2.0)]:
         runs = []
