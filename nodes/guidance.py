@@ -24,8 +24,7 @@ import comfy.model_sampling
 import comfy.samplers
 from comfy.patcher_extension import WrapperExecutor, WrappersMP
 
-from ..samplers.schedule import (EDM_SIGMA, FLOW, Evaluation, GuidanceSchedule, RunInfo, RunRecord,
-                                 scale_argument, unguided_to_cond)
+from ..samplers.schedule import EDM_SIGMA, FLOW, Evaluation, GuidanceSchedule, RunInfo, RunRecord, guided_evaluation
 from ..samplers.steps import StepTracker
 
 log = logging.getLogger("guidance_schedules")
@@ -178,36 +177,24 @@ def _guided_prediction(guider, run: GuidanceRun, ev: Evaluation, x, timestep, mo
     """comfy.samplers.sampling_function with a per-sample choice of the unconditional pass and weight."""
     model = guider.inner_model
     positive, negative = guider.conds.get("positive"), guider.conds.get("negative")
-    needed = run.schedule.needs_uncond(ev).to(torch.bool)
-    if negative is None:
-        needed = torch.zeros_like(needed)
-    guided = needed
-    ran_uncond = bool(needed.any())
-    conds = [positive, negative if ran_uncond else None]
 
-    if "sampler_calc_cond_batch_function" in model_options:
-        args = {"conds": conds, "input": x, "sigma": timestep, "model": model, "model_options": model_options}
-        out = model_options["sampler_calc_cond_batch_function"](args)
-    else:
-        out = comfy.samplers.calc_cond_batch(model, conds, x, timestep, model_options)
-    if not ran_uncond:
-        out = [out[0], out[0]]
-    for fn in model_options.get("sampler_pre_cfg_function", []):
-        args = {"conds": conds, "conds_out": out, "cond_scale": ev.cond_scale, "timestep": timestep,
-                "input": x, "sigma": timestep, "model": model, "model_options": model_options}
-        out = fn(args)
-    cond_pred, uncond_pred = out[0], (out[1] if ran_uncond else out[0])
+    def predict(run_uncond: bool):
+        conds = [positive, negative if run_uncond else None]
+        if "sampler_calc_cond_batch_function" in model_options:
+            args = {"conds": conds, "input": x, "sigma": timestep, "model": model, "model_options": model_options}
+            out = model_options["sampler_calc_cond_batch_function"](args)
+        else:
+            out = comfy.samplers.calc_cond_batch(model, conds, x, timestep, model_options)
+        if not run_uncond:
+            out = [out[0], out[0]]  # pre-CFG hooks see the conditional prediction in both slots, never None
+        for fn in model_options.get("sampler_pre_cfg_function", []):
+            args = {"conds": conds, "conds_out": out, "cond_scale": ev.cond_scale, "timestep": timestep,
+                    "input": x, "sigma": timestep, "model": model, "model_options": model_options}
+            out = fn(args)
+        return out[0], out[1]
 
-    estimate = None if ran_uncond else run.schedule.estimate_uncond(ev, cond_pred)
-    if estimate is not None:
-        uncond_pred, guided = estimate
-    if ran_uncond or estimate is not None:
-        weights, guided = run.schedule.guide(ev, cond_pred, uncond_pred, guided)
-    else:
-        weights = torch.ones(ev.batch_size, dtype=torch.float64)
-    run.record.add(ev, needed, guided, weights, ran_uncond)
-    uncond_pred = unguided_to_cond(cond_pred, uncond_pred, guided)
-    scale = scale_argument(weights, guided, like=cond_pred)
+    cond_pred, uncond_pred, scale, ran_uncond = guided_evaluation(run.schedule, run.record, ev, predict,
+                                                                  uncond_available=negative is not None)
     return comfy.samplers.cfg_function(model, cond_pred, uncond_pred, scale, x, timestep,
                                        model_options=model_options, cond=positive,
                                        uncond=negative if ran_uncond else None)

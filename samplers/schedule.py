@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -137,6 +138,32 @@ def _ranges(indices: list[int]) -> str:
             parts.append(f"{start}-{v}" if v != start else f"{v}")
             start = None
     return ", ".join(parts)
+
+
+def guided_evaluation(schedule: GuidanceSchedule, record: RunRecord, ev: Evaluation,
+                      predict: Callable[[bool], tuple[torch.Tensor, torch.Tensor]], uncond_available: bool = True):
+    """One model evaluation under `schedule`, in the order the contract promises: needs_uncond ->
+    the model -> estimate_uncond (when the pass was skipped) -> guide -> the record.
+
+    predict(run_uncond) runs the model and returns (cond, uncond); without the pass its second
+    item is ignored. Returns (cond, the unconditional slot to hand on, the cond_scale argument,
+    whether the pass ran): what ComfyUI's cfg_function takes.
+    """
+    needed = schedule.needs_uncond(ev).to(torch.bool)
+    if not uncond_available:  # no negative conditioning: nothing to run
+        needed = torch.zeros_like(needed)
+    ran_uncond = bool(needed.any())
+    cond, uncond = predict(ran_uncond)
+    guided = needed
+    estimate = None if ran_uncond else schedule.estimate_uncond(ev, cond)
+    if estimate is not None:
+        uncond, guided = estimate
+    if ran_uncond or estimate is not None:
+        weights, guided = schedule.guide(ev, cond, uncond, guided)
+    else:
+        uncond, weights = cond, torch.ones(ev.batch_size, dtype=torch.float64)
+    record.add(ev, needed, guided, weights, ran_uncond)
+    return cond, unguided_to_cond(cond, uncond, guided), scale_argument(weights, guided, like=cond), ran_uncond
 
 
 def unguided_to_cond(cond: torch.Tensor, uncond: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
