@@ -118,12 +118,27 @@ class LinearAGCalibrate:
                                 "tooltip": "File name (without .safetensors) in models/linear_ag."}),
         }}
 
+    @staticmethod
+    def output_path(name: str) -> str:
+        stem = name.strip().removesuffix(".safetensors")
+        if not stem or os.path.isabs(stem) or ".." in stem.replace("\\", "/").split("/"):
+            raise ValueError(f"name: give a plain file name inside models/linear_ag, got {name!r}")
+        return os.path.join(folder_paths.models_dir, LINEAR_AG_FOLDER, stem + ".safetensors")
+
+    @classmethod
+    def IS_CHANGED(cls, name, **kwargs):
+        # ComfyUI skips a node whose inputs are unchanged since its last run. This node's result is
+        # a file: when that file was removed (to calibrate again) or is there already, the same
+        # inputs must run again, to write it or to say that it exists.
+        try:
+            path = cls.output_path(name)
+        except ValueError:
+            return "invalid name"
+        return os.path.getmtime(path) if os.path.exists(path) else "absent"
+
     def calibrate(self, model, positive, negative, cfg, sampler, sigmas, latent_image, runs, seed, name):
         from comfy_extras.nodes_custom_sampler import Noise_RandomNoise, SamplerCustomAdvanced
-        name = name.strip().removesuffix(".safetensors")
-        if not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
-            raise ValueError(f"name: give a plain file name inside models/linear_ag, got {name!r}")
-        path = os.path.join(folder_paths.models_dir, LINEAR_AG_FOLDER, name + ".safetensors")
+        path = self.output_path(name)
         if os.path.exists(path):
             raise ValueError(f"name: {path} exists; choose another name (files are never overwritten)")
         recorded: list[list] = []

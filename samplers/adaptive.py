@@ -60,8 +60,9 @@ class AdaptiveSchedule(GuidanceSchedule):
         if self.stopped is None:
             self.stopped = torch.zeros(ev.batch_size, dtype=torch.bool)
             self.stop_step = [None] * ev.batch_size
-        if ev.first_of_step or self._plan is None or self._plan[0] != ev.step:
-            # Decided at the step's first evaluation and kept for the step's other evaluations.
+        if self._plan is None or self._plan[0] != ev.step:
+            # Decided once per step, at its first evaluation (asked for by needs_uncond, then again
+            # by estimate_uncond and guide), and kept for the step's other evaluations.
             guided = ~self.stopped & super().needs_uncond(ev)
             estimated = (self.coefficients is not None and linear_ag.estimated_step(ev.step) and bool(guided.any())
                          and self._previous is not None and self._previous[0] == ev.step - 1)

@@ -125,3 +125,88 @@ def test_an_api_prompt_runs_annealing_guidance_and_its_plot(server):
     failed = server.run_prompt(prompt)
     errors = [m[1] for m in failed["status"]["messages"] if m[0] == "execution_error"]
     assert errors and "Use euler_cfg_pp" in errors[0]["exception_message"]
+
+
+def adaptive_prompt(linear_ag="none", threshold=0.99):
+    """LinearAG calibration, then Adaptive Guidance through KSampler (patch) and SamplerCustomAdvanced (guider)."""
+    model, pos, neg = ["1", 0], ["1", 1], ["1", 2]
+    settings = {"threshold": threshold, "linear_ag": linear_ag}
+    return {
+        "1": {"class_type": "GSTestTinyModel", "inputs": {"model_type": "eps"}},
+        "2": {"class_type": "AdaptiveGuidancePatch", "inputs": {"model": model, **settings}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
+        "4": {"class_type": "KSampler", "inputs": {
+            "model": ["2", 0], "seed": 7, "steps": 8, "cfg": 5.0, "sampler_name": "euler", "scheduler": "karras",
+            "positive": pos, "negative": neg, "latent_image": ["3", 0], "denoise": 1.0}},
+        "5": {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "gs_ag_patch"}},
+        "6": {"class_type": "AdaptiveGuidanceGuider", "inputs": {
+            "model": model, "positive": pos, "negative": neg, "cfg": 5.0, **settings}},
+        "7": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "8": {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": "karras", "steps": 8, "denoise": 1.0}},
+        "9": {"class_type": "RandomNoise", "inputs": {"noise_seed": 7}},
+        "10": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["9", 0], "guider": ["6", 0], "sampler": ["7", 0], "sigmas": ["8", 0], "latent_image": ["3", 0]}},
+        "11": {"class_type": "SaveLatent", "inputs": {"samples": ["10", 0], "filename_prefix": "gs_ag_guider"}},
+    }
+
+
+def calibration_prompt(name):
+    return {
+        "1": {"class_type": "GSTestTinyModel", "inputs": {"model_type": "eps"}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
+        "7": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "8": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "karras", "steps": 8, "denoise": 1.0}},
+        "12": {"class_type": "LinearAGCalibrate", "inputs": {
+            "model": ["1", 0], "positive": ["1", 1], "negative": ["1", 2], "cfg": 5.0, "sampler": ["7", 0],
+            "sigmas": ["8", 0], "latent_image": ["3", 0], "runs": 2, "seed": 0, "name": name}},
+    }
+
+
+def test_an_api_prompt_calibrates_linear_ag_and_runs_adaptive_guidance_with_it(server):
+    from guidance_schedules.samplers import linear_ag
+    info = server.get("/object_info/AdaptiveGuidanceGuider")["AdaptiveGuidanceGuider"]["input"]
+    assert list(info["required"]) == ["model", "positive", "negative", "cfg", "threshold"]
+    assert info["required"]["threshold"][1]["default"] == 0.995 and list(info["optional"]) == ["linear_ag"]
+
+    calibrated = server.run_prompt(calibration_prompt("gs_api_euler_8"))
+    assert calibrated["status"]["status_str"] == "success", calibrated["status"]
+    assert "4 trajectories, 8 steps" in calibrated["outputs"]["12"]["text"][0]
+    path = server.base / "models" / "linear_ag" / "gs_api_euler_8.safetensors"
+    coefficients, fitted_for = linear_ag.load(str(path))
+    assert (fitted_for.sampler, fitted_for.steps, fitted_for.runs) == ("sample_euler", 8, 4)
+    before = path.read_bytes()
+    again = server.run_prompt(calibration_prompt("gs_api_euler_8"))
+    errors = [m[1] for m in again["status"]["messages"] if m[0] == "execution_error"]
+    assert errors and "exists; choose another name" in errors[0]["exception_message"]
+    assert path.read_bytes() == before  # nothing a user saved is overwritten
+    path.unlink()  # removed to calibrate again: the same prompt must run again, not answer from ComfyUI's cache
+    rerun = server.run_prompt(calibration_prompt("gs_api_euler_8"))
+    assert rerun["status"]["status_str"] == "success", rerun["status"]
+    refitted, refitted_for = linear_ag.load(str(path))  # same inputs, same seed: the same fit
+    assert torch.equal(refitted, coefficients) and refitted_for == fitted_for
+
+    # The new file is offered without a restart, and both AG nodes sample with it, alike.
+    combo = server.get("/object_info/AdaptiveGuidancePatch")["AdaptiveGuidancePatch"]["input"]["optional"]["linear_ag"]
+    assert combo[0] == ["none", "gs_api_euler_8.safetensors"]
+    history = server.run_prompt(adaptive_prompt("gs_api_euler_8.safetensors", threshold=2.0))
+    assert history["status"]["status_str"] == "success", history["status"]
+    via_patch, via_guider = saved_latent(server, history, "5"), saved_latent(server, history, "11")
+    assert torch.isfinite(via_patch).all() and torch.equal(via_patch, via_guider)
+    assert "LinearAG estimated the unconditional pass at 4 steps" in server.log()
+
+    # The same graph in this process, with the same coefficients, gives the same latents.
+    import nodes as comfy_nodes
+    import tiny_models
+    from guidance_schedules.nodes.guidance import patch_model
+    from guidance_schedules.samplers.adaptive import AdaptiveSchedule
+    model = patch_model(tiny_models.build_model("eps"),
+                        lambda run: AdaptiveSchedule(run, 2.0, (coefficients, fitted_for)), "in process")
+    expected = comfy_nodes.KSampler().sample(model, 7, 8, 5.0, "euler", "karras", tiny_models.build_conditioning(1),
+                                             tiny_models.build_conditioning(2),
+                                             {"samples": torch.zeros(2, tiny_models.CHANNELS, 8, 8)}, 1.0)[0]["samples"]
+    assert (via_patch - expected).abs().max().item() <= 1e-5
+
+    plain = server.run_prompt(adaptive_prompt())
+    assert plain["status"]["status_str"] == "success", plain["status"]
+    assert torch.equal(saved_latent(server, plain, "5"), saved_latent(server, plain, "11"))
+    assert "Adaptive guidance (threshold 0.99) (sample_euler, edm)" in server.log()
