@@ -120,7 +120,6 @@ def check_run(fitted_for: FittedFor, sampler: str, steps: int, name: str = "the 
                                     "Calibrate again for it.")
 
 
-
 class CalibrationSchedule(GuidanceSchedule):
     """Full CFG (the unconditional pass every step, cfg 1 included) that records each step's first
     (D_c, D_u) into `record`, for fitting."""

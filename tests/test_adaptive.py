@@ -1,0 +1,98 @@
+"""Adaptive Guidance and LinearAG as schedules, driven through the same per-evaluation protocol the
+ComfyUI glue uses (samplers.schedule.guided_evaluation), with predictions whose similarity is set
+per step and per sample."""
+import math
+
+import pytest
+import torch
+
+from guidance_schedules.samplers import linear_ag
+from guidance_schedules.samplers.adaptive import AdaptiveSchedule
+from guidance_schedules.samplers.schedule import Evaluation, RunInfo, RunRecord, guided_evaluation
+
+STEPS = 8
+RUN = RunInfo(sigmas=tuple(float(s) for s in torch.linspace(10, 0, STEPS + 1)), sampler="sample_euler")
+
+
+def predictions(gammas):
+    """(cond, uncond) of a batch whose cosine similarity per sample is gammas[b]."""
+    angles = torch.tensor([math.acos(g) for g in gammas], dtype=torch.float64)
+    cond = torch.zeros(len(gammas), 4, dtype=torch.float64)
+    cond[:, 0] = 1.0
+    uncond = torch.stack([angles.cos(), angles.sin(), torch.zeros_like(angles), torch.zeros_like(angles)], dim=1)
+    return cond, uncond
+
+
+def sample(schedule, gamma_at, batch=2, cfg=5.0, evaluations_per_step=1, skip_at_one=True):
+    """Runs every evaluation of a run; returns the record and, per evaluation, (step, ran_uncond, scale,
+    the unconditional slot handed on to ComfyUI)."""
+    record, calls = RunRecord(steps=STEPS), []
+    for step in range(STEPS):
+        for k in range(evaluations_per_step):
+            ev = Evaluation(step=step, first_of_step=k == 0, sigma=RUN.sigmas[step], batch_size=batch,
+                            cond_scale=cfg, skip_uncond_at_weight_one=skip_at_one)
+            cond, uncond = predictions(gamma_at(step))
+            _, slot, scale, ran = guided_evaluation(schedule, record, ev, lambda run_uncond: (cond, uncond))
+            calls.append((step, ran, scale, slot))
+    return record, calls
+
+
+def rising(stop_steps):
+    """Similarity that reaches 0.999 at each sample's step in stop_steps and falls back afterwards."""
+    return lambda step: [0.999 if step == s else 0.9 for s in stop_steps]
+
+
+def test_each_sample_stops_at_its_crossing_step_which_is_not_guided():
+    schedule = AdaptiveSchedule(RUN, 0.995)
+    record, calls = sample(schedule, rising([2, 5]))
+    assert record.guided_steps(0) == [0, 1] and record.guided_steps(1) == [0, 1, 2, 3, 4]
+    # one-way: the similarity falls again after the crossing, and the sample stays unguided
+    assert schedule.stop_step == [2, 5]
+    # the pass runs until the last sample has crossed (step 5 measures), then never again
+    assert [ran for _, ran, *_ in calls] == [True] * 6 + [False] * 2
+    assert record.uncond_needed == [3, 6]
+    assert "sample 0: guided 2 of 8 steps; sample 1: guided 5 of 8 steps" == schedule.summary()
+
+
+def test_threshold_above_one_never_stops_and_minus_one_stops_at_once():
+    record, calls = sample(AdaptiveSchedule(RUN, 2.0), rising([2, 5]))
+    assert record.guided_steps(0) == list(range(STEPS)) and all(ran for _, ran, *_ in calls)
+    record, calls = sample(AdaptiveSchedule(RUN, -1.0), rising([2, 5]))
+    assert record.guided_steps(0) == [] and [ran for _, ran, *_ in calls] == [True] + [False] * 7
+
+
+def test_a_steps_later_evaluations_keep_its_decision():
+    # Heun-like: two evaluations per step; the similarity is only measured at the first one
+    record, calls = sample(AdaptiveSchedule(RUN, 0.995), rising([3, 3]), evaluations_per_step=2)
+    assert record.guided_steps(0) == [0, 1, 2]
+    assert [ran for step, ran, *_ in calls if step == 3] == [True, False]  # measured, then stopped
+    assert record.evaluations == 16 and record.uncond_evaluations == 7
+
+
+def test_cfg_one_runs_no_unconditional_pass_unless_the_sampler_needs_it():
+    _, calls = sample(AdaptiveSchedule(RUN, 0.995), rising([5, 5]), cfg=1.0)
+    assert not any(ran for _, ran, *_ in calls)
+    _, calls = sample(AdaptiveSchedule(RUN, 0.995), rising([5, 5]), cfg=1.0, skip_at_one=False)
+    assert [ran for _, ran, *_ in calls] == [True] * 6 + [False] * 2
+
+
+def linear(coefficients):
+    fitted_for = linear_ag.FittedFor(sampler="sample_euler", steps=STEPS, sigmas=RUN.sigmas, model="test", cfg=5.0, runs=1)
+    return torch.tensor(coefficients, dtype=torch.float64).expand(STEPS, linear_ag.N_TERMS).clone(), fitted_for
+
+
+def test_linear_ag_estimates_odd_steps_from_the_previous_real_step():
+    # a = 0, b = 0, c = 1, d = 0: the estimate is the previous step's real unconditional prediction
+    schedule = AdaptiveSchedule(RUN, 2.0, linear([0.0, 0.0, 1.0, 0.0]))
+    record, calls = sample(schedule, lambda step: [0.9 - 0.1 * step, 0.5])
+    assert [ran for _, ran, *_ in calls] == [True, False] * 4
+    assert record.guided_steps(0) == list(range(STEPS))  # estimated steps are guided
+    assert schedule.summary().endswith("LinearAG estimated the unconditional pass at 4 steps")
+    for step in (1, 3, 5, 7):
+        _, previous_uncond = predictions([0.9 - 0.1 * (step - 1), 0.5])
+        assert torch.allclose(calls[step][3], previous_uncond)
+
+
+def test_linear_ag_for_another_run_is_refused():
+    with pytest.raises(linear_ag.CoefficientsFileError, match="fitted for 8 steps; this run has 4"):
+        AdaptiveSchedule(RunInfo(sigmas=(3.0, 2.0, 1.0, 0.5, 0.0), sampler="sample_euler"), 0.995, linear([1, 0, 0, 0]))
