@@ -105,6 +105,20 @@ def test_a_sampler_without_cfgpp_renoising_is_refused():
     ksample(model, "dpmpp_2m_cfg_pp")
 
 
+@pytest.mark.parametrize("sampler", [s for s in comfy.samplers.KSampler.SAMPLERS if s.endswith("_cfg_pp")])
+def test_every_cfgpp_sampler_runs_with_cfgs_evaluations_and_per_step_scales(sampler):
+    base = tiny_models.build_model("eps")
+    ksample(base, sampler, batch=2)
+    stock_counts = tiny_models.counter(base).evaluations()
+    model = AnnealingGuidancePatch().patch(base, SCHEDULER, **{"lambda": 0.4})[0]
+    tiny_models.counter(base).reset()
+    out = ksample(model, sampler, batch=2)
+    assert torch.isfinite(out).all() and tiny_models.counter(base).evaluations() == stock_counts
+    record = history_of(model).last
+    assert sorted(record.weight) == list(range(6)) and all(record.guided[s] == [True, True] for s in range(6))
+    assert len({round(record.weight[s][0], 6) for s in range(6)}) > 1  # the network picks a scale per step
+
+
 @pytest.mark.parametrize("model_type,message", [
     ("flow", "trained for sdxl \\(eps prediction\\).*this model is a flow model"),
     ("v_prediction", "this model is a v model"),
