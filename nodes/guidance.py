@@ -18,8 +18,6 @@ from __future__ import annotations
 import functools
 import logging
 
-import torch
-
 import comfy.model_sampling
 import comfy.samplers
 from comfy.patcher_extension import WrapperExecutor, WrappersMP

@@ -14,7 +14,7 @@ import tiny_models  # noqa: E402
 from comfy_extras.nodes_custom_sampler import Noise_RandomNoise, SamplerCustomAdvanced  # noqa: E402
 from guidance_schedules.nodes.adaptive import AdaptiveGuidanceGuider, AdaptiveGuidancePatch  # noqa: E402
 from guidance_schedules.nodes.guidance import history_of  # noqa: E402
-from test_host_interval import DETERMINISTIC, SAMPLERS, ksampler, scheduler_for, tiny_setup  # noqa: E402,F401
+from test_host_interval import DETERMINISTIC, SAMPLERS, ksampler, tiny_setup  # noqa: E402,F401 (tiny_setup: a fixture)
 
 sys.path.insert(0, str(host_support.PACK_ROOT))
 from benchmarks.beds import digits  # noqa: E402
@@ -107,7 +107,6 @@ def test_guider_and_patch_agree_and_a_second_run_is_the_same(digits_bed):
         return g
     via_patch, patch_rows, _ = sample_digits(digits_bed, patch_guider, LABELS, [0, 1, 2])
     assert torch.equal(via_guider, via_patch) and guider_rows == patch_rows
-    pos, neg = class_conditioning(LABELS, 11), class_conditioning(None, 11)
     again = SamplerCustomAdvanced().sample(Noise_RandomNoise(5), guider, comfy.samplers.sampler_object("euler"), SIGMAS,
                                            {"samples": torch.zeros(3, 1, 8, 8), "batch_index": [0, 1, 2]})[0]["samples"]
     assert torch.equal(again, via_guider)

@@ -14,7 +14,7 @@ import comfy.samplers  # noqa: E402
 import folder_paths  # noqa: E402
 import nodes as comfy_nodes  # noqa: E402
 import tiny_models  # noqa: E402
-from comfy_extras.nodes_custom_sampler import Noise_EmptyNoise, Noise_RandomNoise, SamplerCustomAdvanced  # noqa: E402
+from comfy_extras.nodes_custom_sampler import Noise_EmptyNoise, SamplerCustomAdvanced  # noqa: E402
 from guidance_schedules.nodes import annealing as annealing_nodes  # noqa: E402
 from guidance_schedules.nodes.annealing import AnnealingGuidanceGuider, AnnealingGuidancePatch  # noqa: E402
 from guidance_schedules.nodes.guidance import history_of  # noqa: E402

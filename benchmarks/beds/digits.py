@@ -21,7 +21,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 

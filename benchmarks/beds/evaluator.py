@@ -6,7 +6,6 @@ Train:  python -m benchmarks.beds.evaluator   (from the pack's root; about a min
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
