@@ -25,9 +25,13 @@ from .schedule import Evaluation, GuidanceSchedule, RunInfo
 
 
 def cosine_per_sample(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of each sample's flattened a and b, in float64, on the CPU: (B,)."""
-    a, b = a.flatten(1).to(torch.float64), b.flatten(1).to(torch.float64)
-    return torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-12).cpu()
+    """Cosine similarity of each sample's flattened a and b, in float64, on the CPU: (B,).
+
+    On the CPU, so that a sample's value does not depend on the rest of its batch (the stop step of
+    a sample in a batch is the one it has alone) and the sampling device needs no float64 tensor
+    (Apple's MPS has none); a latent is small next to a model evaluation."""
+    a, b = a.flatten(1).cpu().to(torch.float64), b.flatten(1).cpu().to(torch.float64)
+    return torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-12)
 
 
 def check_threshold(threshold: float) -> float:

@@ -111,16 +111,19 @@ class AnnealingScheduler:
     network: AnnealingNetwork
     trained_for: TrainedFor
     path: str = ""
-    _device_copies: dict = field(default_factory=dict, repr=False)
+    _cpu_float64: AnnealingNetwork | None = field(default=None, repr=False)
 
-    def on(self, device: torch.device, dtype: torch.dtype = torch.float64) -> AnnealingNetwork:
-        """The network on the sampling device (kept, so a run does not copy it every step)."""
-        key = (str(device), dtype)
-        if key not in self._device_copies:
+    def cpu_float64_network(self) -> AnnealingNetwork:
+        """The network as it runs while sampling: float64 on the CPU, made once per loaded file.
+
+        It is tiny (about 50k parameters), so the CPU takes microseconds a step; float64 gives the
+        official code's scales to 1e-6, and the sampling device never needs a float64 tensor (Apple's
+        MPS has none)."""
+        if self._cpu_float64 is None:
             net = AnnealingNetwork(self.network.config)
             net.load_state_dict(self.network.state_dict())
-            self._device_copies[key] = net.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        return self._device_copies[key]
+            self._cpu_float64 = net.to(dtype=torch.float64).eval().requires_grad_(False)
+        return self._cpu_float64
 
     def check_compatible(self, prediction: str, latent_channels: int, timesteps: str) -> None:
         """Refuse a model the network was not trained for, saying why."""
@@ -251,14 +254,12 @@ class AnnealingSchedule(GuidanceSchedule):
 
     def weights(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
         # delta = eps_u - eps_c = (D_c - D_u) / sigma in ComfyUI's sampler space (EPS models).
-        # float64: the network is tiny, and its scales then match the official code to 1e-6.
-        delta_norm = (cond - uncond).flatten(1).to(torch.float64).norm(dim=1) / ev.sigma
-        net = self.scheduler.on(cond.device)
+        delta_norm = (cond - uncond).flatten(1).cpu().to(torch.float64).norm(dim=1) / ev.sigma
         b = ev.batch_size
         with torch.no_grad():
-            w = net(torch.full((b,), float(ev.model_timestep), device=cond.device, dtype=torch.float64), delta_norm,
-                    torch.full((b,), self.lam, device=cond.device, dtype=torch.float64))
-        return w.to(torch.float64).cpu()
+            return self.scheduler.cpu_float64_network()(
+                torch.full((b,), float(ev.model_timestep), dtype=torch.float64), delta_norm,
+                torch.full((b,), self.lam, dtype=torch.float64))
 
 
 def check_lambda(lam: float) -> float:

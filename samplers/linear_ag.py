@@ -41,8 +41,11 @@ def features(cond: torch.Tensor, prev_cond: torch.Tensor, prev_uncond: torch.Ten
 
 
 def estimate(coefficients: torch.Tensor, step: int, cond, prev_cond, prev_uncond) -> torch.Tensor:
+    """The estimated D_u(step), on the predictions' device, in at least float32 (not float64: some
+    sampling devices, such as Apple's MPS, have none)."""
     a, b, c, d = (float(v) for v in coefficients[step])
-    return (a * cond.to(torch.float64) + b * prev_cond.to(torch.float64) + c * prev_uncond.to(torch.float64) + d).to(cond.dtype)
+    dtype = torch.promote_types(cond.dtype, torch.float32)
+    return (a * cond.to(dtype) + b * prev_cond.to(dtype) + c * prev_uncond.to(dtype) + d).to(cond.dtype)
 
 
 @dataclass

@@ -186,4 +186,5 @@ def scale_argument(weights: torch.Tensor, guided: torch.Tensor, like: torch.Tens
     w = torch.where(guided, weights.to(torch.float64), weights[guided][0].to(torch.float64))
     if bool((w == w[0]).all()):
         return float(w[0])
-    return w.to(device=like.device, dtype=like.dtype).view(-1, *([1] * (like.ndim - 1)))
+    # the dtype first, on the CPU: some devices (Apple's MPS) cannot hold the float64 weights
+    return w.to(dtype=like.dtype).to(like.device).view(-1, *([1] * (like.ndim - 1)))

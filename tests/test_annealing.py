@@ -15,7 +15,7 @@ PARITY = reference.require_reference()
 
 
 def network_w(scheduler, t, eps_cond, eps_uncond, lam):
-    net = scheduler.on(torch.device("cpu"))
+    net = scheduler.cpu_float64_network()
     return net(t, (eps_uncond - eps_cond).flatten(1).norm(dim=1), lam)
 
 

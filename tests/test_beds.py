@@ -57,7 +57,7 @@ def test_the_beds_annealing_scheduler_loads_for_the_bed_model_only():
     scheduler.check_compatible("edm", 1, "continuous")
     with pytest.raises(SchedulerFileError, match="trained for digits_bed"):
         scheduler.check_compatible("eps", 4, "discrete_1000")
-    net = scheduler.on(torch.device("cpu"))
+    net = scheduler.cpu_float64_network()
     w = net(torch.linspace(-1.3, 0.75, 8, dtype=torch.float64), torch.linspace(0.1, 10, 8, dtype=torch.float64),
             torch.linspace(0, 1, 8, dtype=torch.float64))
     assert torch.isfinite(w).all() and (w > 0).all()
