@@ -69,3 +69,26 @@ def test_every_sampler_runs_the_pass_inside_the_interval_only(sampler, model_typ
     # ... and at every evaluation off the grid inside the guided steps (midpoints, own time grids)
     off_grid = [ts for ts, _, _ in calls if t[last + 1] + 1e-3 < ts < top - 1e-3 and min(abs(ts - g) for g in t) > 1e-3]
     assert all(ts in with_pass for ts in off_grid), (off_grid, with_pass)
+
+
+def test_inpainting_and_img2img_keep_stock_results():
+    """A noise mask (ComfyUI wraps the model for inpainting) and denoise < 1 (a shorter grid)."""
+    import nodes as comfy_nodes
+    model = MODELS["eps"]
+    g = torch.Generator().manual_seed(3)
+    image = {"samples": torch.randn(2, tiny_models.CHANNELS, 8, 8, generator=g),
+             "noise_mask": (torch.rand(2, 1, 8, 8, generator=g) > 0.5).float()}
+
+    def run(m, denoise):
+        counter = tiny_models.counter(model)
+        counter.reset()
+        out = comfy_nodes.KSampler().sample(m, 5, STEPS, 5.0, "dpmpp_2m", "karras", POS, NEG, image, denoise)[0]
+        return out["samples"], counter.evaluations()
+    for denoise in (1.0, 0.6):
+        stock, stock_counts = run(model, denoise)
+        ours, counts = run(patched(model, **EVERY_STEP), denoise)
+        assert counts == stock_counts and (ours - stock).abs().max().item() <= 1e-5
+        keep = image["noise_mask"] == 0  # the unmasked part stays the input image: the mask was applied
+        assert torch.allclose(ours.masked_select(keep), image["samples"].masked_select(keep), atol=1e-5)
+        _, (cond_evals, uncond_evals) = run(patched(model, **NO_STEP), denoise)
+        assert (cond_evals, uncond_evals) == (stock_counts[0], 0)
