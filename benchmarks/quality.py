@@ -289,7 +289,8 @@ def main():
     parser.add_argument("--variant", choices=["early", "labelnoise30"], default="labelnoise30")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--per-class", type=int, default=200)
-    parser.add_argument("--png", default=str(ROOT / "docs" / "tradeoff_digits.png"))
+    parser.add_argument("--png", default=None,
+                        help="where to write the trade-off plot (default: docs/tradeoff_digits.png, for full runs only)")
     parser.add_argument("--only", default="", help="run only the settings whose label contains this text")
     args = parser.parse_args()
     import_comfyui(cpu=True)
@@ -303,10 +304,15 @@ def main():
         run_gmm(seeds, 2000)
     if args.bed in ("digits", "both"):
         _, points = run_digits(seeds, args.per_class, args.variant)
-        Path(args.png).parent.mkdir(parents=True, exist_ok=True)
-        plot(points, args.png, f"Digits bed ({args.variant}): adherence against FD; numbers: w (CFG, interval), "
-                               "threshold (AG), lambda (annealing)")
-        print(f"\nwrote {args.png}")
+        # A partial run (--only) must not replace the README's plot of the full run.
+        png = args.png or (None if args.only else str(ROOT / "docs" / "tradeoff_digits.png"))
+        if png is None:
+            print("\nno plot written for a run with --only (give --png to write one)")
+            return
+        Path(png).parent.mkdir(parents=True, exist_ok=True)
+        plot(points, png, f"Digits bed ({args.variant}): adherence against FD; numbers: w (CFG, interval), "
+                          "threshold (AG), lambda (annealing)")
+        print(f"\nwrote {png}")
 
 
 if __name__ == "__main__":
