@@ -83,8 +83,13 @@ def sampler_function_name(sampler) -> str:
 def patch_model(model, make_schedule, describe: str):
     """A clone of `model` that samples with the schedule `make_schedule(run_info)`.
 
-    One guidance schedule per model: patching an already patched model replaces its schedule.
+    One guidance schedule per model: patching an already patched model replaces its schedule (and
+    says so, since chaining two of the pack's nodes may look like combining them).
     """
+    replaced = history_of(model)
+    if replaced is not None:
+        log.warning("%s replaces %s on this model: one guidance schedule applies per model.",
+                    describe, replaced.describe)
     m = model.clone()
     for kind in (WrappersMP.SAMPLER_SAMPLE, WrappersMP.PREDICT_NOISE):
         m.remove_wrappers_with_key(kind, WRAPPER_KEY)

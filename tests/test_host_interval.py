@@ -196,10 +196,12 @@ def test_other_cfg_patches_compose_with_the_interval():
     assert (ours - stock).abs().max().item() <= 1e-6
 
 
-def test_patching_twice_replaces_the_schedule():
+def test_patching_twice_replaces_the_schedule(caplog):
     model = tiny_models.build_model("eps")
     pos, neg = tiny_models.build_conditioning(1), tiny_models.build_conditioning(2)
-    twice = patched(patched(model, **NO_STEP), **EVERY_STEP)
+    with caplog.at_level(logging.WARNING, logger="guidance_schedules"):
+        twice = patched(patched(model, **NO_STEP), **EVERY_STEP)
+    assert "Guidance interval (0, 1000] replaces Guidance interval (500, 900] on this model" in caplog.text
     stock, stock_counts = ksampler(model, pos, neg, "euler", "eps")
     ours, counts = ksampler(twice, pos, neg, "euler", "eps")
     assert counts == stock_counts and torch.equal(ours, stock)
