@@ -4,9 +4,10 @@
 - SAMPLER_SAMPLE (once per sampling run): builds a fresh schedule and step tracker for the run
   and hands them to the run's evaluations through its model_options, so a cached MODEL or
   GUIDER reused by later queue runs starts clean every time; logs what guidance did at the end.
-- PREDICT_NOISE (every model evaluation): attributes the evaluation to its solver step, asks the
-  schedule which samples need the unconditional pass, runs the conditional pass and, only when
-  needed, the unconditional one, and combines them with ComfyUI's own cfg_function so that
+- PREDICT_NOISE (every model evaluation): attributes the evaluation to its solver step, lets
+  samplers.schedule.guided_evaluation ask the schedule which samples need the unconditional pass,
+  runs the conditional pass and, only when needed, the unconditional one, and combines them with
+  ComfyUI's own cfg_function so that
   pre-CFG / post-CFG patches and the CFG++ samplers keep working. Other PREDICT_NOISE wrappers
   inside ours still run: only the final stock computation is replaced.
 

@@ -54,11 +54,12 @@ class Evaluation:
 class GuidanceSchedule:
     """Base class: stock CFG. Subclasses decide per step and per sample.
 
+    guided_evaluation() below asks these methods in this order at every model evaluation.
     needs_uncond() is asked before the model call and returns a bool per sample; the
     unconditional pass runs (for the whole batch) only when some sample needs it. guide() is asked
-    after the model call, when that pass ran or estimate_uncond() stood in for it: it returns the weight of every sample and which
-    samples are guided (a subset of those that needed the pass: a method may measure and then
-    decide not to guide). Samples that are not guided are treated exactly as if they had been
+    after the model call, when that pass ran or estimate_uncond() stood in for it: it returns the
+    weight of every sample and which samples are guided (a subset of those that needed the pass:
+    a method may measure and then decide not to guide). Samples that are not guided are treated exactly as if they had been
     sampled alone with the pass skipped: their unconditional slot holds the conditional
     prediction and their weight is irrelevant.
     """
