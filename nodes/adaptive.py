@@ -7,9 +7,8 @@ import folder_paths
 
 from ..samplers import linear_ag
 from ..samplers.adaptive import AdaptiveSchedule, check_threshold
-from .guidance import ScheduleGuider, guider_inputs, patch_model, sampler_function_name
+from .guidance import CATEGORY, ScheduleGuider, guider_inputs, patch_model, sampler_function_name
 
-CATEGORY = "sampling/guidance schedules"
 DEFAULT_THRESHOLD = 0.995
 LINEAR_AG_FOLDER = "linear_ag"
 NONE = "none"

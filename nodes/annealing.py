@@ -7,9 +7,8 @@ import os
 import folder_paths
 
 from ..samplers.annealing import DEFAULT_LAMBDA, AnnealingSchedule, check_lambda, load_scheduler
-from .guidance import ScheduleGuider, guider_inputs, patch_model
+from .guidance import CATEGORY, ScheduleGuider, guider_inputs, patch_model
 
-CATEGORY = "sampling/guidance schedules"
 FOLDER = "guidance_schedulers"
 PACK_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 

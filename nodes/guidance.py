@@ -28,6 +28,7 @@ from ..samplers.steps import StepTracker
 
 log = logging.getLogger("guidance_schedules")
 
+CATEGORY = "sampling/guidance schedules"  # where every node of the pack appears in the node menu
 WRAPPER_KEY = "guidance_schedules"
 RUN_KEY = "guidance_schedules_run"  # model_options entry holding the current run's state
 HISTORY_KEY = "guidance_schedules_history"  # ModelPatcher attachment: what the last run did

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 from ..samplers.interval import PAPER_SDXL, SIGMA_HI_UNBOUNDED, GuidanceInterval, IntervalSchedule
-from .guidance import ScheduleGuider, guider_inputs, patch_model
-
-CATEGORY = "sampling/guidance schedules"
+from .guidance import CATEGORY, ScheduleGuider, guider_inputs, patch_model
 
 SIGMA_LO, SIGMA_HI = PAPER_SDXL
 
