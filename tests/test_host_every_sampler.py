@@ -1,7 +1,8 @@
 """Every sampler ComfyUI's KSampler offers, through the shared mechanism: a schedule that guides every
-step is stock CFG, one that guides none is the conditional prediction alone without the pass, and
-a partial interval runs the pass exactly in the model evaluations inside its steps (midpoints,
-corrections and samplers with their own time grid included)."""
+step is stock CFG, one that guides none is the conditional prediction alone without the pass
+(interval, and Adaptive Guidance stopping at once), and a partial interval runs the pass exactly
+in the model evaluations inside its steps (midpoints, corrections and samplers with their own time
+grid included)."""
 import host_support
 
 host_support.require_comfyui()
@@ -11,6 +12,7 @@ import torch  # noqa: E402
 
 import comfy.samplers  # noqa: E402
 import tiny_models  # noqa: E402
+from guidance_schedules.nodes.adaptive import AdaptiveGuidancePatch  # noqa: E402
 from guidance_schedules.samplers.interval import GuidanceInterval  # noqa: E402
 from guidance_schedules.samplers.schedule import EDM_SIGMA, FLOW, RunInfo  # noqa: E402
 from test_host_interval import EVERY_STEP, NO_STEP, STEPS, ksampler, patched, scheduler_for  # noqa: E402
@@ -31,6 +33,19 @@ def test_every_sampler_keeps_stock_results_and_skips_the_pass(sampler, model_typ
     cond_only, (cond_evals, _) = ksampler(model, POS, POS, sampler, model_type, batch=2)
     ours, counts = ksampler(patched(model, **NO_STEP), POS, NEG, sampler, model_type, batch=2)
     assert counts == (cond_evals, 0)
+    assert (ours - cond_only).abs().max().item() <= 1e-5
+
+
+
+@pytest.mark.parametrize("model_type", sorted(MODELS))
+@pytest.mark.parametrize("sampler", comfy.samplers.KSampler.SAMPLERS)
+def test_every_sampler_with_adaptive_guidance_that_stops_at_once(sampler, model_type):
+    # threshold -1: the first evaluation measures the similarity (one pass, for the batch of 2),
+    # then every sample is conditional-only, the crossing step included
+    model = MODELS[model_type]
+    cond_only, (cond_evals, _) = ksampler(model, POS, POS, sampler, model_type, batch=2)
+    ours, counts = ksampler(AdaptiveGuidancePatch().patch(model, -1.0)[0], POS, NEG, sampler, model_type, batch=2)
+    assert counts == (cond_evals, 2)
     assert (ours - cond_only).abs().max().item() <= 1e-5
 
 
