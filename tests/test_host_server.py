@@ -128,7 +128,7 @@ def test_an_api_prompt_runs_annealing_guidance_and_its_plot(server):
 
 
 def adaptive_prompt(linear_ag="none", threshold=0.99):
-    """LinearAG calibration, then Adaptive Guidance through KSampler (patch) and SamplerCustomAdvanced (guider)."""
+    """Adaptive Guidance (with an optional LinearAG file) through KSampler (patch) and SamplerCustomAdvanced (guider)."""
     model, pos, neg = ["1", 0], ["1", 1], ["1", 2]
     settings = {"threshold": threshold, "linear_ag": linear_ag}
     return {
