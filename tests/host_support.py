@@ -2,7 +2,8 @@
 
 Call `require_comfyui()` at the top of a host test module, before importing comfy: it puts
 ComfyUI (COMFYUI_PATH, or the ComfyUI this pack is installed in) on sys.path, or skips the
-module with the one reason there is no ComfyUI.
+module with the one reason there is no ComfyUI. Where the host is required (GS_REQUIRE_HOST=1, as
+.ci/run sets it) a missing ComfyUI or missing reference data fails the run instead of skipping.
 """
 from __future__ import annotations
 
@@ -30,11 +31,19 @@ def find_comfyui() -> tuple[Path | None, str]:
 
 
 COMFYUI_ROOT, NO_COMFYUI_REASON = find_comfyui()
+HOST_REQUIRED = os.environ.get("GS_REQUIRE_HOST") == "1"
+
+
+def skip_or_fail(reason: str):
+    """Skip the module with `reason`, or fail where the host tests are required (CI)."""
+    if HOST_REQUIRED:
+        pytest.fail(f"GS_REQUIRE_HOST=1 but {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
 
 
 def require_comfyui() -> Path:
     if COMFYUI_ROOT is None:
-        pytest.skip(NO_COMFYUI_REASON, allow_module_level=True)
+        skip_or_fail(NO_COMFYUI_REASON)
     if str(COMFYUI_ROOT) not in sys.path:
         sys.path.insert(0, str(COMFYUI_ROOT))
         sys.path.insert(1, str(HELPER_PACK))
