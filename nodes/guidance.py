@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import warnings
+
+import torch
 
 import comfy.model_sampling
 import comfy.samplers
 from comfy.patcher_extension import WrapperExecutor, WrappersMP
 
 from ..samplers.schedule import EDM_SIGMA, FLOW, Evaluation, GuidanceSchedule, RunInfo, RunRecord, guided_evaluation
-from ..samplers.steps import StepTracker
+from ..samplers.steps import Called, Evaluated, StepTracker, plan_from_events
 
 log = logging.getLogger("guidance_schedules")
 
@@ -127,6 +131,80 @@ def history_of(model) -> RunHistory | None:
     return getattr(patcher, "attachments", {}).get(HISTORY_KEY)
 
 
+# k-diffusion functions with their own time grid: their callbacks count their own steps, so their
+# evaluations are placed by sigma on the run's grid (samplers/steps.py) without a rehearsal.
+OWN_TIME_GRID = frozenset({"dpm_fast_function", "dpm_adaptive_function"})
+_announced_by_sigma: set[str] = set()  # samplers already named in the log as attributed by sigma
+
+
+class _StandInModel:
+    """What a sampler function calls as its model during a rehearsal: it records the call and predicts
+    zeros. `inner_model` is the run's guider, as for KSAMPLER's model, because samplers read the
+    model sampling through it (model.inner_model.inner_model.model_sampling and
+    model.inner_model.model_patcher)."""
+
+    def __init__(self, guider, events: list, hooks_of_the_run: list):
+        self.inner_model = guider
+        self.events = events
+        self.hooks_of_the_run = hooks_of_the_run
+
+    def __call__(self, x, sigma, **extra_args):
+        self.events.append(Evaluated(float(sigma.max())))
+        denoised = torch.zeros_like(x)
+        # A sampler may add post-CFG hooks for its own use (the CFG++ samplers capture the
+        # unconditional prediction so) and fails without them; the run's other hooks (PAG, SLG, ...)
+        # may call the real model and are not the rehearsal's business.
+        options = extra_args.get("model_options", {})
+        for hook in options.get("sampler_post_cfg_function", []):
+            if not any(hook is h for h in self.hooks_of_the_run):
+                hook({"denoised": denoised, "cond": None, "uncond": None, "cond_scale": 1.0,
+                      "model": self.inner_model.inner_model, "uncond_denoised": denoised, "cond_denoised": denoised,
+                      "sigma": sigma, "model_options": options, "input": x})
+        return denoised
+
+
+def rehearse_steps(sampler, guider, sigmas: torch.Tensor, extra_args: dict, noise) -> list | None:
+    """Which step each evaluation of this run belongs to, from a rehearsal of the sampler's own function
+    on a one-pixel latent with a stand-in model (samplers/steps.py explains why). None where the
+    sampler cannot be rehearsed; its evaluations are then placed by sigma."""
+    name = sampler_function_name(sampler)
+    function = getattr(sampler, "sampler_function", None)
+    reason = None
+    if function is None:
+        reason = "it is not a k-diffusion sampler function"
+    elif name in OWN_TIME_GRID:
+        return None
+    else:
+        events: list = []
+        channels = noise.shape[1] if noise is not None and noise.ndim > 1 else 4
+        x = torch.zeros((1, channels) + (1,) * (noise.ndim - 2 if noise is not None else 2))
+        options = dict(extra_args.get("model_options", {}))
+        stand_in = _StandInModel(guider, events, list(options.get("sampler_post_cfg_function", [])))
+
+        def record(info):
+            events.append(Called(int(info["i"]), float(info["sigma"]) if "sigma" in info else None))
+        try:
+            # The run's own random numbers stay untouched, and warnings (torchsde's about float rounding at
+            # the ends of its interval) are the real run's to give.
+            with torch.random.fork_rng(devices=[]), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                function(stand_in, x, sigmas.detach().to("cpu", torch.float32).clone(),
+                         extra_args={**extra_args, "model_options": options}, callback=record, disable=True,
+                         **getattr(sampler, "extra_options", {}))
+        except Exception as e:  # a third-party sampler may do anything with its model; the rule below still holds
+            reason = f"its rehearsal failed ({type(e).__name__}: {e})"
+        else:
+            plan = plan_from_events(events, [float(s) for s in sigmas.flatten().tolist()])
+            if plan is not None:
+                return plan
+            reason = "its callbacks do not follow the run's steps"
+    if name not in _announced_by_sigma:
+        _announced_by_sigma.add(name)
+        log.warning("Guidance schedules: the steps of sampler %s are recognised by sigma, since %s: an evaluation "
+                    "at the next grid sigma starts the next step (README, decision log 2).", name, reason)
+    return None
+
+
 def _run_with_schedule(make_schedule, history: RunHistory, executor, guider, sigmas, extra_args, *args, **kwargs):
     sampler = executor.class_obj
     name = sampler_function_name(sampler)
@@ -138,10 +216,14 @@ def _run_with_schedule(make_schedule, history: RunHistory, executor, guider, sig
                    latent_shape=tuple(noise.shape) if noise is not None else ())
     if info.steps == 0:
         return executor(guider, sigmas, extra_args, *args, **kwargs)
-    run = GuidanceRun(make_schedule(info), StepTracker(info.sigmas, name))
+    plan = rehearse_steps(sampler, guider, sigmas, extra_args, noise)
+    run = GuidanceRun(make_schedule(info), StepTracker(info.sigmas, plan))
     extra_args = dict(extra_args)
     extra_args["model_options"] = {**extra_args.get("model_options", {}), RUN_KEY: run}
     out = executor(guider, sigmas, extra_args, *args, **kwargs)
+    if run.tracker.departed_at is not None:
+        log.warning("Guidance schedules: sampler %s evaluated the model elsewhere than its rehearsal from evaluation %d "
+                    "on; those evaluations were attributed to steps by sigma.", name, run.tracker.departed_at)
     history.last = run.record
     details = run.schedule.summary()
     log.info("%s (%s, %s): %s%s", history.describe, name, info.sigma_space, run.record.describe(),
@@ -165,23 +247,32 @@ def _predict_noise_with_schedule(executor, x, timestep, model_options={}, seed=N
                         "use the pack's guider node or KSampler instead.", type(guider).__name__)
             run.warned = True
         return executor(x, timestep, model_options, seed)
-    sigma = timestep.max()
-    step, first = run.tracker.locate(float(sigma))
-    model_sampling = guider.inner_model.model_sampling
-    ev = Evaluation(step=step, first_of_step=first, sigma=float(sigma), batch_size=x.shape[0],
-                    cond_scale=float(guider.cfg),
-                    skip_uncond_at_weight_one=not model_options.get("disable_cfg1_optimization", False),
-                    model_timestep=float(model_sampling.timestep(sigma.reshape(1)).flatten()[0]))
     # Run the remaining (inner) PREDICT_NOISE wrappers, then ours instead of the stock computation.
-    final = functools.partial(_guided_prediction, guider, run, ev)
+    # Everything is read there, innermost, so that a wrapper that changes guider.cfg for part of the
+    # run (ComfyUI's CFGOverride) acts whether it was added before or after this pack's patch.
+    final = functools.partial(_guided_prediction, guider, run)
     inner = WrapperExecutor.new_class_executor(final, guider, executor.wrappers, executor.idx + 1)
     return inner.execute(x, timestep, model_options, seed)
 
 
-def _guided_prediction(guider, run: GuidanceRun, ev: Evaluation, x, timestep, model_options={}, seed=None):
+def check_cfg(cfg) -> float:
+    """The guidance weight, refused with its name when it is no number >= 0 (NaN or a negative value
+    reaches a sampler through a link or the API, where the widget's range is not enforced)."""
+    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or cfg < 0:
+        raise ValueError(f"cfg must be a finite number >= 0 (1 = no guidance), got {cfg!r}")
+    return float(cfg)
+
+
+def _guided_prediction(guider, run: GuidanceRun, x, timestep, model_options={}, seed=None):
     """comfy.samplers.sampling_function with a per-sample choice of the unconditional pass and weight."""
     model = guider.inner_model
     positive, negative = guider.conds.get("positive"), guider.conds.get("negative")
+    sigma = timestep.max()
+    step, first = run.tracker.locate(float(sigma))
+    ev = Evaluation(step=step, first_of_step=first, sigma=float(sigma), batch_size=x.shape[0],
+                    cond_scale=check_cfg(guider.cfg),
+                    skip_uncond_at_weight_one=not model_options.get("disable_cfg1_optimization", False),
+                    model_timestep=float(model.model_sampling.timestep(sigma.reshape(1)).flatten()[0]))
 
     def predict(run_uncond: bool):
         conds = [positive, negative if run_uncond else None]

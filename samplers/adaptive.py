@@ -72,7 +72,8 @@ class AdaptiveSchedule(GuidanceSchedule):
                          and self._previous is not None and self._previous[0] == ev.step - 1)
             self._plan = (ev.step, guided, estimated)
             self.estimated_steps += int(estimated)
-        return self._plan[1] & ~self.stopped, self._plan[2]
+        # ComfyUI's cfg == 1 shortcut holds per evaluation: another node may change cfg within a step
+        return self._plan[1] & ~self.stopped & super().needs_uncond(ev), self._plan[2]
 
     def needs_uncond(self, ev: Evaluation) -> torch.Tensor:
         guided, estimated = self._step_plan(ev)

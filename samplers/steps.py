@@ -1,86 +1,127 @@
 """Which solver step a model evaluation belongs to.
 
-ComfyUI has no step counter: samplers call the model at off-grid sigmas (midpoints of DPM2,
-2S and SDE samplers) and some evaluate a correction exactly at the next grid sigma (Heun),
-which is also where the next step's first evaluation happens. The papers decide guidance per
-step, on the step's starting sigma, and keep the decision for every evaluation of that step, so
-each evaluation has to be attributed to its step:
+ComfyUI has no step counter, and a step's evaluations are not recognisable by their sigma alone:
+samplers evaluate at midpoints that can lie below the next grid sigma (ancestral 2S and DPM2 when
+sigma_down is far below it), and several evaluate a stage exactly at the next grid sigma (Heun's
+correction, DPM++ SDE and SEEDS with r = 1, exp_heun_2_x0), where the next step also starts. The
+papers decide guidance per step and keep the decision for every evaluation of that step, so each
+evaluation has to be attributed to the step that made it.
 
-- an evaluation at the next grid sigma starts the next step, unless the sampler is known to
-  evaluate a correction there first (`GRID_CORRECTORS`: Heun, Heun++);
-- an evaluation between the current step's sigma and the next one (midpoints, the PECE
-  re-evaluation at the same sigma) belongs to the current step;
-- anything else (a sampler with its own time grid, such as dpm_fast or dpm_adaptive) is placed
-  by its sigma: the step k with sigmas[k] >= sigma > sigmas[k + 1].
+What does tell: every k-diffusion sampler calls its callback once per step, with the step's index,
+right after the step's first model evaluation. So the order of evaluations and callbacks of a run
+attributes every evaluation: the one just before callback i is step i's first, and the ones after it
+belong to step i until step i + 1's first. A guidance method has to decide before each evaluation,
+so the glue rehearses the run: it runs the sampler's own function, with the run's sigmas and
+options, on a one-pixel latent and a stand-in model that costs nothing, and records that order
+(`plan_from_events`). The real run then follows the plan evaluation by evaluation (`StepTracker`).
 
-Limits: with s_churn > 0 a step's first evaluation happens above its grid sigma and is counted
-in the previous step; a third-party sampler that corrects exactly at the next grid sigma
-without being listed here has that correction counted in the next step.
+Where there is no plan, evaluations are placed by sigma (`StepTracker` without a plan, and from the
+first evaluation where a real run departs from its plan):
+- an evaluation at the next grid sigma starts the next step;
+- one between the current step's sigma and the next one belongs to the current step;
+- anything else to the step k with sigmas[k] >= sigma > sigmas[k + 1].
+That is the case for samplers with their own time grid (dpm_fast, dpm_adaptive: their callbacks
+count their own steps), for a sampler that is not a k-diffusion function, and for a rehearsal that
+fails; the glue names such a sampler once in the log.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
-
-Correctors = Callable[[int, Sequence[float]], tuple[int, ...]]
-
-
-def _heun_correctors(step: int, sigmas: Sequence[float]) -> tuple[int, ...]:
-    # sample_heun: one extra evaluation at sigmas[i + 1], except when that sigma is 0.
-    return (step + 1,) if sigmas[step + 1] != 0 else ()
-
-
-def _heunpp2_correctors(step: int, sigmas: Sequence[float]) -> tuple[int, ...]:
-    # sample_heunpp2: none on the last step, one at sigmas[i + 1] on the one before,
-    # two (sigmas[i + 1], sigmas[i + 2]) otherwise.
-    end = sigmas[-1]
-    if sigmas[step + 1] == end:
-        return ()
-    if sigmas[step + 2] == end:
-        return (step + 1,)
-    return (step + 1, step + 2)
-
-
-# k-diffusion functions (by name) whose step evaluates the model again at later grid sigmas.
-GRID_CORRECTORS: dict[str, Correctors] = {
-    "sample_heun": _heun_correctors,
-    "sample_heunpp2": _heunpp2_correctors,
-}
-
-
-def _no_correctors(step: int, sigmas: Sequence[float]) -> tuple[int, ...]:
-    return ()
+from dataclasses import dataclass
+from typing import Sequence
 
 
 def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-9)
 
 
-class StepTracker:
-    """Attributes each model evaluation of one run to a solver step. One instance per run."""
+@dataclass(frozen=True)
+class PlannedEvaluation:
+    sigma: float  # where the rehearsal evaluated the model
+    step: int
+    first_of_step: bool
 
-    def __init__(self, sigmas: Sequence[float], sampler: str = ""):
+
+@dataclass(frozen=True)
+class Evaluated:
+    """A rehearsal event: the model was evaluated at `sigma`."""
+    sigma: float
+
+
+@dataclass(frozen=True)
+class Called:
+    """A rehearsal event: the sampler called its callback for step `step` (reporting `sigma`, if it does)."""
+    step: int
+    sigma: float | None = None
+
+
+def plan_from_events(events: Sequence[Evaluated | Called], sigmas: Sequence[float]) -> list[PlannedEvaluation] | None:
+    """Each evaluation's step from the order of evaluations and callbacks of a rehearsed run.
+
+    None when the callbacks do not mark the run's own steps: not 0, 1, ..., steps - 1 in order, each
+    right after an evaluation, or reporting a sigma off the run's grid (samplers with their own time
+    grid); the caller then places evaluations by sigma."""
+    steps = len(sigmas) - 1
+    called = [e for e in events if isinstance(e, Called)]
+    if [c.step for c in called] != list(range(steps)):
+        return None
+    attributed: list[tuple[float, int]] = []  # (sigma, step) per evaluation, in call order
+    step = 0  # evaluations before the one that precedes callback 0 (none in k-diffusion) are step 0's
+    for k, event in enumerate(events):
+        if isinstance(event, Evaluated):
+            attributed.append((event.sigma, step))
+            continue
+        if k == 0 or not isinstance(events[k - 1], Evaluated):
+            return None
+        if event.sigma is not None and not math.isclose(event.sigma, sigmas[event.step], rel_tol=1e-3, abs_tol=1e-6):
+            return None
+        step = event.step
+        attributed[-1] = (attributed[-1][0], step)
+    # a step's decision is taken at its earliest evaluation
+    return [PlannedEvaluation(sigma, step, k == 0 or attributed[k - 1][1] != step)
+            for k, (sigma, step) in enumerate(attributed)]
+
+
+class StepTracker:
+    """Attributes each model evaluation of one run to a solver step, in call order. One instance per run.
+
+    With a plan (from a rehearsal) evaluation k gets the plan's step for evaluation k, as long as
+    the real run evaluates where the rehearsal did; without one, or from the first departure on,
+    evaluations are placed by sigma (the module docstring gives the rule)."""
+
+    def __init__(self, sigmas: Sequence[float], plan: Sequence[PlannedEvaluation] | None = None):
         self.sigmas = [float(s) for s in sigmas]
         if len(self.sigmas) < 2:
             raise ValueError("a sampling run needs at least two sigmas")
         self.steps = len(self.sigmas) - 1
-        self._correctors = GRID_CORRECTORS.get(sampler, _no_correctors)
+        self.plan = list(plan) if plan is not None else None
+        self.evaluations = 0
+        self.departed_at: int | None = None  # the evaluation where the run left its plan
         self.step = -1
-        self._pending: list[int] = []  # grid indices of corrections the current step still makes
 
     def locate(self, sigma: float) -> tuple[int, bool]:
-        """(step, is_first_evaluation_of_step) for an evaluation at `sigma`, in call order."""
-        s, step = float(sigma), self.step
+        """(step, is_first_evaluation_of_step) for the next evaluation, at `sigma`."""
+        k, s = self.evaluations, float(sigma)
+        self.evaluations += 1
+        if self.plan is not None and self.departed_at is None:
+            if k < len(self.plan) and _close(s, self.plan[k].sigma):
+                planned = self.plan[k]
+                self.step = planned.step
+                return planned.step, planned.first_of_step
+            self.departed_at = k
+        return self._by_sigma(s)
+
+    def _by_sigma(self, s: float) -> tuple[int, bool]:
+        step = self.step
         if step >= 0:
-            if self._pending and _close(s, self.sigmas[self._pending[0]]):
-                self._pending.pop(0)
-                return step, False
             following = step + 1
             if following < self.steps and _close(s, self.sigmas[following]):
-                return self._start(following), True
-            if self.sigmas[following] < s <= self.sigmas[step] or _close(s, self.sigmas[step]):
+                self.step = following
+                return following, True
+            if following <= self.steps and (self.sigmas[following] < s <= self.sigmas[step] or _close(s, self.sigmas[step])):
                 return step, False
-        return self._start(self.step_of_sigma(s)), True
+        self.step = self.step_of_sigma(s)
+        return self.step, True
 
     def step_of_sigma(self, sigma: float) -> int:
         """The step k with sigmas[k] >= sigma > sigmas[k + 1] (clamped to the run)."""
@@ -88,8 +129,3 @@ class StepTracker:
             if sigma > self.sigmas[k + 1] and not _close(sigma, self.sigmas[k + 1]):
                 return k
         return self.steps - 1
-
-    def _start(self, step: int) -> int:
-        self.step = step
-        self._pending = list(self._correctors(step, self.sigmas))
-        return step
