@@ -122,7 +122,7 @@ class ScheduleGuider(comfy.samplers.CFGGuider):
     def __init__(self, model, positive, negative, cfg):
         super().__init__(model)
         self.set_conds(positive, negative)
-        self.set_cfg(cfg)
+        self.set_cfg(check_cfg(cfg))
 
 
 def history_of(model) -> RunHistory | None:

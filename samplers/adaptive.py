@@ -67,7 +67,7 @@ class AdaptiveSchedule(GuidanceSchedule):
         if self._plan is None or self._plan[0] != ev.step:
             # Decided once per step, at its first evaluation (asked for by needs_uncond, then again
             # by estimate_uncond and guide), and kept for the step's other evaluations.
-            guided = ~self.stopped & super().needs_uncond(ev)
+            guided = ~self.stopped.clone()
             estimated = (self.coefficients is not None and linear_ag.estimated_step(ev.step) and bool(guided.any())
                          and self._previous is not None and self._previous[0] == ev.step - 1)
             self._plan = (ev.step, guided, estimated)

@@ -221,3 +221,15 @@ def test_the_run_summary_is_logged(caplog):
     with caplog.at_level(logging.INFO, logger="guidance_schedules"):
         ksampler(patched(model, sigma_lo=0.3, sigma_hi=3.0), pos, neg, "euler", "eps")
     assert "Guidance interval (0.3, 3]" in caplog.text and "unconditional pass skipped in" in caplog.text
+
+
+@pytest.mark.parametrize("cfg", [float("nan"), float("inf"), -2.0])
+def test_a_cfg_that_is_no_number_from_zero_up_is_refused_by_name(cfg):
+    """NaN or a negative cfg reaches a sampler through a link or the API (the widget's range is not checked
+    there): the pack's guiders and the KSampler through its patch refuse it instead of sampling nonsense."""
+    model = tiny_models.build_model("eps")
+    pos, neg = tiny_models.build_conditioning(1), tiny_models.build_conditioning(2)
+    with pytest.raises(ValueError, match=r"cfg must be a finite number >= 0"):
+        ksampler(patched(model, **EVERY_STEP), pos, neg, "euler", "eps", cfg=cfg)
+    with pytest.raises(ValueError, match=r"cfg must be a finite number >= 0"):
+        GuidanceIntervalGuider().get_guider(model, pos, neg, cfg, **EVERY_STEP)

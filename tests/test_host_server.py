@@ -82,6 +82,21 @@ def test_bad_bounds_fail_the_prompt_with_a_message_naming_the_inputs(server):
     assert errors and "sigma_lo (2) must be smaller than sigma_hi (0.5)" in errors[0]["exception_message"]
 
 
+def test_nan_or_negative_cfg_fails_the_prompt_with_a_message_naming_cfg(server):
+    nan_cfg = interval_prompt("euler")
+    nan_cfg["4"]["inputs"]["cfg"] = float("nan")  # JSON NaN passes ComfyUI's range check
+    del nan_cfg["6"], nan_cfg["10"], nan_cfg["11"]
+    linked = interval_prompt("euler")
+    linked["20"] = {"class_type": "PrimitiveFloat", "inputs": {"value": -3.0}}
+    linked["6"]["inputs"]["cfg"] = ["20", 0]  # a link is not range-checked either
+    del linked["4"], linked["5"]
+    for prompt in (nan_cfg, linked):
+        history = server.run_prompt(prompt)
+        assert history["status"]["status_str"] == "error"
+        errors = [m[1] for m in history["status"]["messages"] if m[0] == "execution_error"]
+        assert errors and "cfg must be a finite number >= 0" in errors[0]["exception_message"]
+
+
 def test_an_api_prompt_runs_annealing_guidance_and_its_plot(server):
     import reference
     from guidance_schedules.samplers.annealing import convert_official_checkpoint
