@@ -7,11 +7,12 @@ import folder_paths
 
 from ..samplers import linear_ag
 from ..samplers.adaptive import AdaptiveSchedule, check_threshold
-from .guidance import CATEGORY, ScheduleGuider, guider_inputs, patch_model, sampler_function_name
+from .guidance import CATEGORY, ScheduleGuider, file_state, guider_inputs, patch_model, sampler_function_name
 
 DEFAULT_THRESHOLD = 0.995
 LINEAR_AG_FOLDER = "linear_ag"
 NONE = "none"
+MAX_NAME = 120  # characters of a calibration file's name: file systems allow 255 bytes for the whole name
 
 
 def register_linear_ag_folder():
@@ -42,6 +43,11 @@ def load_linear_ag(name):
     return linear_ag.load(path)
 
 
+def linear_ag_file_state(linear_ag=NONE, **_):
+    """IS_CHANGED of the AG nodes: the chosen LinearAG file's size and modification time."""
+    return file_state(None if linear_ag in (None, NONE) else folder_paths.get_full_path(LINEAR_AG_FOLDER, linear_ag))
+
+
 def threshold_input():
     return {"threshold": ("FLOAT", {
         "default": DEFAULT_THRESHOLD, "min": -1.0, "max": 2.0, "step": 0.001, "round": False,
@@ -69,6 +75,8 @@ class AdaptiveGuidancePatch:
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "patch"
 
+    IS_CHANGED = staticmethod(linear_ag_file_state)
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"model": ("MODEL",), **threshold_input()}, "optional": linear_ag_input()}
@@ -83,6 +91,8 @@ class AdaptiveGuidanceGuider:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("GUIDER",)
     FUNCTION = "get_guider"
+
+    IS_CHANGED = staticmethod(linear_ag_file_state)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -119,9 +129,12 @@ class LinearAGCalibrate:
 
     @staticmethod
     def output_path(name: str) -> str:
-        stem = name.strip().removesuffix(".safetensors")
-        if not stem or os.path.isabs(stem) or ".." in stem.replace("\\", "/").split("/"):
-            raise ValueError(f"name: give a plain file name inside models/linear_ag, got {name!r}")
+        stem = name.strip().removesuffix(".safetensors") if isinstance(name, str) else ""
+        shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:60] + "..."
+        if not stem or len(stem) > MAX_NAME or any(ord(c) < 32 or c in '<>:"|?*' for c in stem) \
+                or os.path.isabs(stem) or ".." in stem.replace("\\", "/").split("/"):
+            raise ValueError(f"name: give a file name for models/linear_ag of at most {MAX_NAME} characters, without "
+                             f"control characters, '..' or any of <>:\"|?* (subfolders with /), got {shown}")
         return os.path.join(folder_paths.models_dir, LINEAR_AG_FOLDER, stem + ".safetensors")
 
     @classmethod

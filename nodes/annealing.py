@@ -7,7 +7,7 @@ import os
 import folder_paths
 
 from ..samplers.annealing import DEFAULT_LAMBDA, AnnealingSchedule, check_lambda, load_scheduler
-from .guidance import CATEGORY, ScheduleGuider, guider_inputs, patch_model
+from .guidance import CATEGORY, ScheduleGuider, file_state, guider_inputs, patch_model
 
 FOLDER = "guidance_schedulers"
 PACK_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
@@ -27,7 +27,7 @@ register_scheduler_folder()
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(path: str, mtime: float):
+def _load_cached(path: str, state: str):
     return load_scheduler(path)
 
 
@@ -36,7 +36,12 @@ def load_scheduler_file(name: str):
     if path is None:
         raise ValueError(f"scheduler: no file named {name!r} in {FOLDER} "
                          f"({', '.join(folder_paths.get_folder_paths(FOLDER))})")
-    return _load_cached(path, os.path.getmtime(path))
+    return _load_cached(path, file_state(path))
+
+
+def scheduler_file_state(scheduler, **_):
+    """IS_CHANGED of the annealing nodes: the chosen file's size and modification time."""
+    return file_state(folder_paths.get_full_path(FOLDER, scheduler))
 
 
 def annealing_schedule(scheduler_name, lam):
@@ -74,6 +79,8 @@ class AnnealingGuidancePatch:
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "patch"
 
+    IS_CHANGED = staticmethod(scheduler_file_state)
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"model": ("MODEL",), **annealing_inputs()}}
@@ -89,6 +96,8 @@ class AnnealingGuidanceGuider:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("GUIDER",)
     FUNCTION = "get_guider"
+
+    IS_CHANGED = staticmethod(scheduler_file_state)
 
     @classmethod
     def INPUT_TYPES(cls):

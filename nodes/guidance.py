@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import warnings
 
 import torch
@@ -32,7 +33,14 @@ from ..samplers.steps import Called, Evaluated, StepTracker, plan_from_events
 
 log = logging.getLogger("guidance_schedules")
 
-CATEGORY = "sampling/guidance schedules"  # where every node of the pack appears in the node menu
+def _host_sampling_category() -> str:
+    """The KSampler's own menu category ('sampling' up to ComfyUI 0.8, 'model/sampling' in newer ones)."""
+    import nodes as comfy_nodes  # ComfyUI's nodes.py (this pack's own nodes/ is only imported relatively)
+    category = getattr(getattr(comfy_nodes, "KSampler", None), "CATEGORY", None)
+    return category if isinstance(category, str) and category else "sampling"
+
+
+CATEGORY = f"{_host_sampling_category()}/guidance schedules"  # every node of the pack, beside the KSampler
 WRAPPER_KEY = "guidance_schedules"
 RUN_KEY = "guidance_schedules_run"  # model_options entry holding the current run's state
 HISTORY_KEY = "guidance_schedules_history"  # ModelPatcher attachment: what the last run did
@@ -123,6 +131,18 @@ class ScheduleGuider(comfy.samplers.CFGGuider):
         super().__init__(model)
         self.set_conds(positive, negative)
         self.set_cfg(check_cfg(cfg))
+
+
+def file_state(path: str | None):
+    """What ComfyUI's cache key of a node that reads a file must follow: a file replaced under the same
+    name (another size or modification time) is read again by the next prompt."""
+    if path is None:
+        return "none"
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return "absent"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def history_of(model) -> RunHistory | None:

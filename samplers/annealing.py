@@ -143,16 +143,32 @@ class AnnealingScheduler:
                 f"{name} expects {t.timesteps} timesteps; this model uses {timesteps}.")
 
 
-def _network_from(state: dict[str, torch.Tensor], config: NetworkConfig, name: str) -> AnnealingNetwork:
+# Bounds on a network's sizes, checked before anything is allocated: the released network has hidden 128,
+# 3 hidden layers and 4-wide embeddings; a file asking for far more is broken or hostile.
+SIZE_LIMITS = {"hidden_size": 4096, "n_layers": 64, "t_embed_dim": 64, "delta_embed_dim": 64, "lambda_embed_dim": 64,
+               "output_size": 1}
+NONZERO = {"t_embed_normalization", "delta_embed_normalization"}  # divided by
+
+
+def _shown(value, limit: int = 60) -> str:
+    """A value for an error message, never long (a message ends up in the UI and the history)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _network_from(state: dict, config: NetworkConfig, name: str) -> AnnealingNetwork:
     expected = config.expected_shapes()
     missing = sorted(set(expected) - set(state))
     if missing:
-        raise SchedulerFileError(f"{name} lacks the tensors {', '.join(missing)}: not an annealing scheduler network")
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise SchedulerFileError(f"{name} lacks the tensors {', '.join(missing[:3])}{more}: not an annealing scheduler "
+                                 "network of the configuration its metadata gives")
     for key, shape in expected.items():
+        if not isinstance(state[key], torch.Tensor):
+            raise SchedulerFileError(f"{name}: {key} is not a tensor")
         if tuple(state[key].shape) != shape:
             raise SchedulerFileError(f"{name}: {key} has shape {tuple(state[key].shape)}, the configuration in the file "
                                      f"needs {shape}")
-    for key in expected:
         if not torch.isfinite(state[key]).all():
             raise SchedulerFileError(f"{name}: {key} holds non-finite values")
     net = AnnealingNetwork(config)
@@ -160,12 +176,46 @@ def _network_from(state: dict[str, torch.Tensor], config: NetworkConfig, name: s
     return net.eval().requires_grad_(False)
 
 
-def _config_from(values: dict, name: str) -> NetworkConfig:
-    known = NetworkConfig.__dataclass_fields__
-    try:
-        return NetworkConfig(**{k: type(getattr(NetworkConfig(), k))(v) for k, v in values.items() if k in known})
-    except (TypeError, ValueError) as e:
-        raise SchedulerFileError(f"{name}: bad network configuration {values}: {e}") from None
+def _config_from(values, name: str) -> NetworkConfig:
+    """The network's configuration from a file, every field checked (type, finiteness, size) before use."""
+    if not isinstance(values, dict):
+        raise SchedulerFileError(f"{name}: the network configuration must be a JSON object, got {_shown(values)}")
+    fields = {}
+    for key, value in values.items():
+        if key not in NetworkConfig.__dataclass_fields__:
+            continue
+        if isinstance(getattr(NetworkConfig(), key), int):
+            limit = SIZE_LIMITS[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not float(value).is_integer() or not 1 <= value <= limit:
+                raise SchedulerFileError(f"{name}: network.{key} must be a whole number from 1 to {limit}, "
+                                         f"got {_shown(value)}")
+            fields[key] = int(value)
+        else:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or (key in NONZERO and value == 0):
+                need = "a finite number other than 0" if key in NONZERO else "a finite number"
+                raise SchedulerFileError(f"{name}: network.{key} must be {need}, got {_shown(value)}")
+            fields[key] = float(value)
+    return NetworkConfig(**fields)
+
+
+def _trained_for_from(values, name: str) -> TrainedFor:
+    """What the network was trained for, from a file: strings and a channel count, checked."""
+    if not isinstance(values, dict):
+        raise SchedulerFileError(f"{name}: trained_for must be a JSON object, got {_shown(values)}")
+    fields = {}
+    for key, value in values.items():
+        if key not in TrainedFor.__dataclass_fields__:
+            continue  # written by a later version of the pack: not needed to use the network
+        if key == "latent_channels":
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+                raise SchedulerFileError(f"{name}: trained_for.latent_channels must be a whole number from 1 to 1024, "
+                                         f"got {_shown(value)}")
+        elif not isinstance(value, str):
+            raise SchedulerFileError(f"{name}: trained_for.{key} must be a string, got {_shown(value)}")
+        fields[key] = value
+    return TrainedFor(**fields)
 
 
 def load_scheduler(path: str) -> AnnealingScheduler:
@@ -173,24 +223,33 @@ def load_scheduler(path: str) -> AnnealingScheduler:
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise SchedulerFileError(f"scheduler file not found: {path}")
-    if path.endswith(".safetensors"):
-        try:
-            with safe_open(path, framework="pt") as f:
-                meta = f.metadata() or {}
-                state = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError) as e:
-            raise SchedulerFileError(f"{name} is not a readable safetensors file (truncated or corrupt?): {e}") from None
-        if meta.get("format") != FORMAT:
-            raise SchedulerFileError(f"{name} is not an annealing scheduler file of this pack (metadata format is "
-                                     f"{meta.get('format')!r}); convert official checkpoints with "
-                                     "scripts/convert_annealing_checkpoint.py")
-        try:
-            config = _config_from(json.loads(meta["network"]), name)
-            trained = TrainedFor(**json.loads(meta["trained_for"]))
-        except (KeyError, TypeError, json.JSONDecodeError) as e:
-            raise SchedulerFileError(f"{name}: incomplete metadata ({e})") from None
-        return AnnealingScheduler(_network_from(state, config, name), trained, path)
-    return load_official_checkpoint(path)
+    if not path.endswith(".safetensors"):
+        return load_official_checkpoint(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            keys = set(f.keys())
+            if meta.get("format") != FORMAT:
+                raise SchedulerFileError(f"{name} is not an annealing scheduler file of this pack (metadata format is "
+                                         f"{_shown(meta.get('format'))}); convert official checkpoints with "
+                                         "scripts/convert_annealing_checkpoint.py")
+            if meta.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+                raise SchedulerFileError(f"{name} has format_version {_shown(meta.get('format_version'))}; this "
+                                         f"version of the pack reads {FORMAT_VERSION}. Update the pack.")
+            try:
+                config = _config_from(json.loads(meta["network"]), name)
+                trained = _trained_for_from(json.loads(meta["trained_for"]), name)
+            except KeyError as e:
+                raise SchedulerFileError(f"{name}: the metadata lacks {e}") from None
+            except json.JSONDecodeError as e:
+                raise SchedulerFileError(f"{name}: the metadata is not valid JSON ({e})") from None
+            state = {k: f.get_tensor(k) for k in config.expected_shapes() if k in keys}
+    except SchedulerFileError:
+        raise
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SchedulerFileError(f"{name} is not a readable safetensors file (truncated or corrupt?): "
+                                 f"{_shown(str(e), 200)}") from None
+    return AnnealingScheduler(_network_from(state, config, name), trained, path)
 
 
 def load_official_checkpoint(path: str) -> AnnealingScheduler:
@@ -198,17 +257,21 @@ def load_official_checkpoint(path: str) -> AnnealingScheduler:
     name = os.path.basename(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds for a corrupt or unsafe pickle
-        raise SchedulerFileError(f"{name} could not be loaded safely as a checkpoint (weights only): {e}") from None
-    if not isinstance(checkpoint, dict) or "guidance_scale_model" not in checkpoint:
+    except Exception:  # torch raises many kinds for a corrupt or unsafe pickle
+        # not torch's own message: it advises weights_only=False, which would run the file's code
+        raise SchedulerFileError(f"{name} is not a plain weights checkpoint (unreadable, or holding objects whose "
+                                 "loading would run code) and is refused") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("guidance_scale_model"), dict):
         raise SchedulerFileError(f"{name} is not an annealing guidance checkpoint (no 'guidance_scale_model' entry)")
-    model_config = (checkpoint.get("config") or {}).get("guidance_scale_model", {})
+    config = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
+    model_config = config.get("guidance_scale_model") if isinstance(config.get("guidance_scale_model"), dict) else {}
     if model_config.get("type", "scalar_mlp") != "scalar_mlp":
-        raise SchedulerFileError(f"{name}: network type {model_config.get('type')!r} is not supported (scalar_mlp is)")
-    diffusion = (checkpoint.get("config") or {}).get("diffusion", {})
+        raise SchedulerFileError(f"{name}: network type {_shown(model_config.get('type'))} is not supported "
+                                 "(scalar_mlp is)")
+    diffusion = config.get("diffusion") if isinstance(config.get("diffusion"), dict) else {}
     model_id = str(diffusion.get("model_id", ""))
     if model_id and "xl" not in model_id.lower():
-        raise SchedulerFileError(f"{name} was trained for {model_id}; only SDXL checkpoints are recognised")
+        raise SchedulerFileError(f"{name} was trained for {_shown(model_id)}; only SDXL checkpoints are recognised")
     return AnnealingScheduler(_network_from(checkpoint["guidance_scale_model"], _config_from(model_config, name), name),
                               OFFICIAL_SDXL, path)
 
@@ -231,9 +294,17 @@ def convert_official_checkpoint(src: str, dst: str) -> AnnealingScheduler:
     return scheduler
 
 
+# ComfyUI's samplers that re-noise with the unconditional prediction (CFG++), by their k-diffusion function's
+# name. A kept list rather than a name pattern: newer ComfyUI's cfgpp_ud10_ab is one without the suffix.
+CFGPP_SAMPLERS = frozenset({
+    "sample_euler_cfg_pp", "sample_euler_ancestral_cfg_pp", "sample_dpmpp_2s_ancestral_cfg_pp",
+    "sample_dpmpp_2m_cfg_pp", "sample_res_multistep_cfg_pp", "sample_res_multistep_ancestral_cfg_pp",
+    "sample_gradient_estimation_cfg_pp", "sample_cfgpp_ud10_ab",
+})
+
+
 def renoises_with_uncond(sampler: str) -> bool:
-    """ComfyUI's CFG++ samplers (sample_*_cfg_pp) re-noise with the unconditional prediction."""
-    return sampler.endswith("_cfg_pp")
+    return sampler in CFGPP_SAMPLERS
 
 
 class AnnealingSchedule(GuidanceSchedule):
@@ -244,8 +315,9 @@ class AnnealingSchedule(GuidanceSchedule):
         if not renoises_with_uncond(run.sampler):
             raise ValueError(
                 f"Annealing guidance needs a sampler that re-noises with the unconditional prediction (CFG++): the "
-                f"network's scales are in CFG++ units. Use euler_cfg_pp (the paper's DDIM) or another *_cfg_pp "
-                f"sampler; got {run.sampler.removeprefix('sample_') or 'an unknown sampler'}.")
+                f"network's scales are in CFG++ units. Use euler_cfg_pp (the paper's DDIM) or another CFG++ sampler "
+                f"({', '.join(sorted(n.removeprefix('sample_') for n in CFGPP_SAMPLERS if n != 'sample_euler_cfg_pp'))}); "
+                f"got {run.sampler.removeprefix('sample_') or 'an unknown sampler'}.")
         self.scheduler = scheduler
         self.lam = float(lam)
 

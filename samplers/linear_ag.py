@@ -12,6 +12,7 @@ coefficients per step, shared by all latent elements, as in the paper.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from safetensors.torch import save_file
 from .schedule import Evaluation, GuidanceSchedule, RunInfo
 
 FORMAT = "guidance_schedules/linear_ag"
+FORMAT_VERSION = "1"
 N_TERMS = 4  # a, b, c, d
 
 
@@ -87,9 +89,40 @@ def save(result: Fit, fitted_for: FittedFor, path: str) -> None:
     if os.path.exists(path):
         raise FileExistsError(f"{path} exists; choose another name or remove it first")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    meta = {"format": FORMAT, "fitted_for": json.dumps({**fitted_for.__dict__, "sigmas": list(fitted_for.sigmas)})}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "fitted_for": json.dumps({**fitted_for.__dict__, "sigmas": list(fitted_for.sigmas)})}
     save_file({"coefficients": result.coefficients.contiguous(), "relative_error": result.relative_error.contiguous()},
               path, metadata=meta)
+
+
+def _fitted_for_from(meta: dict, name: str) -> FittedFor:
+    """What the coefficients were fitted for, every field checked."""
+    try:
+        fitted = json.loads(meta["fitted_for"])
+    except KeyError:
+        raise CoefficientsFileError(f"{name}: the metadata lacks 'fitted_for'") from None
+    except json.JSONDecodeError as e:
+        raise CoefficientsFileError(f"{name}: the metadata is not valid JSON ({e})") from None
+    if not isinstance(fitted, dict):
+        raise CoefficientsFileError(f"{name}: fitted_for must be a JSON object")
+    problems = []
+    steps, sigmas = fitted.get("steps"), fitted.get("sigmas")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 10_000:
+        problems.append("steps must be a whole number from 1 to 10000")
+    elif not isinstance(sigmas, list) or len(sigmas) != steps + 1 or \
+            not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in sigmas):
+        problems.append("sigmas must be steps + 1 finite numbers")
+    for key in ("sampler", "model"):
+        if not isinstance(fitted.get(key), str):
+            problems.append(f"{key} must be a string")
+    cfg, runs = fitted.get("cfg"), fitted.get("runs")
+    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg):
+        problems.append("cfg must be a finite number")
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        problems.append("runs must be a whole number >= 1")
+    if problems:
+        raise CoefficientsFileError(f"{name}: fitted_for is not valid: {'; '.join(problems)}")
+    return FittedFor(sampler=fitted["sampler"], steps=steps, sigmas=tuple(float(v) for v in sigmas),
+                     model=fitted["model"], cfg=float(cfg), runs=runs)
 
 
 def load(path: str) -> tuple[torch.Tensor, FittedFor]:
@@ -97,19 +130,26 @@ def load(path: str) -> tuple[torch.Tensor, FittedFor]:
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
-            coefficients = f.get_tensor("coefficients") if "coefficients" in f.keys() else None
+            if meta.get("format") != FORMAT:
+                raise CoefficientsFileError(f"{name} is not a LinearAG coefficients file (make one with the "
+                                            "LinearAGCalibrate node)")
+            if meta.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+                raise CoefficientsFileError(f"{name} has format_version {meta.get('format_version')!r:.40}; this "
+                                            f"version of the pack reads {FORMAT_VERSION}. Update the pack.")
+            fitted_for = _fitted_for_from(meta, name)
+            if "coefficients" not in f.keys():
+                raise CoefficientsFileError(f"{name} holds no coefficients (make one with the LinearAGCalibrate node)")
+            coefficients = f.get_tensor("coefficients")
+    except CoefficientsFileError:
+        raise
     except (SafetensorError, OSError, ValueError) as e:
-        raise CoefficientsFileError(f"{name} is not a readable safetensors file (truncated or corrupt?): {e}") from None
-    if meta.get("format") != FORMAT or coefficients is None:
-        raise CoefficientsFileError(f"{name} is not a LinearAG coefficients file (make one with the LinearAGCalibrate node)")
-    try:
-        fitted = json.loads(meta["fitted_for"])
-        fitted_for = FittedFor(**{**fitted, "sigmas": tuple(fitted["sigmas"])})
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
-        raise CoefficientsFileError(f"{name}: incomplete metadata ({e})") from None
-    if tuple(coefficients.shape) != (fitted_for.steps, N_TERMS) or not torch.isfinite(coefficients).all():
+        raise CoefficientsFileError(f"{name} is not a readable safetensors file (truncated or corrupt?): "
+                                    f"{str(e)[:200]}") from None
+    if tuple(coefficients.shape) != (fitted_for.steps, N_TERMS):
         raise CoefficientsFileError(f"{name}: coefficients of shape {tuple(coefficients.shape)} do not fit "
-                                    f"{fitted_for.steps} steps")
+                                    f"{fitted_for.steps} steps ({fitted_for.steps}, {N_TERMS} expected)")
+    if not torch.isfinite(coefficients).all():
+        raise CoefficientsFileError(f"{name} holds non-finite coefficients (inf or NaN): calibrate again")
     return coefficients.to(torch.float64), fitted_for
 
 

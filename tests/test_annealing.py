@@ -96,16 +96,18 @@ def test_other_safetensors_files_are_refused(tmp_path):
 def test_corrupt_or_unsafe_checkpoints_are_refused(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x80\x04not a pickle")
-    with pytest.raises(SchedulerFileError, match="could not be loaded safely"):
+    with pytest.raises(SchedulerFileError, match="not a plain weights checkpoint.*refused") as refused:
         load_scheduler(str(junk))
+    assert "weights_only" not in str(refused.value)  # never torch's advice to load it unsafely
 
     class Evil:
         def __reduce__(self):
             return (print, ("arbitrary code",))
     evil = tmp_path / "evil.pt"
     torch.save({"guidance_scale_model": Evil()}, str(evil))
-    with pytest.raises(SchedulerFileError, match="could not be loaded safely"):
+    with pytest.raises(SchedulerFileError, match="not a plain weights checkpoint.*refused") as refused:
         load_scheduler(str(evil))
+    assert "weights_only" not in str(refused.value)
     with pytest.raises(SchedulerFileError, match="not found"):
         load_scheduler(str(tmp_path / "missing.safetensors"))
 
@@ -126,6 +128,10 @@ def test_samplers_that_do_not_renoise_with_the_uncond_are_refused():
     with pytest.raises(ValueError, match="CFG\\+\\+.*got euler"):
         AnnealingSchedule(RunInfo(sigmas=(1.0, 0.0), sampler="sample_euler"), scheduler, 0.4)
     AnnealingSchedule(RunInfo(sigmas=(1.0, 0.0), sampler="sample_dpmpp_2m_cfg_pp"), scheduler, 0.4)
+    # newer ComfyUI's CFG++ sampler without the suffix is one; a name with the suffix is not enough
+    AnnealingSchedule(RunInfo(sigmas=(1.0, 0.0), sampler="sample_cfgpp_ud10_ab"), scheduler, 0.4)
+    with pytest.raises(ValueError, match="CFG\\+\\+.*got my_sampler_cfg_pp"):
+        AnnealingSchedule(RunInfo(sigmas=(1.0, 0.0), sampler="sample_my_sampler_cfg_pp"), scheduler, 0.4)
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
@@ -137,3 +143,42 @@ def test_lambda_out_of_range_is_refused_by_name(bad):
 def test_network_config_shapes():
     shapes = NetworkConfig().expected_shapes()
     assert shapes["combined_head.0.weight"] == (128, 12) and shapes["combined_head.8.weight"] == (1, 128)
+
+
+def rewritten(converted, tmp_path, name, **changes):
+    """The converted official file with metadata fields replaced: {"network.w_scale": value, ...}."""
+    with safe_open(str(converted), framework="pt") as f:
+        meta, state = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    for dotted, value in changes.items():
+        key, field = dotted.split(".", 1) if "." in dotted else (dotted, None)
+        if field is None:
+            meta[key] = value
+        else:
+            obj = json.loads(meta[key])
+            obj[field] = value
+            meta[key] = json.dumps(obj)
+    out = tmp_path / name
+    save_file(state, str(out), metadata=meta)
+    return out
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"network.w_scale": float("inf")}, r"network.w_scale must be a finite number, got inf"),
+    ({"network.w_bias": float("nan")}, r"network.w_bias must be a finite number"),
+    ({"network.delta_embed_normalization": 0}, r"network.delta_embed_normalization must be a finite number other than 0"),
+    ({"network.n_layers": 1e6}, r"network.n_layers must be a whole number from 1 to 64, got 1000000.0"),
+    ({"network.hidden_size": "128"}, r"network.hidden_size must be a whole number"),
+    ({"network": "[1, 2]"}, r"the network configuration must be a JSON object, got \[1, 2\]"),
+    ({"network": "null"}, r"the network configuration must be a JSON object, got None"),
+    ({"network": "{not json"}, r"the metadata is not valid JSON"),
+    ({"trained_for": "[]"}, r"trained_for must be a JSON object"),
+    ({"trained_for.latent_channels": "4"}, r"trained_for.latent_channels must be a whole number"),
+    ({"format_version": "2"}, r"has format_version '2'; this version of the pack reads 1"),
+])
+def test_bad_metadata_is_refused_by_file_and_field_before_anything_is_allocated(tmp_path, changes, message):
+    converted = tmp_path / "ok.safetensors"
+    convert_official_checkpoint(str(reference.CHECKPOINT), str(converted))
+    bad = rewritten(converted, tmp_path, "bad.safetensors", **changes)
+    with pytest.raises(SchedulerFileError, match=message) as refused:
+        load_scheduler(str(bad))
+    assert str(refused.value).startswith("bad.safetensors") and len(str(refused.value)) < 300

@@ -24,7 +24,8 @@ def test_object_info_lists_the_nodes_with_their_inputs(server):
     assert guider["output"] == ["GUIDER"] and patch["output"] == ["MODEL"]
     assert guider["input"]["required"]["sigma_hi"][1]["default"] == 5.42
     assert guider["input"]["required"]["sigma_lo"][1]["default"] == 0.28
-    assert guider["category"] == patch["category"] == "sampling/guidance schedules"
+    # beside the KSampler, in whatever category the host gives it ('sampling', newer: 'model/sampling')
+    assert guider["category"] == patch["category"] == info["KSampler"]["category"] + "/guidance schedules"
     assert "tooltip" in patch["input"]["required"]["sigma_lo"][1]
 
 
@@ -221,7 +222,60 @@ def test_an_api_prompt_calibrates_linear_ag_and_runs_adaptive_guidance_with_it(s
                                              {"samples": torch.zeros(2, tiny_models.CHANNELS, 8, 8)}, 1.0)[0]["samples"]
     assert (via_patch - expected).abs().max().item() <= 1e-5
 
+    # The file replaced under the same name (other coefficients) is read again by the same prompt.
+    path.unlink()
+    linear_ag.save(linear_ag.Fit(coefficients * 0.5, torch.zeros(8, dtype=torch.float64)), fitted_for, str(path))
+    replaced = server.run_prompt(adaptive_prompt("gs_api_euler_8.safetensors", threshold=2.0))
+    assert (saved_latent(server, replaced, "5") - via_patch).abs().max().item() > 1e-4
+
     plain = server.run_prompt(adaptive_prompt())
     assert plain["status"]["status_str"] == "success", plain["status"]
     assert torch.equal(saved_latent(server, plain, "5"), saved_latent(server, plain, "11"))
     assert "Adaptive guidance (threshold 0.99) (sample_euler, edm)" in server.log()
+
+
+def test_a_scheduler_file_replaced_under_the_same_name_is_read_again(server):
+    """ComfyUI's cache must not serve the old network once the file changed (the cache key follows the file)."""
+    import json
+    import reference
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from guidance_schedules.samplers.annealing import convert_official_checkpoint
+    if not reference.CHECKPOINT.is_file():
+        host_support.skip_or_fail(f"annealing reference data not found in {reference.REFERENCE}")
+    folder = server.base / "models" / "guidance_schedulers"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "replaced.safetensors"
+    path.unlink(missing_ok=True)
+    convert_official_checkpoint(str(reference.CHECKPOINT), str(path))
+    prompt = {
+        "1": {"class_type": "GSTestTinyModel", "inputs": {"model_type": "eps"}},
+        "2": {"class_type": "AnnealingGuidancePatch", "inputs": {"model": ["1", 0], "scheduler": "replaced.safetensors",
+                                                                 "lambda": 0.4}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "4": {"class_type": "KSampler", "inputs": {
+            "model": ["2", 0], "seed": 3, "steps": 6, "cfg": 1.0, "sampler_name": "euler_cfg_pp",
+            "scheduler": "ddim_uniform", "positive": ["1", 1], "negative": ["1", 2], "latent_image": ["3", 0],
+            "denoise": 1.0}},
+        "5": {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "gs_replaced"}},
+    }
+    first = saved_latent(server, server.run_prompt(prompt), "5")
+    with safe_open(str(path), framework="pt") as f:
+        meta, state = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    network = json.loads(meta["network"])
+    network["w_bias"] = network["w_bias"] + 0.5  # another network under the same name
+    meta["network"] = json.dumps(network)
+    path.unlink()
+    save_file(state, str(path), metadata=meta)
+    history = server.run_prompt(prompt)
+    assert history["status"]["status_str"] == "success", history["status"]
+    assert (saved_latent(server, history, "5") - first).abs().max().item() > 1e-4
+
+
+@pytest.mark.parametrize("name,shown", [("bad\x00name", "control characters"), ("x" * 300, "at most 120 characters")])
+def test_a_calibration_name_no_file_system_takes_is_refused_by_name(server, name, shown):
+    history = server.run_prompt(calibration_prompt(name))
+    assert history["status"]["status_str"] == "error"
+    errors = [m[1] for m in history["status"]["messages"] if m[0] == "execution_error"]
+    assert errors and errors[0]["exception_message"].startswith("name: ") and shown in errors[0]["exception_message"]
+    assert len(errors[0]["exception_message"]) < 400

@@ -66,3 +66,27 @@ def test_corrupt_and_foreign_files_are_refused(tmp_path):
     save_file({"coefficients": torch.zeros(3, 4)}, str(other))
     with pytest.raises(linear_ag.CoefficientsFileError, match="not a LinearAG coefficients file"):
         linear_ag.load(str(other))
+
+
+def test_bad_coefficients_or_metadata_are_refused_with_what_is_wrong(tmp_path):
+    result = linear_ag.fit(synthetic_runs(torch.zeros(6, 4, dtype=torch.float64)))
+    path = tmp_path / "good.safetensors"
+    linear_ag.save(result, fitted_for(), str(path))
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+
+    def variant(name, coefficients=result.coefficients, **meta_changes):
+        out = tmp_path / name
+        save_file({"coefficients": coefficients.contiguous()}, str(out), metadata={**meta, **meta_changes})
+        return str(out)
+    infinite = result.coefficients.clone()
+    infinite[1, 0] = float("inf")
+    with pytest.raises(linear_ag.CoefficientsFileError, match="inf.safetensors holds non-finite coefficients"):
+        linear_ag.load(variant("inf.safetensors", infinite))
+    with pytest.raises(linear_ag.CoefficientsFileError, match=r"shape \(3, 4\) do not fit 6 steps"):
+        linear_ag.load(variant("shape.safetensors", torch.zeros(3, 4, dtype=torch.float64)))
+    with pytest.raises(linear_ag.CoefficientsFileError, match="steps must be a whole number"):
+        linear_ag.load(variant("steps.safetensors", fitted_for='{"steps": "six"}'))
+    with pytest.raises(linear_ag.CoefficientsFileError, match="format_version '9'"):
+        linear_ag.load(variant("version.safetensors", format_version="9"))
