@@ -1,30 +1,24 @@
-"""Adaptive Guidance nodes: a GUIDER for SamplerCustomAdvanced and a MODEL patch for KSampler."""
+"""Adaptive Guidance nodes: a MODEL patch for KSampler, a GUIDER for SamplerCustomAdvanced, and the
+LinearAG calibration node with its folder."""
 from __future__ import annotations
 
 import os
 
 import folder_paths
 
-from ..samplers import linear_ag
+# imported under another name: `linear_ag` is the nodes' input
+from ..samplers import linear_ag as linear_ag_files
 from ..samplers.adaptive import AdaptiveSchedule, check_threshold
-from .guidance import CATEGORY, ScheduleGuider, file_state, guider_inputs, patch_model, sampler_function_name
+from .guidance import (CATEGORY, GuidanceMethod, ScheduleGuider, ScheduleGuiderNode, SchedulePatchNode, file_state,
+                       patch_model, register_model_folder)
+from .rehearsal import sampler_function_name
 
 DEFAULT_THRESHOLD = 0.995
-LINEAR_AG_FOLDER = "linear_ag"
+LINEAR_AG_FOLDER = "linear_ag"  # models/linear_ag: the files LinearAGCalibrate writes and the AG nodes read
 NONE = "none"
 MAX_NAME = 120  # characters of a calibration file's name: file systems allow 255 bytes for the whole name
 
-
-def register_linear_ag_folder():
-    """models/linear_ag: the coefficient files LinearAGCalibrate writes and the AG nodes read."""
-    path = os.path.join(folder_paths.models_dir, LINEAR_AG_FOLDER)
-    if LINEAR_AG_FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[LINEAR_AG_FOLDER] = ([], {".safetensors"})
-    if path not in folder_paths.folder_names_and_paths[LINEAR_AG_FOLDER][0]:
-        folder_paths.folder_names_and_paths[LINEAR_AG_FOLDER][0].append(path)
-
-
-register_linear_ag_folder()
+register_model_folder(LINEAR_AG_FOLDER, {".safetensors"})
 
 
 def linear_ag_input():
@@ -34,18 +28,17 @@ def linear_ag_input():
                    "earlier predictions instead of run."})}
 
 
-def load_linear_ag(name):
+def linear_ag_path(name) -> str | None:
     if name in (None, NONE):
         return None
     path = folder_paths.get_full_path(LINEAR_AG_FOLDER, name)
     if path is None:
         raise ValueError(f"linear_ag: no file named {name!r} in {LINEAR_AG_FOLDER}")
-    return linear_ag.load(path)
+    return path
 
 
 def linear_ag_file_state(linear_ag=NONE, **_):
-    """IS_CHANGED of the AG nodes: the chosen LinearAG file's size and modification time."""
-    return file_state(None if linear_ag in (None, NONE) else folder_paths.get_full_path(LINEAR_AG_FOLDER, linear_ag))
+    return file_state(folder_paths.get_full_path(LINEAR_AG_FOLDER, linear_ag) if linear_ag not in (None, NONE) else None)
 
 
 def threshold_input():
@@ -56,52 +49,29 @@ def threshold_input():
                    "earlier (faster, further from CFG); above 1 never stops (plain CFG)."})}
 
 
-def adaptive_schedule(threshold, linear_ag_name=NONE):
+def adaptive_schedule(threshold, linear_ag=NONE):
     threshold = check_threshold(threshold)
-    coefficients = load_linear_ag(linear_ag_name)
-    return lambda run: AdaptiveSchedule(run, threshold, coefficients, linear_ag_name)
+    path = linear_ag_path(linear_ag)
+    linear = linear_ag_files.load(path) if path is not None else None
+    extra = f", LinearAG {linear_ag}" if linear is not None else ""
+    return (lambda run: AdaptiveSchedule(run, threshold, linear)), f"Adaptive guidance (threshold {threshold:g}{extra})"
 
 
-def describe(threshold, linear_ag_name=NONE):
-    extra = f", LinearAG {linear_ag_name}" if linear_ag_name not in (None, NONE) else ""
-    return f"Adaptive guidance (threshold {threshold:g}{extra})"
+ADAPTIVE = GuidanceMethod(
+    title="Adaptive Guidance (Castillo et al. 2023)",
+    summary="each sample is guided until its conditional and unconditional predictions agree (cosine similarity >= "
+            "threshold), then continues with the conditional prediction alone, without the unconditional pass.",
+    inputs=threshold_input, optional_inputs=linear_ag_input, schedule=adaptive_schedule,
+    file_state=linear_ag_file_state, cfg_tooltip="Guidance weight while a sample is guided.",
+    patch_note="The KSampler's cfg is the weight while a sample is guided.")
 
 
-class AdaptiveGuidancePatch:
-    DESCRIPTION = ("Adaptive Guidance (Castillo et al. 2023) for the stock KSampler: each sample is guided with the "
-                   "KSampler's cfg until its conditional and unconditional predictions agree (cosine similarity >= "
-                   "threshold), then continues without guidance and without the unconditional pass.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
-    FUNCTION = "patch"
-
-    IS_CHANGED = staticmethod(linear_ag_file_state)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",), **threshold_input()}, "optional": linear_ag_input()}
-
-    def patch(self, model, threshold, linear_ag=NONE):
-        return (patch_model(model, adaptive_schedule(threshold, linear_ag), describe(threshold, linear_ag)),)
+class AdaptiveGuidancePatch(SchedulePatchNode):
+    METHOD = ADAPTIVE
 
 
-class AdaptiveGuidanceGuider:
-    DESCRIPTION = ("Adaptive Guidance (Castillo et al. 2023) as a GUIDER: cfg until the conditional and "
-                   "unconditional predictions agree, then the conditional prediction alone.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("GUIDER",)
-    FUNCTION = "get_guider"
-
-    IS_CHANGED = staticmethod(linear_ag_file_state)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {**guider_inputs("Guidance weight while a sample is guided."), **threshold_input()},
-                "optional": linear_ag_input()}
-
-    def get_guider(self, model, positive, negative, cfg, threshold, linear_ag=NONE):
-        return (ScheduleGuider(patch_model(model, adaptive_schedule(threshold, linear_ag), describe(threshold, linear_ag)),
-                               positive, negative, cfg),)
+class AdaptiveGuidanceGuider(ScheduleGuiderNode):
+    METHOD = ADAPTIVE
 
 
 class LinearAGCalibrate:
@@ -117,7 +87,9 @@ class LinearAGCalibrate:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            **guider_inputs("Guidance weight of the full-CFG runs: the one you will sample with."),
+            "model": ("MODEL",), "positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
+            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                              "tooltip": "Guidance weight of the full-CFG runs: the one you will sample with."}),
             "sampler": ("SAMPLER",), "sigmas": ("SIGMAS",), "latent_image": ("LATENT",),
             "runs": ("INT", {"default": 8, "min": 1, "max": 1000,
                              "tooltip": "Full-CFG samplings to fit on (the paper used about 200 trajectories; "
@@ -135,7 +107,8 @@ class LinearAGCalibrate:
                 or os.path.isabs(stem) or ".." in stem.replace("\\", "/").split("/"):
             raise ValueError(f"name: give a file name for models/linear_ag of at most {MAX_NAME} characters, without "
                              f"control characters, '..' or any of <>:\"|?* (subfolders with /), got {shown}")
-        return os.path.join(folder_paths.models_dir, LINEAR_AG_FOLDER, stem + ".safetensors")
+        # the folder ComfyUI lists first for linear_ag: models/linear_ag unless extra_model_paths.yaml says otherwise
+        return os.path.join(folder_paths.get_folder_paths(LINEAR_AG_FOLDER)[0], stem + ".safetensors")
 
     @classmethod
     def IS_CHANGED(cls, name, **kwargs):
@@ -157,19 +130,19 @@ class LinearAGCalibrate:
 
         def recording(run):
             recorded.append([])
-            return linear_ag.CalibrationSchedule(run, recorded[-1])
+            return linear_ag_files.CalibrationSchedule(run, recorded[-1])
         guider = ScheduleGuider(patch_model(model, recording, "LinearAG calibration"), positive, negative, cfg)
         for r in range(runs):
             SamplerCustomAdvanced().sample(Noise_RandomNoise(seed + r), guider, sampler, sigmas, latent_image)
         # every latent of the batch is one trajectory
         trajectories = [[(c[b:b + 1], u[b:b + 1]) for c, u in run] for run in recorded for b in range(run[0][0].shape[0])]
-        result = linear_ag.fit(trajectories)
-        fitted_for = linear_ag.FittedFor(
+        result = linear_ag_files.fit(trajectories)
+        fitted_for = linear_ag_files.FittedFor(
             sampler=sampler_function_name(sampler), steps=len(sigmas) - 1,
             sigmas=tuple(float(s) for s in sigmas.flatten().tolist()),
             model=type(model.model.model_config).__name__ + " " + model.model.model_type.name, cfg=float(cfg),
             runs=len(trajectories))
-        linear_ag.save(result, fitted_for, path)
+        linear_ag_files.save(result, fitted_for, path)
         odd = result.relative_error[1::2]
         text = (f"wrote {path}: {len(trajectories)} trajectories, {fitted_for.steps} steps; relative error of the "
                 f"estimate {float(odd.min()):.3f} .. {float(odd.max()):.3f} (0 = exact, 1 = as far as the cond prediction)")

@@ -1,4 +1,4 @@
-"""Annealing guidance scheduler nodes: a GUIDER and a MODEL patch, and the scheduler file folder."""
+"""Annealing guidance scheduler nodes: a MODEL patch and a GUIDER, and the scheduler networks' folder."""
 from __future__ import annotations
 
 import functools
@@ -7,23 +7,12 @@ import os
 import folder_paths
 
 from ..samplers.annealing import DEFAULT_LAMBDA, AnnealingSchedule, check_lambda, load_scheduler
-from .guidance import CATEGORY, ScheduleGuider, file_state, guider_inputs, patch_model
+from .guidance import GuidanceMethod, ScheduleGuiderNode, SchedulePatchNode, file_state, register_model_folder
 
 FOLDER = "guidance_schedulers"
 PACK_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 
-
-def register_scheduler_folder():
-    """models/guidance_schedulers and the pack's weights/ folder, listed in the scheduler combo."""
-    paths = [os.path.join(folder_paths.models_dir, FOLDER), PACK_WEIGHTS]
-    if FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[FOLDER] = ([], {".safetensors", ".pt"})
-    for path in paths:
-        if path not in folder_paths.folder_names_and_paths[FOLDER][0]:
-            folder_paths.folder_names_and_paths[FOLDER][0].append(path)
-
-
-register_scheduler_folder()
+register_model_folder(FOLDER, {".safetensors", ".pt"}, PACK_WEIGHTS)
 
 
 @functools.lru_cache(maxsize=8)
@@ -39,24 +28,14 @@ def load_scheduler_file(name: str):
     return _load_cached(path, file_state(path))
 
 
-def scheduler_file_state(scheduler, **_):
-    """IS_CHANGED of the annealing nodes: the chosen file's size and modification time."""
-    return file_state(folder_paths.get_full_path(FOLDER, scheduler))
+def scheduler_file_state(scheduler=None, **_):
+    return file_state(folder_paths.get_full_path(FOLDER, scheduler) if isinstance(scheduler, str) else None)
 
 
-def annealing_schedule(scheduler_name, lam):
-    lam = check_lambda(lam)
-    scheduler = load_scheduler_file(scheduler_name)
-
-    def make(run):
-        channels = run.latent_shape[1] if len(run.latent_shape) > 1 else scheduler.trained_for.latent_channels
-        scheduler.check_compatible(run.prediction, channels, run.timesteps)
-        return AnnealingSchedule(run, scheduler, lam)
-    return make
-
-
-def describe(scheduler_name, lam):
-    return f"Annealing guidance ({scheduler_name}, lambda {lam:g})"
+def annealing_schedule(scheduler, **settings):
+    lam = check_lambda(settings["lambda"])
+    network = load_scheduler_file(scheduler)
+    return (lambda run: AnnealingSchedule(run, network, lam)), f"Annealing guidance ({scheduler}, lambda {lam:g})"
 
 
 def annealing_inputs():
@@ -71,40 +50,17 @@ def annealing_inputs():
     }
 
 
-class AnnealingGuidancePatch:
-    DESCRIPTION = ("Annealing guidance (Yehezkel et al. 2025) for the stock KSampler: a small network picks the "
-                   "guidance scale of every step from the timestep, the size of the guidance direction and lambda. "
-                   "Needs a CFG++ sampler (euler_cfg_pp, the paper's DDIM); the KSampler's cfg is not used.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
-    FUNCTION = "patch"
-
-    IS_CHANGED = staticmethod(scheduler_file_state)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",), **annealing_inputs()}}
-
-    def patch(self, model, scheduler, **kwargs):
-        lam = kwargs["lambda"]
-        return (patch_model(model, annealing_schedule(scheduler, lam), describe(scheduler, lam)),)
+ANNEALING = GuidanceMethod(
+    title="Annealing guidance (Yehezkel et al. 2025)",
+    summary="a small network picks the guidance scale of every step and sample from the timestep, the size of the "
+            "guidance direction and lambda. Needs a CFG++ sampler (euler_cfg_pp, the paper's DDIM).",
+    inputs=annealing_inputs, schedule=annealing_schedule, file_state=scheduler_file_state,
+    patch_note="The KSampler's cfg is not used.")
 
 
-class AnnealingGuidanceGuider:
-    DESCRIPTION = ("Annealing guidance (Yehezkel et al. 2025) as a GUIDER for SamplerCustomAdvanced: the guidance "
-                   "scale of every step comes from the scheduler network. Use a CFG++ sampler (euler_cfg_pp).")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("GUIDER",)
-    FUNCTION = "get_guider"
+class AnnealingGuidancePatch(SchedulePatchNode):
+    METHOD = ANNEALING
 
-    IS_CHANGED = staticmethod(scheduler_file_state)
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {**guider_inputs(), **annealing_inputs()}}
-
-    def get_guider(self, model, positive, negative, scheduler, **kwargs):
-        lam = kwargs["lambda"]
-        patched = patch_model(model, annealing_schedule(scheduler, lam), describe(scheduler, lam))
-        # cfg only matters for ComfyUI's cfg == 1 shortcut, which this schedule never takes.
-        return (ScheduleGuider(patched, positive, negative, 1.0),)
+class AnnealingGuidanceGuider(ScheduleGuiderNode):
+    METHOD = ANNEALING

@@ -1,18 +1,21 @@
-"""The one mechanism that runs any guidance schedule inside ComfyUI's sampling.
+"""The one mechanism that runs any guidance schedule inside ComfyUI's sampling, and the node pair every
+method is made of.
 
 `patch_model` adds two wrappers to a clone of the MODEL:
-- SAMPLER_SAMPLE (once per sampling run): builds a fresh schedule and step tracker for the run
-  and hands them to the run's evaluations through its model_options, so a cached MODEL or
-  GUIDER reused by later queue runs starts clean every time; logs what guidance did at the end.
-- PREDICT_NOISE (every model evaluation): attributes the evaluation to its solver step, lets
-  samplers.schedule.guided_evaluation ask the schedule which samples need the unconditional pass,
-  runs the conditional pass and, only when needed, the unconditional one, and combines them with
-  ComfyUI's own cfg_function so that
-  pre-CFG / post-CFG patches and the CFG++ samplers keep working. Other PREDICT_NOISE wrappers
-  inside ours still run: only the final stock computation is replaced.
+- SAMPLER_SAMPLE (once per sampling run): rehearses the run to attribute its evaluations to steps
+  (nodes/rehearsal.py), builds a fresh schedule, step tracker and driver for the run and hands them
+  to the run's evaluations through its model_options, so a cached MODEL or GUIDER reused by later
+  queue runs starts clean every time; logs what guidance did at the end.
+- PREDICT_NOISE (every model evaluation): attributes the evaluation to its solver step, lets the
+  driver (samplers.schedule.ScheduleDriver) ask the schedule which samples need the unconditional
+  pass, runs the conditional pass and, only when needed, the unconditional one, and combines them
+  with ComfyUI's own cfg_function so that pre-CFG / post-CFG patches and the CFG++ samplers keep
+  working. Other PREDICT_NOISE wrappers inside ours still run: only the final stock computation is
+  replaced.
 
-The guider nodes are a plain CFGGuider over a patched model, so the KSampler path (patch) and
-the SamplerCustomAdvanced path (guider) run the very same code.
+A method is a `GuidanceMethod` (its inputs and how they make a schedule); `SchedulePatchNode` and
+`ScheduleGuiderNode` turn it into its two nodes. The guider is a plain CFGGuider over a patched
+model, so the KSampler path (patch) and the SamplerCustomAdvanced path (guider) run the same code.
 """
 from __future__ import annotations
 
@@ -20,18 +23,21 @@ import functools
 import logging
 import math
 import os
-import warnings
-
-import torch
+from dataclasses import dataclass, field
+from typing import Callable
 
 import comfy.model_sampling
 import comfy.samplers
+import folder_paths
 from comfy.patcher_extension import WrapperExecutor, WrappersMP
 
-from ..samplers.schedule import EDM_SIGMA, FLOW, Evaluation, GuidanceSchedule, RunInfo, RunRecord, guided_evaluation
-from ..samplers.steps import Called, Evaluated, StepTracker, plan_from_events
+from ..samplers.schedule import (EDM_SIGMA, FLOW, Evaluation, GuidanceSchedule, RunInfo, RunRecord,
+                                 ScheduleDriver)
+from ..samplers.steps import StepTracker
+from .rehearsal import rehearse_steps, sampler_function_name
 
 log = logging.getLogger("guidance_schedules")
+
 
 def _host_sampling_category() -> str:
     """The KSampler's own menu category ('sampling' up to ComfyUI 0.8, 'model/sampling' in newer ones)."""
@@ -45,6 +51,8 @@ WRAPPER_KEY = "guidance_schedules"
 RUN_KEY = "guidance_schedules_run"  # model_options entry holding the current run's state
 HISTORY_KEY = "guidance_schedules_history"  # ModelPatcher attachment: what the last run did
 
+ScheduleFactory = Callable[[RunInfo], GuidanceSchedule]
+
 
 class RunHistory:
     """Where a patched model leaves the record of its latest finished run, for the plot node.
@@ -57,12 +65,11 @@ class RunHistory:
 
 
 class GuidanceRun:
-    """Per-run state: the schedule, the step tracker and the record of what happened."""
+    """Per-run state: the step tracker and the driver of the run's schedule (which keeps its record)."""
 
     def __init__(self, schedule: GuidanceSchedule, tracker: StepTracker):
-        self.schedule = schedule
         self.tracker = tracker
-        self.record = RunRecord(steps=tracker.steps)
+        self.driver = ScheduleDriver(schedule, RunRecord(steps=tracker.steps))
         self.warned = False
 
 
@@ -88,13 +95,7 @@ def timesteps_of(model_sampling) -> str:
     return "continuous"
 
 
-def sampler_function_name(sampler) -> str:
-    fn = getattr(sampler, "sampler_function", None)
-    fn = getattr(fn, "func", fn)  # functools.partial
-    return getattr(fn, "__name__", type(sampler).__name__)
-
-
-def patch_model(model, make_schedule, describe: str):
+def patch_model(model, make_schedule: ScheduleFactory, describe: str):
     """A clone of `model` that samples with the schedule `make_schedule(run_info)`.
 
     One guidance schedule per model: patching an already patched model replaces its schedule (and
@@ -115,13 +116,18 @@ def patch_model(model, make_schedule, describe: str):
     return m
 
 
-def guider_inputs(cfg_tooltip: str | None = None) -> dict:
-    """The inputs every guider node of the pack starts with, in CFGGuider's order."""
-    inputs = {"model": ("MODEL",), "positive": ("CONDITIONING",), "negative": ("CONDITIONING",)}
-    if cfg_tooltip:
-        inputs["cfg"] = ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
-                                   "tooltip": cfg_tooltip})
-    return inputs
+def history_of(model) -> RunHistory | None:
+    """The RunHistory of a patched MODEL (or of a GUIDER's model), None if it carries no schedule."""
+    patcher = getattr(model, "model_patcher", model)
+    return getattr(patcher, "attachments", {}).get(HISTORY_KEY)
+
+
+def check_cfg(cfg) -> float:
+    """The guidance weight, refused with its name when it is no number >= 0 (NaN or a negative value
+    reaches a sampler through a link or the API, where the widget's range is not enforced)."""
+    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or cfg < 0:
+        raise ValueError(f"cfg must be a finite number >= 0 (1 = no guidance), got {cfg!r}")
+    return float(cfg)
 
 
 class ScheduleGuider(comfy.samplers.CFGGuider):
@@ -133,7 +139,113 @@ class ScheduleGuider(comfy.samplers.CFGGuider):
         self.set_cfg(check_cfg(cfg))
 
 
-def file_state(path: str | None):
+# --- the node pair of a method ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GuidanceMethod:
+    """What a method's two nodes are made of: a MODEL patch for the KSampler and a GUIDER for
+    SamplerCustomAdvanced, with the same inputs and the same schedule."""
+
+    title: str  # "Guidance interval (Kynkaeaenniemi et al. 2024)"
+    summary: str  # what it does, for both nodes' descriptions
+    inputs: Callable[[], dict]  # the method's own inputs, by name, as INPUT_TYPES gives them
+    schedule: Callable[..., tuple[ScheduleFactory, str]]  # the inputs' values -> (schedule factory, log name)
+    optional_inputs: Callable[[], dict] = dict
+    cfg_tooltip: str | None = None  # the guider's cfg input; None: the method sets the scale, the guider has none
+    patch_note: str = ""  # what the patch's description adds (what becomes of the KSampler's cfg)
+    file_state: Callable[..., str] | None = None  # where the inputs name a file: its state, for ComfyUI's cache
+    model_tooltip: str = field(default="The model to sample with this guidance.")
+
+
+def _settings(names: list[str], args: tuple, kwargs: dict) -> dict:
+    """Input values by name; ComfyUI passes keywords, Python callers may pass them in input order."""
+    if len(args) > len(names):
+        raise TypeError(f"too many inputs: {args!r}")
+    return {**dict(zip(names, args)), **kwargs}
+
+
+class _MethodNode:
+    METHOD: GuidanceMethod
+    CATEGORY = CATEGORY
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        method = cls.__dict__.get("METHOD")
+        if method is not None and method.file_state is not None:
+            # ComfyUI re-runs a node whose IS_CHANGED value changed: a file replaced under the same name
+            cls.IS_CHANGED = classmethod(lambda node_cls, **inputs: node_cls.METHOD.file_state(**inputs))
+
+
+class SchedulePatchNode(_MethodNode):
+    """MODEL -> MODEL: the method for the stock KSampler."""
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        m = cls.METHOD
+        cls.DESCRIPTION = f"{m.title} for the stock KSampler: {m.summary} {m.patch_note}".strip()
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        m = cls.METHOD
+        return {"required": {"model": ("MODEL", {"tooltip": m.model_tooltip}), **m.inputs()},
+                "optional": m.optional_inputs()}
+
+    def patch(self, model, *args, **kwargs):
+        m = self.METHOD
+        make, describe = m.schedule(**_settings([*m.inputs(), *m.optional_inputs()], args, kwargs))
+        return (patch_model(model, make, describe),)
+
+
+class ScheduleGuiderNode(_MethodNode):
+    """-> GUIDER: the method for SamplerCustomAdvanced (a CFGGuider over the patched model)."""
+
+    RETURN_TYPES = ("GUIDER",)
+    FUNCTION = "get_guider"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        m = cls.METHOD
+        cls.DESCRIPTION = f"{m.title} as a GUIDER for SamplerCustomAdvanced: {m.summary}"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        m = cls.METHOD
+        inputs = {"model": ("MODEL", {"tooltip": m.model_tooltip}), "positive": ("CONDITIONING",),
+                  "negative": ("CONDITIONING",)}
+        if m.cfg_tooltip:
+            inputs["cfg"] = ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                                       "tooltip": m.cfg_tooltip})
+        return {"required": {**inputs, **m.inputs()}, "optional": m.optional_inputs()}
+
+    def get_guider(self, model, positive, negative, *args, **kwargs):
+        m = self.METHOD
+        names = (["cfg"] if m.cfg_tooltip else []) + [*m.inputs(), *m.optional_inputs()]
+        settings = _settings(names, args, kwargs)
+        # without a cfg input the method sets the scale; 1 only matters for ComfyUI's cfg == 1 shortcut
+        cfg = settings.pop("cfg", 1.0)
+        make, describe = m.schedule(**settings)
+        return (ScheduleGuider(patch_model(model, make, describe), positive, negative, cfg),)
+
+
+# --- model folders ---------------------------------------------------------------------------------
+
+def register_model_folder(name: str, extensions: set[str], *extra_paths: str) -> None:
+    """models/NAME (and extra_paths after it) as a ComfyUI model folder: listed in combos, found by
+    get_full_path, refreshed without a restart. Paths a user's extra_model_paths.yaml gave are kept."""
+    if name not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[name] = ([], set(extensions))
+    paths, known = folder_paths.folder_names_and_paths[name]
+    if not known:
+        folder_paths.folder_names_and_paths[name] = (paths, set(extensions))
+    for path in (os.path.join(folder_paths.models_dir, name), *extra_paths):
+        if path not in paths:
+            paths.append(path)
+
+
+def file_state(path: str | None) -> str:
     """What ComfyUI's cache key of a node that reads a file must follow: a file replaced under the same
     name (another size or modification time) is read again by the next prompt."""
     if path is None:
@@ -145,87 +257,10 @@ def file_state(path: str | None):
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def history_of(model) -> RunHistory | None:
-    """The RunHistory of a patched MODEL (or of a GUIDER's model), None if it carries no schedule."""
-    patcher = getattr(model, "model_patcher", model)
-    return getattr(patcher, "attachments", {}).get(HISTORY_KEY)
+# --- the wrappers ----------------------------------------------------------------------------------
 
-
-# k-diffusion functions with their own time grid: their callbacks count their own steps, so their
-# evaluations are placed by sigma on the run's grid (samplers/steps.py) without a rehearsal.
-OWN_TIME_GRID = frozenset({"dpm_fast_function", "dpm_adaptive_function"})
-_announced_by_sigma: set[str] = set()  # samplers already named in the log as attributed by sigma
-
-
-class _StandInModel:
-    """What a sampler function calls as its model during a rehearsal: it records the call and predicts
-    zeros. `inner_model` is the run's guider, as for KSAMPLER's model, because samplers read the
-    model sampling through it (model.inner_model.inner_model.model_sampling and
-    model.inner_model.model_patcher)."""
-
-    def __init__(self, guider, events: list, hooks_of_the_run: list):
-        self.inner_model = guider
-        self.events = events
-        self.hooks_of_the_run = hooks_of_the_run
-
-    def __call__(self, x, sigma, **extra_args):
-        self.events.append(Evaluated(float(sigma.max())))
-        denoised = torch.zeros_like(x)
-        # A sampler may add post-CFG hooks for its own use (the CFG++ samplers capture the
-        # unconditional prediction so) and fails without them; the run's other hooks (PAG, SLG, ...)
-        # may call the real model and are not the rehearsal's business.
-        options = extra_args.get("model_options", {})
-        for hook in options.get("sampler_post_cfg_function", []):
-            if not any(hook is h for h in self.hooks_of_the_run):
-                hook({"denoised": denoised, "cond": None, "uncond": None, "cond_scale": 1.0,
-                      "model": self.inner_model.inner_model, "uncond_denoised": denoised, "cond_denoised": denoised,
-                      "sigma": sigma, "model_options": options, "input": x})
-        return denoised
-
-
-def rehearse_steps(sampler, guider, sigmas: torch.Tensor, extra_args: dict, noise) -> list | None:
-    """Which step each evaluation of this run belongs to, from a rehearsal of the sampler's own function
-    on a one-pixel latent with a stand-in model (samplers/steps.py explains why). None where the
-    sampler cannot be rehearsed; its evaluations are then placed by sigma."""
-    name = sampler_function_name(sampler)
-    function = getattr(sampler, "sampler_function", None)
-    reason = None
-    if function is None:
-        reason = "it is not a k-diffusion sampler function"
-    elif name in OWN_TIME_GRID:
-        return None
-    else:
-        events: list = []
-        channels = noise.shape[1] if noise is not None and noise.ndim > 1 else 4
-        x = torch.zeros((1, channels) + (1,) * (noise.ndim - 2 if noise is not None else 2))
-        options = dict(extra_args.get("model_options", {}))
-        stand_in = _StandInModel(guider, events, list(options.get("sampler_post_cfg_function", [])))
-
-        def record(info):
-            events.append(Called(int(info["i"]), float(info["sigma"]) if "sigma" in info else None))
-        try:
-            # The run's own random numbers stay untouched, and warnings (torchsde's about float rounding at
-            # the ends of its interval) are the real run's to give.
-            with torch.random.fork_rng(devices=[]), torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                function(stand_in, x, sigmas.detach().to("cpu", torch.float32).clone(),
-                         extra_args={**extra_args, "model_options": options}, callback=record, disable=True,
-                         **getattr(sampler, "extra_options", {}))
-        except Exception as e:  # a third-party sampler may do anything with its model; the rule below still holds
-            reason = f"its rehearsal failed ({type(e).__name__}: {e})"
-        else:
-            plan = plan_from_events(events, [float(s) for s in sigmas.flatten().tolist()])
-            if plan is not None:
-                return plan
-            reason = "its callbacks do not follow the run's steps"
-    if name not in _announced_by_sigma:
-        _announced_by_sigma.add(name)
-        log.warning("Guidance schedules: the steps of sampler %s are recognised by sigma, since %s: an evaluation "
-                    "at the next grid sigma starts the next step (README, decision log 2).", name, reason)
-    return None
-
-
-def _run_with_schedule(make_schedule, history: RunHistory, executor, guider, sigmas, extra_args, *args, **kwargs):
+def _run_with_schedule(make_schedule: ScheduleFactory, history: RunHistory, executor, guider, sigmas, extra_args,
+                       *args, **kwargs):
     sampler = executor.class_obj
     name = sampler_function_name(sampler)
     model_sampling = guider.model_patcher.get_model_object("model_sampling")
@@ -242,11 +277,11 @@ def _run_with_schedule(make_schedule, history: RunHistory, executor, guider, sig
     extra_args["model_options"] = {**extra_args.get("model_options", {}), RUN_KEY: run}
     out = executor(guider, sigmas, extra_args, *args, **kwargs)
     if run.tracker.departed_at is not None:
-        log.warning("Guidance schedules: sampler %s evaluated the model elsewhere than its rehearsal from evaluation %d "
-                    "on; those evaluations were attributed to steps by sigma.", name, run.tracker.departed_at)
-    history.last = run.record
-    details = run.schedule.summary()
-    log.info("%s (%s, %s): %s%s", history.describe, name, info.sigma_space, run.record.describe(),
+        log.warning("Guidance schedules: sampler %s evaluated the model elsewhere than its rehearsal from evaluation "
+                    "%d on; those evaluations were attributed to steps by sigma.", name, run.tracker.departed_at)
+    history.last = run.driver.record
+    details = run.driver.schedule.summary()
+    log.info("%s (%s, %s): %s%s", history.describe, name, info.sigma_space, run.driver.record.describe(),
              f"; {details}" if details else "")
     return out
 
@@ -275,14 +310,6 @@ def _predict_noise_with_schedule(executor, x, timestep, model_options={}, seed=N
     return inner.execute(x, timestep, model_options, seed)
 
 
-def check_cfg(cfg) -> float:
-    """The guidance weight, refused with its name when it is no number >= 0 (NaN or a negative value
-    reaches a sampler through a link or the API, where the widget's range is not enforced)."""
-    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or cfg < 0:
-        raise ValueError(f"cfg must be a finite number >= 0 (1 = no guidance), got {cfg!r}")
-    return float(cfg)
-
-
 def _guided_prediction(guider, run: GuidanceRun, x, timestep, model_options={}, seed=None):
     """comfy.samplers.sampling_function with a per-sample choice of the unconditional pass and weight."""
     model = guider.inner_model
@@ -309,8 +336,7 @@ def _guided_prediction(guider, run: GuidanceRun, x, timestep, model_options={}, 
             out = fn(args)
         return out[0], out[1]
 
-    cond_pred, uncond_pred, scale, ran_uncond = guided_evaluation(run.schedule, run.record, ev, predict,
-                                                                  uncond_available=negative is not None)
-    return comfy.samplers.cfg_function(model, cond_pred, uncond_pred, scale, x, timestep,
+    guided = run.driver.evaluate(ev, predict, uncond_available=negative is not None)
+    return comfy.samplers.cfg_function(model, guided.cond, guided.uncond_slot, guided.cond_scale, x, timestep,
                                        model_options=model_options, cond=positive,
-                                       uncond=negative if ran_uncond else None)
+                                       uncond=negative if guided.ran_uncond else None)

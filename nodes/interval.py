@@ -1,8 +1,8 @@
-"""Guidance interval nodes: a GUIDER for SamplerCustomAdvanced and a MODEL patch for KSampler."""
+"""Guidance interval nodes: a MODEL patch for KSampler and a GUIDER for SamplerCustomAdvanced."""
 from __future__ import annotations
 
 from ..samplers.interval import PAPER_SDXL, SIGMA_HI_UNBOUNDED, GuidanceInterval, IntervalSchedule
-from .guidance import CATEGORY, ScheduleGuider, guider_inputs, patch_model
+from .guidance import GuidanceMethod, ScheduleGuiderNode, SchedulePatchNode
 
 SIGMA_LO, SIGMA_HI = PAPER_SDXL
 
@@ -26,45 +26,23 @@ def interval_inputs():
 
 def interval_schedule(sigma_hi, sigma_lo):
     interval = GuidanceInterval(sigma_lo=sigma_lo, sigma_hi=sigma_hi)  # raises a clear ValueError
-    return lambda run: IntervalSchedule(run, interval)
+    return (lambda run: IntervalSchedule(run, interval)), f"Guidance interval ({sigma_lo:g}, {sigma_hi:g}]"
 
 
-def describe(sigma_hi, sigma_lo):
-    return f"Guidance interval ({sigma_lo:g}, {sigma_hi:g}]"
+INTERVAL = GuidanceMethod(
+    title="Guidance interval (Kynkaeaenniemi et al. 2024)",
+    summary="guidance only for steps whose sigma lies in (sigma_lo, sigma_hi]; other steps use the conditional "
+            "prediction alone and skip the unconditional model pass.",
+    inputs=interval_inputs, schedule=interval_schedule,
+    cfg_tooltip="Guidance weight inside the interval (the paper uses higher weights than full-run CFG: 16 for SDXL "
+                "with its default interval).",
+    patch_note="The KSampler's cfg is the weight inside the interval.",
+    model_tooltip="The model to sample with guidance only in the interval.")
 
 
-class GuidanceIntervalPatch:
-    DESCRIPTION = ("Guidance interval (Kynkaeaenniemi et al. 2024) for the stock KSampler: its cfg is applied "
-                   "only to steps whose sigma lies in (sigma_lo, sigma_hi]; other steps use the conditional "
-                   "prediction alone and skip the unconditional model pass.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
-    FUNCTION = "patch"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL", {"tooltip": "The model to sample with guidance only in the interval."}),
-                             **interval_inputs()}}
-
-    def patch(self, model, sigma_hi, sigma_lo):
-        return (patch_model(model, interval_schedule(sigma_hi, sigma_lo), describe(sigma_hi, sigma_lo)),)
+class GuidanceIntervalPatch(SchedulePatchNode):
+    METHOD = INTERVAL
 
 
-class GuidanceIntervalGuider:
-    DESCRIPTION = ("Guidance interval (Kynkaeaenniemi et al. 2024) as a GUIDER for SamplerCustomAdvanced: cfg "
-                   "only for steps whose sigma lies in (sigma_lo, sigma_hi], the conditional prediction alone "
-                   "(no unconditional pass) elsewhere.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("GUIDER",)
-    FUNCTION = "get_guider"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            **guider_inputs("Guidance weight inside the interval (the paper uses higher weights than full-run CFG: "
-                            "16 for SDXL with its default interval)."),
-            **interval_inputs()}}
-
-    def get_guider(self, model, positive, negative, cfg, sigma_hi, sigma_lo):
-        patched = patch_model(model, interval_schedule(sigma_hi, sigma_lo), describe(sigma_hi, sigma_lo))
-        return (ScheduleGuider(patched, positive, negative, cfg),)
+class GuidanceIntervalGuider(ScheduleGuiderNode):
+    METHOD = INTERVAL

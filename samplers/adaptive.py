@@ -21,7 +21,7 @@ import math
 import torch
 
 from . import linear_ag
-from .schedule import Evaluation, GuidanceSchedule, RunInfo
+from .schedule import Evaluation, Guidance, GuidanceSchedule, RunInfo, StepPlan
 
 
 def cosine_per_sample(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -42,65 +42,49 @@ def check_threshold(threshold: float) -> float:
 
 
 class AdaptiveSchedule(GuidanceSchedule):
-    """AG for one run. With LinearAG coefficients (samplers/linear_ag.py), the unconditional pass of
-    every odd step of the guided part is estimated from the previous (real) step instead of run;
-    gamma is only measured on real passes."""
+    """AG for one run. With a LinearAG file (samplers/linear_ag.py), the unconditional pass of every odd
+    step of the guided part is estimated from the previous (real) step instead of run; gamma is only
+    measured on real passes."""
 
-    def __init__(self, run: RunInfo, threshold: float, linear: tuple[torch.Tensor, linear_ag.FittedFor] | None = None,
-                 linear_name: str = "the LinearAG file"):
+    def __init__(self, run: RunInfo, threshold: float, linear: linear_ag.LinearAGFile | None = None):
         super().__init__(run)
         self.threshold = check_threshold(threshold)
         self.stopped: torch.Tensor | None = None  # per sample: conditional-only from now on
         self.stop_step: list[int | None] = []  # per sample: the crossing step
-        self._plan: tuple[int, torch.Tensor, bool] | None = None  # (step, guided, estimated) for the current step
-        self.coefficients = None
         if linear is not None:
-            linear_ag.check_run(linear[1], run.sampler, run.steps, linear_name)
-            self.coefficients = linear[0]
-        self._previous: tuple[int, torch.Tensor, torch.Tensor] | None = None  # last real step's (step, D_c, D_u)
+            linear.check_run(run.sampler, run.steps)
+        self.linear = linear
+        self.previous: tuple[int, torch.Tensor, torch.Tensor] | None = None  # last real step's (step, D_c, D_u)
         self.estimated_steps = 0
 
-    def _step_plan(self, ev: Evaluation) -> tuple[torch.Tensor, bool]:
+    def plan_step(self, ev: Evaluation) -> StepPlan:
         if self.stopped is None:
             self.stopped = torch.zeros(ev.batch_size, dtype=torch.bool)
             self.stop_step = [None] * ev.batch_size
-        if self._plan is None or self._plan[0] != ev.step:
-            # Decided once per step, at its first evaluation (asked for by needs_uncond, then again
-            # by estimate_uncond and guide), and kept for the step's other evaluations.
-            guided = ~self.stopped.clone()
-            estimated = (self.coefficients is not None and linear_ag.estimated_step(ev.step) and bool(guided.any())
-                         and self._previous is not None and self._previous[0] == ev.step - 1)
-            self._plan = (ev.step, guided, estimated)
-            self.estimated_steps += int(estimated)
-        # ComfyUI's cfg == 1 shortcut holds per evaluation: another node may change cfg within a step
-        return self._plan[1] & ~self.stopped & super().needs_uncond(ev), self._plan[2]
+        guided = ~self.stopped
+        estimated = (self.linear is not None and linear_ag.estimated_step(ev.step) and bool(guided.any())
+                     and self.previous is not None and self.previous[0] == ev.step - 1)
+        self.estimated_steps += int(estimated)
+        return StepPlan(guided=guided, estimated=estimated)
 
-    def needs_uncond(self, ev: Evaluation) -> torch.Tensor:
-        guided, estimated = self._step_plan(ev)
-        return torch.zeros_like(guided) if estimated else guided
+    def estimate_uncond(self, ev: Evaluation, cond: torch.Tensor) -> torch.Tensor:
+        _, prev_cond, prev_uncond = self.previous
+        return linear_ag.estimate(self.linear.coefficients, ev.step, cond, prev_cond, prev_uncond)
 
-    def estimate_uncond(self, ev: Evaluation, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        guided, estimated = self._step_plan(ev)
-        if not estimated:
-            return None
-        _, prev_cond, prev_uncond = self._previous
-        return linear_ag.estimate(self.coefficients, ev.step, cond, prev_cond, prev_uncond), guided
-
-    def guide(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor,
-              needed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        guided = needed.clone()
-        _, estimated = self._step_plan(ev)
+    def guide(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor, candidates: torch.Tensor,
+              estimated: bool) -> Guidance:
+        guided = candidates
         if ev.first_of_step and not estimated:
-            self._previous = (ev.step, cond, uncond)
-            gamma = self.similarity_of(ev, cond, uncond)
-            crossing = guided & (gamma >= self.threshold)
+            self.previous = (ev.step, cond, uncond)
+            crossing = candidates & (self.similarity_of(cond, uncond) >= self.threshold)
             for b in torch.nonzero(crossing).flatten().tolist():
                 self.stopped[b] = True
                 self.stop_step[b] = ev.step
-            guided = guided & ~crossing
-        return torch.full((ev.batch_size,), float(ev.cond_scale), dtype=torch.float64), guided
+            guided = candidates & ~crossing
+        return Guidance(torch.full((ev.batch_size,), float(ev.cond_scale), dtype=torch.float64), guided)
 
-    def similarity_of(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def similarity_of(cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
         """gamma per sample: cosine similarity of the denoised predictions."""
         return cosine_per_sample(cond, uncond)
 
@@ -108,6 +92,6 @@ class AdaptiveSchedule(GuidanceSchedule):
         steps = self.run.steps
         parts = [f"sample {b}: guided {s if s is not None else steps} of {steps} steps"
                  for b, s in enumerate(self.stop_step)]
-        if self.coefficients is not None:
+        if self.linear is not None:
             parts.append(f"LinearAG estimated the unconditional pass at {self.estimated_steps} steps")
         return "; ".join(parts)

@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .schedule import Evaluation, GuidanceSchedule, RunInfo
+from .schedule import Evaluation, Guidance, GuidanceSchedule, RunInfo
 
 FORMAT = "guidance_schedules/annealing_scheduler"
 FORMAT_VERSION = "1"
@@ -308,7 +308,10 @@ def renoises_with_uncond(sampler: str) -> bool:
 
 
 class AnnealingSchedule(GuidanceSchedule):
-    """Per step and sample: w = network(t, ||eps_u - eps_c||, lambda). Needs the uncond pass every step."""
+    """Per step and sample: w = network(t, ||eps_u - eps_c||, lambda). Every step is guided; refuses a
+    sampler without CFG++ re-noising and a model the network was not trained for."""
+
+    follows_cfg1_shortcut = False  # the network sets the scale; the sampler's cfg is not used
 
     def __init__(self, run: RunInfo, scheduler: AnnealingScheduler, lam: float):
         super().__init__(run)
@@ -318,20 +321,21 @@ class AnnealingSchedule(GuidanceSchedule):
                 f"network's scales are in CFG++ units. Use euler_cfg_pp (the paper's DDIM) or another CFG++ sampler "
                 f"({', '.join(sorted(n.removeprefix('sample_') for n in CFGPP_SAMPLERS if n != 'sample_euler_cfg_pp'))}); "
                 f"got {run.sampler.removeprefix('sample_') or 'an unknown sampler'}.")
+        channels = run.latent_shape[1] if len(run.latent_shape) > 1 else scheduler.trained_for.latent_channels
+        scheduler.check_compatible(run.prediction, channels, run.timesteps)
         self.scheduler = scheduler
-        self.lam = float(lam)
+        self.lam = check_lambda(lam)
 
-    def needs_uncond(self, ev: Evaluation) -> torch.Tensor:
-        return torch.ones(ev.batch_size, dtype=torch.bool)
-
-    def weights(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+    def guide(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor, candidates: torch.Tensor,
+              estimated: bool) -> Guidance:
         # delta = eps_u - eps_c = (D_c - D_u) / sigma in ComfyUI's sampler space (EPS models).
         delta_norm = (cond - uncond).flatten(1).cpu().to(torch.float64).norm(dim=1) / ev.sigma
         b = ev.batch_size
         with torch.no_grad():
-            return self.scheduler.cpu_float64_network()(
+            weight = self.scheduler.cpu_float64_network()(
                 torch.full((b,), float(ev.model_timestep), dtype=torch.float64), delta_norm,
                 torch.full((b,), self.lam, dtype=torch.float64))
+        return Guidance(weight, candidates)
 
 
 def check_lambda(lam: float) -> float:

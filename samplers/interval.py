@@ -24,7 +24,7 @@ from decimal import Decimal
 import torch
 
 from .prediction import edm_sigma
-from .schedule import Evaluation, GuidanceSchedule, RunInfo
+from .schedule import Evaluation, GuidanceSchedule, RunInfo, StepPlan
 
 log = logging.getLogger(__name__)
 
@@ -78,20 +78,16 @@ class GuidanceInterval:
 
 
 class IntervalSchedule(GuidanceSchedule):
+    """Guides the steps whose starting sigma lies in the interval, with the sampler's cfg."""
+
     def __init__(self, run: RunInfo, interval: GuidanceInterval):
         super().__init__(run)
-        self.interval = interval
-        self.guided = interval.guided_steps(run)
-        if run.steps and not any(self.guided):
+        self.guided_steps = interval.guided_steps(run)
+        if run.steps and not any(self.guided_steps):
             first, last = edm_sigma(run.sigmas[0], run.sigma_space), edm_sigma(run.sigmas[run.steps - 1], run.sigma_space)
             log.warning("Guidance interval: sigma_lo=%g, sigma_hi=%g select none of this run's %d steps "
                         "(EDM sigmas %.4g .. %.4g); every step runs without guidance.",
                         interval.sigma_lo, interval.sigma_hi, run.steps, first, last)
 
-    def needs_uncond(self, ev: Evaluation) -> torch.Tensor:
-        if not self.guided[ev.step]:
-            return torch.zeros(ev.batch_size, dtype=torch.bool)
-        return super().needs_uncond(ev)
-
-    def weights(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
-        return torch.full((ev.batch_size,), float(ev.cond_scale) if self.guided[ev.step] else 1.0, dtype=torch.float64)
+    def plan_step(self, ev: Evaluation) -> StepPlan:
+        return StepPlan(guided=torch.full((ev.batch_size,), self.guided_steps[ev.step], dtype=torch.bool))

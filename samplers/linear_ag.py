@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .schedule import Evaluation, GuidanceSchedule, RunInfo
+from .schedule import GuidanceSchedule, RunInfo
 
 FORMAT = "guidance_schedules/linear_ag"
 FORMAT_VERSION = "1"
@@ -125,7 +125,19 @@ def _fitted_for_from(meta: dict, name: str) -> FittedFor:
                      model=fitted["model"], cfg=float(cfg), runs=runs)
 
 
-def load(path: str) -> tuple[torch.Tensor, FittedFor]:
+@dataclass(frozen=True)
+class LinearAGFile:
+    """A loaded coefficients file: what AdaptiveSchedule needs of it."""
+
+    name: str  # the file's name, for messages
+    coefficients: torch.Tensor  # (steps, 4), float64
+    fitted_for: FittedFor
+
+    def check_run(self, sampler: str, steps: int) -> None:
+        check_run(self.fitted_for, sampler, steps, self.name)
+
+
+def load(path: str) -> LinearAGFile:
     name = os.path.basename(path)
     try:
         with safe_open(path, framework="pt") as f:
@@ -150,7 +162,7 @@ def load(path: str) -> tuple[torch.Tensor, FittedFor]:
                                     f"{fitted_for.steps} steps ({fitted_for.steps}, {N_TERMS} expected)")
     if not torch.isfinite(coefficients).all():
         raise CoefficientsFileError(f"{name} holds non-finite coefficients (inf or NaN): calibrate again")
-    return coefficients.to(torch.float64), fitted_for
+    return LinearAGFile(name, coefficients.to(torch.float64), fitted_for)
 
 
 def check_run(fitted_for: FittedFor, sampler: str, steps: int, name: str = "the LinearAG file") -> None:
@@ -167,14 +179,13 @@ class CalibrationSchedule(GuidanceSchedule):
     """Full CFG (the unconditional pass every step, cfg 1 included) that records each step's first
     (D_c, D_u) into `record`, for fitting."""
 
+    follows_cfg1_shortcut = False
+
     def __init__(self, run: RunInfo, record: list):
         super().__init__(run)
         self.record = record
 
-    def needs_uncond(self, ev: Evaluation) -> torch.Tensor:
-        return torch.ones(ev.batch_size, dtype=torch.bool)
-
-    def guide(self, ev, cond, uncond, needed):
+    def guide(self, ev, cond, uncond, candidates, estimated):
         if ev.first_of_step:
             self.record.append((cond.detach().to("cpu", torch.float32), uncond.detach().to("cpu", torch.float32)))
-        return super().guide(ev, cond, uncond, needed)
+        return super().guide(ev, cond, uncond, candidates, estimated)

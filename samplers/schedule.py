@@ -51,38 +51,58 @@ class Evaluation:
     model_timestep: float = 0.0  # the timestep the model itself receives (0..999 for SD/SDXL)
 
 
-class GuidanceSchedule:
-    """Base class: stock CFG. Subclasses decide per step and per sample.
+@dataclass(frozen=True)
+class StepPlan:
+    """A schedule's decision for one solver step, taken at the step's first evaluation and kept by the
+    driver (`guided_evaluation`) for the step's other evaluations."""
 
-    guided_evaluation() below asks these methods in this order at every model evaluation.
-    needs_uncond() is asked before the model call and returns a bool per sample; the
-    unconditional pass runs (for the whole batch) only when some sample needs it. guide() is asked
-    after the model call, when that pass ran or estimate_uncond() stood in for it: it returns the
-    weight of every sample and which samples are guided (a subset of those that needed the pass:
-    a method may measure and then decide not to guide). Samples that are not guided are treated exactly as if they had been
-    sampled alone with the pass skipped: their unconditional slot holds the conditional
-    prediction and their weight is irrelevant.
+    guided: torch.Tensor  # bool per sample: the sample is guided in this step
+    estimated: bool = False  # the guided samples' unconditional prediction is estimated (LinearAG), not run
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """How an evaluation's predictions are combined: the weight of every sample, and which samples
+    are guided (those whose unconditional prediction is at hand, or fewer: a method may measure and
+    then decide not to guide)."""
+
+    weight: torch.Tensor  # float64 per sample; irrelevant for samples that are not guided
+    guided: torch.Tensor  # bool per sample
+
+
+class GuidanceSchedule:
+    """Base class: stock CFG. A method overrides what it decides.
+
+    guided_evaluation() below drives a schedule at every model evaluation of a run:
+    - plan_step(ev), once per step at its first evaluation: which samples are guided in the step,
+      and whether their unconditional prediction is estimated instead of run;
+    - the model: the unconditional pass runs, for the whole batch, when a guided sample needs it and
+      ComfyUI's cfg == 1 shortcut does not apply to this evaluation;
+    - estimate_uncond(ev, cond), when the plan says so, in place of the pass;
+    - guide(ev, cond, uncond, candidates, estimated): the weights, and which candidates are guided.
+    Samples that are not guided are treated exactly as if they had been sampled alone with the pass
+    skipped: their unconditional slot holds the conditional prediction and their weight is irrelevant.
     """
+
+    # ComfyUI skips the unconditional pass where cfg == 1 ("cfg1 optimisation") unless the sampler
+    # disables that; a schedule that needs the pass whatever the cfg says so here.
+    follows_cfg1_shortcut = True
 
     def __init__(self, run: RunInfo):
         self.run = run
 
-    def needs_uncond(self, ev: Evaluation) -> torch.Tensor:
-        needed = not (math.isclose(ev.cond_scale, 1.0) and ev.skip_uncond_at_weight_one)
-        return torch.full((ev.batch_size,), needed, dtype=torch.bool)
+    def plan_step(self, ev: Evaluation) -> StepPlan:
+        return StepPlan(guided=torch.ones(ev.batch_size, dtype=torch.bool))
 
-    def estimate_uncond(self, ev: Evaluation, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """When the unconditional pass was skipped: an estimate of it and the samples to guide with
-        it (LinearAG), or None to leave those samples unguided."""
-        return None
+    def estimate_uncond(self, ev: Evaluation, cond: torch.Tensor) -> torch.Tensor:
+        """The unconditional prediction where the step's plan has it estimated."""
+        raise NotImplementedError(f"{type(self).__name__} plans estimated steps but cannot estimate")
 
-    def guide(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor,
-              needed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weight per sample, guided per sample) once the predictions are in."""
-        return self.weights(ev, cond, uncond), needed
-
-    def weights(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
-        return torch.full((ev.batch_size,), float(ev.cond_scale), dtype=torch.float64)
+    def guide(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor, candidates: torch.Tensor,
+              estimated: bool) -> Guidance:
+        """Once the predictions are in: the weight per sample, and which of the candidates (the guided
+        samples whose unconditional prediction was run or estimated) are guided."""
+        return Guidance(torch.full((ev.batch_size,), float(ev.cond_scale), dtype=torch.float64), candidates)
 
     def summary(self) -> str:
         return ""
@@ -141,30 +161,60 @@ def _ranges(indices: list[int]) -> str:
     return ", ".join(parts)
 
 
-def guided_evaluation(schedule: GuidanceSchedule, record: RunRecord, ev: Evaluation,
-                      predict: Callable[[bool], tuple[torch.Tensor, torch.Tensor]], uncond_available: bool = True):
-    """One model evaluation under `schedule`, in the order the contract promises: needs_uncond ->
-    the model -> estimate_uncond (when the pass was skipped) -> guide -> the record.
+@dataclass(frozen=True)
+class GuidedPrediction:
+    """What one evaluation hands on to ComfyUI's cfg_function."""
 
-    predict(run_uncond) runs the model and returns (cond, uncond); without the pass its second
-    item is ignored. Returns (cond, the unconditional slot to hand on, the cond_scale argument,
-    whether the pass ran): what ComfyUI's cfg_function takes.
-    """
-    needed = schedule.needs_uncond(ev).to(torch.bool)
-    if not uncond_available:  # no negative conditioning: nothing to run
-        needed = torch.zeros_like(needed)
-    ran_uncond = bool(needed.any())
-    cond, uncond = predict(ran_uncond)
-    guided = needed
-    estimate = None if ran_uncond else schedule.estimate_uncond(ev, cond)
-    if estimate is not None:
-        uncond, guided = estimate
-    if ran_uncond or estimate is not None:
-        weights, guided = schedule.guide(ev, cond, uncond, guided)
-    else:
-        uncond, weights = cond, torch.ones(ev.batch_size, dtype=torch.float64)
-    record.add(ev, needed, guided, weights, ran_uncond)
-    return cond, unguided_to_cond(cond, uncond, guided), scale_argument(weights, guided, like=cond), ran_uncond
+    cond: torch.Tensor
+    uncond_slot: torch.Tensor  # the real or estimated unconditional prediction, cond for unguided samples
+    cond_scale: float | torch.Tensor  # cfg_function's cond_scale argument
+    ran_uncond: bool  # the unconditional pass ran (for the whole batch)
+
+
+class ScheduleDriver:
+    """Runs a schedule over one run's evaluations: keeps each step's plan, asks the schedule in the
+    contract's order and records what happened. One per run, made by the glue with the schedule."""
+
+    def __init__(self, schedule: GuidanceSchedule, record: RunRecord):
+        self.schedule = schedule
+        self.record = record
+        self.plan: tuple[int, StepPlan] | None = None  # (step, its plan)
+
+    def step_plan(self, ev: Evaluation) -> StepPlan:
+        if self.plan is None or ev.first_of_step or self.plan[0] != ev.step:
+            self.plan = (ev.step, self.schedule.plan_step(ev))
+        return self.plan[1]
+
+    def evaluate(self, ev: Evaluation, predict: Callable[[bool], tuple[torch.Tensor, torch.Tensor]],
+                 uncond_available: bool = True) -> GuidedPrediction:
+        """One model evaluation. predict(run_uncond) runs the model and returns (cond, uncond); without
+        the pass its second item is ignored. uncond_available is False when there is no negative
+        conditioning to run."""
+        plan = self.step_plan(ev)
+        # The cfg == 1 shortcut holds per evaluation: another node may change cfg within a step.
+        shortcut = (self.schedule.follows_cfg1_shortcut and ev.skip_uncond_at_weight_one
+                    and math.isclose(ev.cond_scale, 1.0))
+        candidates = plan.guided & (not shortcut)
+        estimated = plan.estimated and bool(candidates.any())
+        needs_pass = candidates & (not estimated) & uncond_available
+        ran_uncond = bool(needs_pass.any())
+        cond, uncond = predict(ran_uncond)
+        if estimated:
+            uncond = self.schedule.estimate_uncond(ev, cond)
+        elif not ran_uncond:
+            candidates = needs_pass
+        if bool(candidates.any()):
+            guidance = self.schedule.guide(ev, cond, uncond, candidates, estimated)
+            weight, guided = guidance.weight, guidance.guided & candidates
+        else:
+            uncond, weight, guided = cond, torch.ones(ev.batch_size, dtype=torch.float64), candidates
+        if ev.first_of_step:
+            # a method may stop guiding samples at the step's first evaluation (AG's crossing): the
+            # step's other evaluations follow
+            self.plan = (ev.step, StepPlan(guided=plan.guided & (guided | ~candidates), estimated=plan.estimated))
+        self.record.add(ev, needs_pass, guided, weight, ran_uncond)
+        return GuidedPrediction(cond, unguided_to_cond(cond, uncond, guided), scale_argument(weight, guided, like=cond),
+                                ran_uncond)
 
 
 def unguided_to_cond(cond: torch.Tensor, uncond: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """Adaptive Guidance and LinearAG as schedules, driven through the same per-evaluation protocol the
-ComfyUI glue uses (samplers.schedule.guided_evaluation), with predictions whose similarity is set
+ComfyUI glue uses (samplers.schedule.ScheduleDriver), with predictions whose similarity is set
 per step and per sample."""
 import math
 
@@ -8,7 +8,7 @@ import torch
 
 from guidance_schedules.samplers import linear_ag
 from guidance_schedules.samplers.adaptive import AdaptiveSchedule
-from guidance_schedules.samplers.schedule import Evaluation, RunInfo, RunRecord, guided_evaluation
+from guidance_schedules.samplers.schedule import Evaluation, RunInfo, RunRecord, ScheduleDriver
 
 STEPS = 8
 RUN = RunInfo(sigmas=tuple(float(s) for s in torch.linspace(10, 0, STEPS + 1)), sampler="sample_euler")
@@ -27,13 +27,14 @@ def sample(schedule, gamma_at, batch=2, cfg=5.0, evaluations_per_step=1, skip_at
     """Runs every evaluation of a run; returns the record and, per evaluation, (step, ran_uncond, scale,
     the unconditional slot handed on to ComfyUI)."""
     record, calls = RunRecord(steps=STEPS), []
+    driver = ScheduleDriver(schedule, record)
     for step in range(STEPS):
         for k in range(evaluations_per_step):
             ev = Evaluation(step=step, first_of_step=k == 0, sigma=RUN.sigmas[step], batch_size=batch,
                             cond_scale=cfg, skip_uncond_at_weight_one=skip_at_one)
             cond, uncond = predictions(gamma_at(step))
-            _, slot, scale, ran = guided_evaluation(schedule, record, ev, lambda run_uncond: (cond, uncond))
-            calls.append((step, ran, scale, slot))
+            out = driver.evaluate(ev, lambda run_uncond: (cond, uncond))
+            calls.append((step, out.ran_uncond, out.cond_scale, out.uncond_slot))
     return record, calls
 
 
@@ -78,7 +79,8 @@ def test_cfg_one_runs_no_unconditional_pass_unless_the_sampler_needs_it():
 
 def linear(coefficients):
     fitted_for = linear_ag.FittedFor(sampler="sample_euler", steps=STEPS, sigmas=RUN.sigmas, model="test", cfg=5.0, runs=1)
-    return torch.tensor(coefficients, dtype=torch.float64).expand(STEPS, linear_ag.N_TERMS).clone(), fitted_for
+    return linear_ag.LinearAGFile("test.safetensors", torch.tensor(coefficients, dtype=torch.float64).expand(
+        STEPS, linear_ag.N_TERMS).clone(), fitted_for)
 
 
 def test_linear_ag_estimates_odd_steps_from_the_previous_real_step():

@@ -188,7 +188,8 @@ def test_an_api_prompt_calibrates_linear_ag_and_runs_adaptive_guidance_with_it(s
     assert calibrated["status"]["status_str"] == "success", calibrated["status"]
     assert "4 trajectories, 8 steps" in calibrated["outputs"]["12"]["text"][0]
     path = server.base / "models" / "linear_ag" / "gs_api_euler_8.safetensors"
-    coefficients, fitted_for = linear_ag.load(str(path))
+    calibrated_file = linear_ag.load(str(path))
+    coefficients, fitted_for = calibrated_file.coefficients, calibrated_file.fitted_for
     assert (fitted_for.sampler, fitted_for.steps, fitted_for.runs) == ("sample_euler", 8, 4)
     before = path.read_bytes()
     again = server.run_prompt(calibration_prompt("gs_api_euler_8"))
@@ -198,8 +199,8 @@ def test_an_api_prompt_calibrates_linear_ag_and_runs_adaptive_guidance_with_it(s
     path.unlink()  # removed to calibrate again: the same prompt must run again, not answer from ComfyUI's cache
     rerun = server.run_prompt(calibration_prompt("gs_api_euler_8"))
     assert rerun["status"]["status_str"] == "success", rerun["status"]
-    refitted, refitted_for = linear_ag.load(str(path))  # same inputs, same seed: the same fit
-    assert torch.equal(refitted, coefficients) and refitted_for == fitted_for
+    refitted = linear_ag.load(str(path))  # same inputs, same seed: the same fit
+    assert torch.equal(refitted.coefficients, coefficients) and refitted.fitted_for == fitted_for
 
     # The new file is offered without a restart, and both AG nodes sample with it, alike.
     combo = server.get("/object_info/AdaptiveGuidancePatch")["AdaptiveGuidancePatch"]["input"]["optional"]["linear_ag"]
@@ -216,7 +217,7 @@ def test_an_api_prompt_calibrates_linear_ag_and_runs_adaptive_guidance_with_it(s
     from guidance_schedules.nodes.guidance import patch_model
     from guidance_schedules.samplers.adaptive import AdaptiveSchedule
     model = patch_model(tiny_models.build_model("eps"),
-                        lambda run: AdaptiveSchedule(run, 2.0, (coefficients, fitted_for)), "in process")
+                        lambda run: AdaptiveSchedule(run, 2.0, calibrated_file), "in process")
     expected = comfy_nodes.KSampler().sample(model, 7, 8, 5.0, "euler", "karras", tiny_models.build_conditioning(1),
                                              tiny_models.build_conditioning(2),
                                              {"samples": torch.zeros(2, tiny_models.CHANNELS, 8, 8)}, 1.0)[0]["samples"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from guidance_schedules.samplers.interval import GuidanceInterval, IntervalSchedule, written_decimals
-from guidance_schedules.samplers.schedule import FLOW, Evaluation, RunInfo
+from guidance_schedules.samplers.schedule import FLOW, Evaluation, RunInfo, RunRecord, ScheduleDriver
 
 
 def karras(n, sigma_min, sigma_max, rho):
@@ -80,16 +80,23 @@ def evaluation(step, batch=3, cfg=7.0, skip_at_one=True):
                       skip_uncond_at_weight_one=skip_at_one)
 
 
+def driven(schedule, ev):
+    """One evaluation through the driver the glue uses: (ran the pass, the scale handed on, weight recorded)."""
+    cond, uncond = torch.zeros(ev.batch_size, 4, 2, 2), torch.ones(ev.batch_size, 4, 2, 2)
+    record = RunRecord(steps=schedule.run.steps)
+    out = ScheduleDriver(schedule, record).evaluate(ev, lambda run_uncond: (cond, uncond))
+    return out.ran_uncond, out.cond_scale, record.weight[ev.step]
+
+
 def test_schedule_asks_for_the_uncond_only_inside_the_interval():
     schedule = IntervalSchedule(RunInfo(sigmas=(14.6, 7.0, 3.0, 0.5, 0.0)), GuidanceInterval(1.0, 8.0))
-    needs = [bool(schedule.needs_uncond(evaluation(i)).all()) for i in range(4)]
+    needs = [driven(schedule, evaluation(i))[0] for i in range(4)]
     assert needs == [False, True, True, False]
-    x = torch.zeros(3, 4, 2, 2)
-    assert schedule.weights(evaluation(1), x, x).tolist() == [7.0] * 3
-    assert schedule.weights(evaluation(3), x, x).tolist() == [1.0] * 3
+    assert driven(schedule, evaluation(1))[2] == [7.0] * 3
+    assert driven(schedule, evaluation(3))[2] == [1.0] * 3
 
 
 def test_cfg_one_skips_the_uncond_like_comfyui_unless_the_sampler_needs_it():
     schedule = IntervalSchedule(RunInfo(sigmas=(14.6, 7.0, 0.0)), GuidanceInterval(0.0, 20.0))
-    assert not schedule.needs_uncond(evaluation(0, cfg=1.0)).any()
-    assert schedule.needs_uncond(evaluation(0, cfg=1.0, skip_at_one=False)).all()
+    assert not driven(schedule, evaluation(0, cfg=1.0))[0]
+    assert driven(schedule, evaluation(0, cfg=1.0, skip_at_one=False))[0]

@@ -43,8 +43,9 @@ def test_save_load_round_trip_and_no_overwrite(tmp_path):
     result = linear_ag.fit(synthetic_runs(torch.zeros(6, 4, dtype=torch.float64)))
     path = tmp_path / "sub" / "coeffs.safetensors"
     linear_ag.save(result, fitted_for(), str(path))
-    coefficients, meta = linear_ag.load(str(path))
-    assert torch.equal(coefficients, result.coefficients) and meta == fitted_for()
+    loaded = linear_ag.load(str(path))
+    assert torch.equal(loaded.coefficients, result.coefficients) and loaded.fitted_for == fitted_for()
+    assert loaded.name == "coeffs.safetensors"
     with pytest.raises(FileExistsError):
         linear_ag.save(result, fitted_for(), str(path))
 
