@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_host import import_comfyui  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import standalone  # noqa: E402  (at the pack's root)
 
 SD15 = {'use_checkpoint': False, 'image_size': 32, 'out_channels': 4, 'use_spatial_transformer': True, 'legacy': False,
         'adm_in_channels': None, 'in_channels': 4, 'model_channels': 320, 'num_res_blocks': [2, 2, 2, 2],
@@ -114,7 +114,7 @@ def linear_ag_model(model, sampler, steps):
     return AdaptiveGuidancePatch().patch(model, 2.0, linear_ag="benchmark.safetensors")[0]
 
 
-def methods(model, cfg, sampler, steps, annealing_scheduler):
+def methods(model, cfg, sampler, steps, guidance_network):
     """(name, model to sample with, cfg, sampler). The pack's other methods join this list."""
     from guidance_schedules.nodes.interval import GuidanceIntervalPatch
     interval = GuidanceIntervalPatch().patch(model, sigma_hi=5.42, sigma_lo=0.28)[0]
@@ -126,11 +126,11 @@ def methods(model, cfg, sampler, steps, annealing_scheduler):
         ("LinearAG (AG never stops)", linear_ag_model(model, sampler, steps), cfg, sampler),
         ("cond only (cfg 1)", model, 1.0, sampler),
     ]
-    if annealing_scheduler:
+    if guidance_network:
         import folder_paths
         from guidance_schedules.nodes.annealing import FOLDER, AnnealingGuidancePatch
-        folder_paths.add_model_folder_path(FOLDER, os.path.dirname(os.path.abspath(annealing_scheduler)))
-        annealing = AnnealingGuidancePatch().patch(model, os.path.basename(annealing_scheduler), **{"lambda": 0.4})[0]
+        folder_paths.add_model_folder_path(FOLDER, os.path.dirname(os.path.abspath(guidance_network)))
+        annealing = AnnealingGuidancePatch().patch(model, os.path.basename(guidance_network), **{"lambda": 0.4})[0]
         # The annealing network needs CFG++ re-noising: compare it with CFG on the same sampler.
         rows += [("CFG, euler_cfg_pp", model, cfg, "euler_cfg_pp"),
                  ("annealing 0.4, euler_cfg_pp", annealing, cfg, "euler_cfg_pp")]
@@ -147,18 +147,19 @@ def main():
     parser.add_argument("--sampler", default="euler")
     parser.add_argument("--scheduler", default="karras")
     parser.add_argument("--cfg", type=float, default=7.0)
-    parser.add_argument("--annealing-scheduler", default="",
-                        help="an annealing scheduler file (.safetensors or the official .pt) to add its row (SDXL arch only)")
+    parser.add_argument("--guidance-network", "--annealing-scheduler", default="",
+                        help="an annealing guidance network file (.safetensors or the official .pt) to add its row "
+                             "(SDXL arch only); --scheduler is the sigma scheduler")
     args = parser.parse_args()
 
-    import_comfyui()
+    standalone.import_comfyui(progress_bars=False)
     import torch
     import nodes
 
     model, pos, neg = build(args.arch)
     counts = add_counter(model)
-    rows = methods(model, args.cfg, args.sampler, args.steps, args.annealing_scheduler if args.arch == "sdxl" else "")
-    if args.annealing_scheduler and args.arch != "sdxl":
+    rows = methods(model, args.cfg, args.sampler, args.steps, args.guidance_network if args.arch == "sdxl" else "")
+    if args.guidance_network and args.arch != "sdxl":
         print("note: the annealing row needs --arch sdxl (the released network is trained for SDXL latents)")
     latent = {"samples": torch.zeros(args.batch, 4, args.size // 8, args.size // 8)}
 

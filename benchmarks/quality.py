@@ -18,67 +18,92 @@ import argparse
 import os
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_host import import_comfyui  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import standalone  # noqa: E402  (at the pack's root)
 
 ROOT = Path(__file__).resolve().parents[1]
-ONLY = ""  # --only: a filter on the settings' labels
+LINEAR_AG_FILE = "digits_bed_euler_32.safetensors"
 
 
-def guider_for(method, model, pos, neg):
-    """method: ("cfg", w) | ("interval", w, lo, hi) | further methods as they land."""
-    import comfy.samplers
-    from guidance_schedules.nodes.interval import GuidanceIntervalGuider
-    kind = method[0]
-    if kind in ("cfg", "cfgpp"):
+@dataclass(frozen=True)
+class Method:
+    """One setting of the tables: its row, the plot curve it belongs to and its point's number there,
+    the sampler it runs with, and the guider it samples through."""
+
+    label: str
+    curve: str
+    point: float  # what moves along the curve: w, AG's threshold or lambda
+    guider: Callable  # (model, positive, negative) -> GUIDER
+    sampler: str = "euler"
+    cfg_w: float | None = None  # plain CFG's w: its samples are the PSNR reference of the settings below
+    compare_with_cfg_w: float | None = None  # the CFG w whose samples this setting is compared with (PSNR)
+
+
+def _cfg_guider(w):
+    def guider(model, pos, neg):
+        import comfy.samplers
         g = comfy.samplers.CFGGuider(model)
         g.set_conds(pos, neg)
-        g.set_cfg(method[1])
+        g.set_cfg(w)
         return g
-    if kind == "interval":
-        _, w, lo, hi = method
+    return guider
+
+
+def cfg(w) -> Method:
+    return Method(f"CFG w={w:g}", "CFG", w, _cfg_guider(w), cfg_w=w)
+
+
+def cfgpp(w) -> Method:
+    return Method(f"CFG++ (euler_cfg_pp) w={w:g}", "CFG++", w, _cfg_guider(w), sampler="euler_cfg_pp")
+
+
+def interval(w, lo, hi) -> Method:
+    def guider(model, pos, neg):
+        from guidance_schedules.nodes.interval import GuidanceIntervalGuider
         return GuidanceIntervalGuider().get_guider(model, pos, neg, w, sigma_hi=hi, sigma_lo=lo)[0]
-    if kind in ("adaptive", "linear_ag"):
+    return Method(f"interval ({lo:g}, {hi:g}] w={w:g}", f"interval ({lo:g}, {hi:g}]", w, guider, compare_with_cfg_w=w)
+
+
+def adaptive(w, threshold, linear_ag=None) -> Method:
+    def guider(model, pos, neg):
         from guidance_schedules.nodes.adaptive import AdaptiveGuidanceGuider
-        _, w, threshold = method[:3]
-        linear = method[3] if kind == "linear_ag" else "none"
-        return AdaptiveGuidanceGuider().get_guider(model, pos, neg, w, threshold, linear_ag=linear)[0]
-    if kind == "annealing":
+        return AdaptiveGuidanceGuider().get_guider(model, pos, neg, w, threshold, linear_ag=linear_ag or "none")[0]
+    if linear_ag:
+        return Method(f"AG threshold {threshold:g} + LinearAG w={w:g}", f"AG + LinearAG w={w:g}", threshold, guider,
+                      compare_with_cfg_w=w)
+    return Method(f"AG threshold {threshold:g} w={w:g}", f"AG w={w:g}", threshold, guider, compare_with_cfg_w=w)
+
+
+def annealing(lam) -> Method:
+    """The annealing guidance network trained for the bed; it re-noises with the unconditional prediction."""
+    def guider(model, pos, neg):
         import folder_paths
         from benchmarks.beds import digits
         from guidance_schedules.nodes.annealing import FOLDER, AnnealingGuidanceGuider
         folder_paths.add_model_folder_path(FOLDER, str(digits.WEIGHTS))
         return AnnealingGuidanceGuider().get_guider(model, pos, neg, "annealing_digits.safetensors",
-                                                    **{"lambda": method[1]})[0]
-    raise ValueError(f"unknown method {method}")
+                                                    **{"lambda": lam})[0]
+    return Method(f"annealing lambda={lam:g} (euler_cfg_pp)", "annealing", lam, guider, sampler="euler_cfg_pp")
 
 
-def sampler_of(method):
-    """The annealing scheduler and CFG++ re-noise with the unconditional prediction."""
-    return "euler_cfg_pp" if method[0] in ("cfgpp", "annealing") else "euler"
+def gmm_methods():
+    ws = [1.0, 2.0, 4.0, 8.0]
+    return [cfg(w) for w in ws] + [interval(w, 0.1, 1.0) for w in ws[1:]] + [interval(w, 0.3, 3.0) for w in ws[1:]]
 
 
-# method tuple -> (row label, curve of the plot); one entry per method kind
-NAMES = {
-    "cfg": lambda m: (f"CFG w={m[1]:g}", "CFG"),
-    "cfgpp": lambda m: (f"CFG++ (euler_cfg_pp) w={m[1]:g}", "CFG++"),
-    "annealing": lambda m: (f"annealing lambda={m[1]:g} (euler_cfg_pp)", "annealing"),
-    "interval": lambda m: (f"interval ({m[2]:g}, {m[3]:g}] w={m[1]:g}", f"interval ({m[2]:g}, {m[3]:g}]"),
-    "adaptive": lambda m: (f"AG threshold {m[2]:g} w={m[1]:g}", f"AG w={m[1]:g}"),
-    "linear_ag": lambda m: (f"AG threshold {m[2]:g} + LinearAG w={m[1]:g}", f"AG + LinearAG w={m[1]:g}"),
-}
-
-
-def label_of(method):
-    return NAMES[method[0]](method)[0]
-
-
-def curve_of(method):
-    return NAMES[method[0]](method)[1]
+def digits_methods():
+    ws = [1.5, 2.0, 3.0, 4.0, 6.0]
+    return [cfg(1.0)] + [cfg(w) for w in ws] + [interval(w, 0.28, 5.42) for w in ws] + \
+           [interval(w, 0.5, 20.0) for w in ws] + [interval(w, 0.1, 2.0) for w in ws] + \
+           [adaptive(w, t) for w in (2.0, 3.0) for t in (0.99, 0.995, 0.999)] + \
+           [adaptive(3.0, t, LINEAR_AG_FILE) for t in (0.995, 0.999, 2.0)] + \
+           [cfgpp(w) for w in (1.0, 1.1, 1.25)] + [annealing(lam) for lam in (0.05, 0.4, 0.8, 1.0)]
 
 
 def psnr(a, b):
@@ -87,17 +112,17 @@ def psnr(a, b):
     return 10 * torch.log10(torch.tensor(4.0 / max(mse, 1e-12))).item()
 
 
-def sample(model, method, labels, n_labels, sigmas, seed, shape):
+def sample(model, method: Method, labels, n_labels, sigmas, seed, shape):
     import comfy.samplers
     from comfy_extras.nodes_custom_sampler import Noise_RandomNoise, SamplerCustomAdvanced
     from benchmarks.beds.comfy_models import class_conditioning, network_of
     from guidance_schedules.nodes.guidance import history_of
     pos, neg = class_conditioning(labels, n_labels), class_conditioning(None, n_labels)
-    guider = guider_for(method, model, pos, neg)
+    guider = method.guider(model, pos, neg)
     net = network_of(model)
     net.rows.update(cond=0, uncond=0)
     latent = {"samples": torch.zeros(len(labels), *shape)}
-    out = SamplerCustomAdvanced().sample(Noise_RandomNoise(seed), guider, comfy.samplers.sampler_object(sampler_of(method)),
+    out = SamplerCustomAdvanced().sample(Noise_RandomNoise(seed), guider, comfy.samplers.sampler_object(method.sampler),
                                          sigmas, latent)[0]["samples"]
     evals = (net.rows["cond"] + net.rows["uncond"]) / len(labels)
     history = history_of(guider)
@@ -126,24 +151,6 @@ def print_table(title, columns, rows):
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
-def gmm_methods():
-    ws = [1.0, 2.0, 4.0, 8.0]
-    return [("cfg", w) for w in ws] + [("interval", w, 0.1, 1.0) for w in ws[1:]] + \
-           [("interval", w, 0.3, 3.0) for w in ws[1:]]
-
-
-def digits_methods():
-    ws = [1.5, 2.0, 3.0, 4.0, 6.0]
-    return [("cfg", 1.0)] + [("cfg", w) for w in ws] + [("interval", w, 0.28, 5.42) for w in ws] + \
-           [("interval", w, 0.5, 20.0) for w in ws] + [("interval", w, 0.1, 2.0) for w in ws] + \
-           [("adaptive", w, t) for w in (2.0, 3.0) for t in (0.99, 0.995, 0.999)] + \
-           [("linear_ag", 3.0, t, LINEAR_AG_FILE) for t in (0.995, 0.999, 2.0)] + \
-           [("cfgpp", w) for w in (1.0, 1.1, 1.25)] + [("annealing", lam) for lam in (0.05, 0.4, 0.8, 1.0)]
-
-
-LINEAR_AG_FILE = "digits_bed_euler_32.safetensors"
-
-
 def calibrate_linear_ag(model, sigmas):
     """Fit LinearAG for the digits bed with the pack's calibration node (cfg 3, 8 x 100 trajectories,
     seeds apart from the measured ones), into a temporary models/linear_ag."""
@@ -166,79 +173,56 @@ def calibrate_linear_ag(model, sigmas):
     print("\nLinearAG calibration:", out["ui"]["text"][0].split(": ", 1)[1])
 
 
-def run_gmm(seeds, n):
+def run_gmm(seeds, n, only=""):
     from benchmarks.beds import gmm
     from benchmarks.beds.comfy_models import gmm_model
     from benchmarks.beds.digits import karras_sigmas
     model, mixture = gmm_model(), gmm.default_mixture()
-    sigmas = karras_sigmas(32, 0.005, 20.0)
+    sigmas = karras_sigmas()
     rows = []
-    for method in [m for m in gmm_methods() if ONLY in label_of(m)]:
+    for method in [m for m in gmm_methods() if only in m.label]:
         runs = []
         for seed in seeds:
             x, evals = sample(model, method, [0] * n, 3, sigmas, seed, (2, 1, 1))
             m = gmm.measure(mixture, x.double(), 0, torch.Generator().manual_seed(seed))
             runs.append({"evals/image": evals, **m})
-        rows.append((label_of(method), summarise(runs)))
+        rows.append((method.label, summarise(runs)))
         print(".", end="", flush=True)
     print_table(f"GMM bed, class A (4 modes, one beside class B), {n} samples, 32 Euler steps, {len(seeds)} seeds",
                 ["evals/image", "modes_covered", "min_mode_share", "sliced_w", "off_data", "mode_spread"], rows)
     return rows
 
 
-def run_digits(seeds, per_class, variant):
+def run_digits(seeds, per_class, variant, only=""):
     from benchmarks.beds import digits, evaluator, metrics
     from benchmarks.beds.comfy_models import digits_model
     model, judge = digits_model(variant), evaluator.load()
     x_train, y_train, x_test, y_test = digits.load_split()
     real_x, real_y = torch.cat([x_train, x_test]), torch.cat([y_train, y_test])
     labels = [c for c in range(10) for _ in range(per_class)]
-    sigmas = digits.karras_sigmas(32, 0.005, 20.0)
-    if any(m[0] == "linear_ag" for m in digits_methods() if ONLY in label_of(m)):
+    sigmas = digits.karras_sigmas()
+    if any("LinearAG" in m.label for m in digits_methods() if only in m.label):
         calibrate_linear_ag(model, sigmas)
     rows, points, cfg_samples = [], [], {}
-    for method in [m for m in digits_methods() if ONLY in label_of(m) or m == ("cfg", 3.0) or m == ("cfg", 2.0)]:
+    # CFG at w = 2 and 3 always run: the PSNR references of the AG rows
+    for method in [m for m in digits_methods() if only in m.label or m.cfg_w in (2.0, 3.0)]:
         runs = []
         for seed in seeds:
             x, evals = sample(model, method, labels, digits.NULL_CLASS + 1, sigmas, seed, (1, 8, 8))
             m = metrics.evaluate(x, torch.tensor(labels), judge, real_x, real_y, x_train)
-            if method[0] == "cfg":
-                cfg_samples[(method[1], seed)] = x
-            reference = cfg_samples.get((method[1], seed)) if method[0] in ("interval", "adaptive", "linear_ag") else None
+            if method.cfg_w is not None:
+                cfg_samples[(method.cfg_w, seed)] = x
+            reference = cfg_samples.get((method.compare_with_cfg_w, seed))
             m["psnr_vs_cfg"] = psnr(x, reference) if reference is not None else 0.0
             runs.append({"evals/image": evals, **m})
         stats = summarise(runs)
-        rows.append((label_of(method), stats))
-        # points are labelled with what moves along their curve: w, or AG's threshold
-        points.append((curve_of(method), stats["fd"][0], stats["p_class"][0],
-                       method[2] if method[0] in ("adaptive", "linear_ag") else method[1]))  # annealing: lambda
+        rows.append((method.label, stats))
+        points.append((method.curve, stats["fd"][0], stats["p_class"][0], method.point))
         print(".", end="", flush=True)
     print_table(f"Digits bed ({variant}), {per_class} samples per class, 32 Euler steps sigma 20 -> 0.005, "
                 f"{len(seeds)} seeds", ["evals/image", "accuracy", "p_class", "fd", "precision", "recall", "diversity",
                                         "near_copies", "psnr_vs_cfg"], rows)
     return rows, points
-
-
-@torch.no_grad()
-def similarity_curves(variant, w=3.0, n_per_class=50):
-    """Median cosine similarity of the conditional and unconditional predictions per step, in the
-    denoised space and in the noise space, along CFG trajectories: which space AG can threshold."""
-    from benchmarks.beds import digits
-    model = digits.load(variant)
-    labels = torch.arange(10).repeat_interleave(n_per_class)
-    null = torch.full_like(labels, digits.NULL_CLASS)
-    sigmas = digits.karras_sigmas(32, 0.005, 20.0)
-    x = torch.randn(len(labels), 64, generator=torch.Generator().manual_seed(0)) * sigmas[0]
-    print(f"\nSimilarity of the predictions along CFG w={w:g} runs, digits bed ({variant}), median over "
-          f"{len(labels)} samples\n\n| step | sigma | cos(D_c, D_u) | cos(eps_c, eps_u) |\n|---|---|---|---|")
-    for i in range(len(sigmas) - 1):
-        s = torch.full((len(labels),), float(sigmas[i]))
-        d_c, d_u = model.denoise(x, s, labels), model.denoise(x, s, null)
-        cos_d = torch.nn.functional.cosine_similarity(d_c, d_u, dim=1).median().item()
-        cos_e = torch.nn.functional.cosine_similarity(x - d_c, x - d_u, dim=1).median().item()
-        if i % 3 == 0 or i == len(sigmas) - 2:
-            print(f"| {i} | {float(sigmas[i]):.3f} | {cos_d:.4f} | {cos_e:.5f} |")
-        x = x + (x - (d_u + w * (d_c - d_u))) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
 
 
 def plot(points, path, title):
@@ -285,7 +269,7 @@ def plot(points, path, title):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bed", choices=["gmm", "digits", "both", "similarity"], default="both")
+    parser.add_argument("--bed", choices=["gmm", "digits", "both"], default="both")
     parser.add_argument("--variant", choices=["early", "labelnoise30"], default="labelnoise30")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--per-class", type=int, default=200)
@@ -293,17 +277,13 @@ def main():
                         help="where to write the trade-off plot (default: docs/tradeoff_digits.png, for full runs only)")
     parser.add_argument("--only", default="", help="run only the settings whose label contains this text")
     args = parser.parse_args()
-    import_comfyui(cpu=True)
+    standalone.import_comfyui(cpu=True, progress_bars=False)
     torch.set_num_threads(2)
-    global ONLY
-    ONLY = args.only
     seeds = list(range(args.seeds))
-    if args.bed in ("similarity", "both"):
-        similarity_curves(args.variant)
     if args.bed in ("gmm", "both"):
-        run_gmm(seeds, 2000)
+        run_gmm(seeds, 2000, args.only)
     if args.bed in ("digits", "both"):
-        _, points = run_digits(seeds, args.per_class, args.variant)
+        _, points = run_digits(seeds, args.per_class, args.variant, args.only)
         # A partial run (--only) must not replace the README's plot of the full run.
         png = args.png or (None if args.only else str(ROOT / "docs" / "tradeoff_digits.png"))
         if png is None:

@@ -171,7 +171,10 @@ class _MethodNode:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         method = cls.__dict__.get("METHOD")
-        if method is not None and method.file_state is not None:
+        if method is None:
+            return
+        cls.DESCRIPTION = cls.describe(method)
+        if method.file_state is not None:
             # ComfyUI re-runs a node whose IS_CHANGED value changed: a file replaced under the same name
             cls.IS_CHANGED = classmethod(lambda node_cls, **inputs: node_cls.METHOD.file_state(**inputs))
 
@@ -182,10 +185,9 @@ class SchedulePatchNode(_MethodNode):
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "patch"
 
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        m = cls.METHOD
-        cls.DESCRIPTION = f"{m.title} for the stock KSampler: {m.summary} {m.patch_note}".strip()
+    @staticmethod
+    def describe(m: GuidanceMethod) -> str:
+        return f"{m.title} for the stock KSampler: {m.summary} {m.patch_note}".strip()
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -205,10 +207,9 @@ class ScheduleGuiderNode(_MethodNode):
     RETURN_TYPES = ("GUIDER",)
     FUNCTION = "get_guider"
 
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        m = cls.METHOD
-        cls.DESCRIPTION = f"{m.title} as a GUIDER for SamplerCustomAdvanced: {m.summary}"
+    @staticmethod
+    def describe(m: GuidanceMethod) -> str:
+        return f"{m.title} as a GUIDER for SamplerCustomAdvanced: {m.summary}"
 
     @classmethod
     def INPUT_TYPES(cls):

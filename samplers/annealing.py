@@ -176,14 +176,18 @@ def _network_from(state: dict, config: NetworkConfig, name: str) -> AnnealingNet
     return net.eval().requires_grad_(False)
 
 
+def _known_fields(values, fields_of, what: str, name: str) -> list[tuple[str, object]]:
+    """The (key, value) pairs of a metadata object that the dataclass `fields_of` has; other keys were
+    written by a later version of the pack and are not needed to use the network."""
+    if not isinstance(values, dict):
+        raise SchedulerFileError(f"{name}: {what} must be a JSON object, got {_shown(values)}")
+    return [(k, v) for k, v in values.items() if k in fields_of.__dataclass_fields__]
+
+
 def _config_from(values, name: str) -> NetworkConfig:
     """The network's configuration from a file, every field checked (type, finiteness, size) before use."""
-    if not isinstance(values, dict):
-        raise SchedulerFileError(f"{name}: the network configuration must be a JSON object, got {_shown(values)}")
     fields = {}
-    for key, value in values.items():
-        if key not in NetworkConfig.__dataclass_fields__:
-            continue
+    for key, value in _known_fields(values, NetworkConfig, "the network configuration", name):
         if isinstance(getattr(NetworkConfig(), key), int):
             limit = SIZE_LIMITS[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
@@ -202,12 +206,8 @@ def _config_from(values, name: str) -> NetworkConfig:
 
 def _trained_for_from(values, name: str) -> TrainedFor:
     """What the network was trained for, from a file: strings and a channel count, checked."""
-    if not isinstance(values, dict):
-        raise SchedulerFileError(f"{name}: trained_for must be a JSON object, got {_shown(values)}")
     fields = {}
-    for key, value in values.items():
-        if key not in TrainedFor.__dataclass_fields__:
-            continue  # written by a later version of the pack: not needed to use the network
+    for key, value in _known_fields(values, TrainedFor, "trained_for", name):
         if key == "latent_channels":
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
                 raise SchedulerFileError(f"{name}: trained_for.latent_channels must be a whole number from 1 to 1024, "

@@ -23,7 +23,7 @@ from decimal import Decimal
 
 import torch
 
-from .prediction import edm_sigma
+from .sigma_spaces import edm_sigma
 from .schedule import Evaluation, GuidanceSchedule, RunInfo, StepPlan
 
 log = logging.getLogger(__name__)

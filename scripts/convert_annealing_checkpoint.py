@@ -9,7 +9,6 @@ The same in Python: samplers.annealing.convert_official_checkpoint(src, dst).
 """
 import argparse
 import sys
-import types
 from pathlib import Path
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
@@ -22,9 +21,9 @@ def main():
     args = parser.parse_args()
     if not args.output.endswith(".safetensors"):
         sys.exit("output: the file name must end in .safetensors")
-    package = types.ModuleType("guidance_schedules")  # import samplers/ without ComfyUI
-    package.__path__ = [str(PACK_ROOT)]
-    sys.modules["guidance_schedules"] = package
+    sys.path.insert(0, str(PACK_ROOT))
+    import standalone
+    standalone.import_pack()  # samplers/ without ComfyUI
     from guidance_schedules.samplers.annealing import SchedulerFileError, convert_official_checkpoint
     try:
         scheduler = convert_official_checkpoint(args.checkpoint, args.output)

@@ -2,7 +2,6 @@
 copied into the pack. Tests that need it skip with this reason when it is absent."""
 from pathlib import Path
 
-import pytest
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "annealing"
 CHECKPOINT = REFERENCE / "official_sdxl_checkpoint.pt"

@@ -1,14 +1,8 @@
 """The test beds' code: the exact GMM denoiser against brute force, and the shipped digits models."""
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.beds, without the pack's __init__
-from benchmarks.beds import gmm  # noqa: E402
-
-sys.path.pop(0)
+from benchmarks.beds import gmm
 
 
 def test_exact_denoiser_matches_a_brute_force_posterior_mean():

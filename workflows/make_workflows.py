@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
-import types
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -211,18 +209,11 @@ class Graph:
 
 
 def load_node_classes():
-    root = os.environ.get("COMFYUI_PATH")
-    if not root:
-        sys.exit("set COMFYUI_PATH to a ComfyUI checkout")
-    sys.path.insert(0, root)
-    import torch
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = not torch.cuda.is_available()
+    sys.path.insert(0, str(PACK_ROOT))
+    import standalone
+    standalone.import_comfyui()
     import nodes
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-    package = types.ModuleType("guidance_schedules")
-    package.__path__ = [str(PACK_ROOT)]
-    sys.modules["guidance_schedules"] = package
     from guidance_schedules.nodes import NODE_CLASS_MAPPINGS
     return {**nodes.NODE_CLASS_MAPPINGS, **NODE_CLASS_MAPPINGS}
 

@@ -20,12 +20,10 @@ from pathlib import Path
 
 import torch
 
-import types  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import standalone  # noqa: E402  (at the pack's root)
 
-if "guidance_schedules" not in sys.modules:  # the pack's samplers/, without its ComfyUI __init__
-    _package = types.ModuleType("guidance_schedules")
-    _package.__path__ = [str(Path(__file__).resolve().parents[2])]
-    sys.modules["guidance_schedules"] = _package
+standalone.import_pack()  # the pack's samplers/, without its ComfyUI __init__
 from guidance_schedules.samplers.annealing import (AnnealingNetwork, AnnealingScheduler, NetworkConfig,  # noqa: E402
                                                    TrainedFor, save_scheduler)
 

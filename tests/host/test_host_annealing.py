@@ -1,25 +1,21 @@
 """Annealing guidance inside a real ComfyUI: the official trajectory replayed, batches, refusals."""
-import host_support
-
-host_support.require_comfyui()
-
-import reference  # noqa: E402
+import reference
 
 PARITY = reference.require_reference()
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-import comfy.samplers  # noqa: E402
-import folder_paths  # noqa: E402
-import nodes as comfy_nodes  # noqa: E402
-import tiny_models  # noqa: E402
-from comfy_extras.nodes_custom_sampler import Noise_EmptyNoise, SamplerCustomAdvanced  # noqa: E402
-from guidance_schedules.nodes import annealing as annealing_nodes  # noqa: E402
-from guidance_schedules.nodes.annealing import AnnealingGuidanceGuider, AnnealingGuidancePatch  # noqa: E402
-from guidance_schedules.nodes.guidance import history_of  # noqa: E402
-from guidance_schedules.nodes.plot import GuidanceSchedulePlot  # noqa: E402
-from guidance_schedules.samplers.annealing import convert_official_checkpoint  # noqa: E402
+import comfy.samplers
+import folder_paths
+import nodes as comfy_nodes
+import tiny_models
+from comfy_extras.nodes_custom_sampler import Noise_EmptyNoise, SamplerCustomAdvanced
+from guidance_schedules.nodes import annealing as annealing_nodes
+from guidance_schedules.nodes.annealing import AnnealingGuidanceGuider, AnnealingGuidancePatch
+from guidance_schedules.nodes.guidance import history_of
+from guidance_schedules.nodes.plot import GuidanceSchedulePlot
+from guidance_schedules.samplers.annealing import convert_official_checkpoint
 
 SCHEDULER = "annealing_sdxl_test.safetensors"
 

@@ -1,26 +1,17 @@
 """Adaptive Guidance inside a real ComfyUI, on the shared skip mechanism."""
-import host_support
+import logging
 
-host_support.require_comfyui()
+import pytest
+import torch
 
-import logging  # noqa: E402
-import sys  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import comfy.samplers  # noqa: E402
-import tiny_models  # noqa: E402
-from comfy_extras.nodes_custom_sampler import Noise_RandomNoise, SamplerCustomAdvanced  # noqa: E402
-from guidance_schedules.nodes.adaptive import AdaptiveGuidanceGuider, AdaptiveGuidancePatch  # noqa: E402
-from guidance_schedules.nodes.guidance import history_of  # noqa: E402
-from test_host_interval import DETERMINISTIC, SAMPLERS, ksampler, tiny_setup  # noqa: E402,F401 (tiny_setup: a fixture)
-
-sys.path.insert(0, str(host_support.PACK_ROOT))
-from benchmarks.beds import digits  # noqa: E402
-from benchmarks.beds.comfy_models import class_conditioning, digits_model, network_of  # noqa: E402
-
-sys.path.pop(0)
+import comfy.samplers
+import tiny_models
+from comfy_extras.nodes_custom_sampler import Noise_RandomNoise, SamplerCustomAdvanced
+from guidance_schedules.nodes.adaptive import AdaptiveGuidanceGuider, AdaptiveGuidancePatch
+from guidance_schedules.nodes.guidance import history_of
+from benchmarks.beds import digits
+from benchmarks.beds.comfy_models import class_conditioning, digits_model, network_of
+from host_sampling import DETERMINISTIC, SAMPLERS, ksampler
 
 
 def patched(model, threshold):
@@ -128,16 +119,15 @@ def test_bad_threshold_is_refused_by_name(bad):
 
 
 # LinearAG: coefficients fitted on the digits bed by the calibration node, then used by the AG nodes.
-from guidance_schedules.nodes.adaptive import LINEAR_AG_FOLDER, LinearAGCalibrate  # noqa: E402
+from guidance_schedules.nodes.adaptive import LINEAR_AG_FOLDER, LinearAGCalibrate
 
 
 @pytest.fixture(scope="module")
 def linear_ag_file(digits_bed, tmp_path_factory):
     import folder_paths
-    models = tmp_path_factory.mktemp("models")
-    folder_paths.add_model_folder_path(LINEAR_AG_FOLDER, str(models / LINEAR_AG_FOLDER))
-    original = folder_paths.models_dir
-    folder_paths.models_dir = str(models)  # the node writes into <models>/linear_ag
+    folder = str(tmp_path_factory.mktemp("models") / LINEAR_AG_FOLDER)
+    # the node writes into the folder ComfyUI lists first for linear_ag (never into the host's tree)
+    folder_paths.add_model_folder_path(LINEAR_AG_FOLDER, folder, is_default=True)
     try:
         labels = list(range(10)) * 2
         latent = {"samples": torch.zeros(len(labels), 1, 8, 8)}
@@ -149,7 +139,8 @@ def linear_ag_file(digits_bed, tmp_path_factory):
                 digits_bed, class_conditioning(labels, 11), class_conditioning(None, 11), 3.0,
                 comfy.samplers.sampler_object("euler"), SIGMAS, latent, runs=1, seed=100, name="digits_euler_32")
     finally:
-        folder_paths.models_dir = original
+        paths = folder_paths.folder_names_and_paths[LINEAR_AG_FOLDER][0]
+        paths.append(paths.pop(paths.index(folder)))  # still listed, for the tests that sample with it
     return "digits_euler_32.safetensors", out["ui"]["text"][0]
 
 

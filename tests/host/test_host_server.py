@@ -1,11 +1,8 @@
 """The pack in a running ComfyUI server, as users drive it: /object_info and API prompts."""
 import host_support
-
-host_support.require_comfyui()
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+import pytest
+import torch
+from safetensors.torch import load_file
 
 
 BOUNDS = {"sigma_hi": 3.0, "sigma_lo": 0.3}

@@ -11,20 +11,16 @@ Guidance runs the pass on every evaluation of the guided steps and on the first 
 where it stops. Samplers with their own time grid (dpm_fast, dpm_adaptive) have no such callbacks and
 are covered in test_host_every_sampler.py.
 """
-import host_support
+import math
 
-host_support.require_comfyui()
+import pytest
+import torch
 
-import math  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import comfy.samplers  # noqa: E402
-import tiny_models  # noqa: E402
-from comfy.k_diffusion.sampling import get_sigmas_karras  # noqa: E402
-from guidance_schedules.nodes.adaptive import AdaptiveGuidancePatch  # noqa: E402
-from guidance_schedules.nodes.interval import GuidanceIntervalPatch  # noqa: E402
+import comfy.samplers
+import tiny_models
+from comfy.k_diffusion.sampling import get_sigmas_karras
+from guidance_schedules.nodes.adaptive import AdaptiveGuidancePatch
+from guidance_schedules.nodes.interval import GuidanceIntervalPatch
 
 STEPS = 14
 OWN_TIME_GRID = {"dpm_fast", "dpm_adaptive"}

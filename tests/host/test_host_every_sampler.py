@@ -3,19 +3,15 @@ step is stock CFG, one that guides none is the conditional prediction alone with
 (interval, and Adaptive Guidance stopping at once), and a partial interval runs the pass exactly
 in the model evaluations inside its steps (midpoints, corrections and samplers with their own time
 grid included)."""
-import host_support
+import pytest
+import torch
 
-host_support.require_comfyui()
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import comfy.samplers  # noqa: E402
-import tiny_models  # noqa: E402
-from guidance_schedules.nodes.adaptive import AdaptiveGuidancePatch  # noqa: E402
-from guidance_schedules.samplers.interval import GuidanceInterval  # noqa: E402
-from guidance_schedules.samplers.schedule import EDM_SIGMA, FLOW, RunInfo  # noqa: E402
-from test_host_interval import EVERY_STEP, NO_STEP, STEPS, ksampler, patched, scheduler_for  # noqa: E402
+import comfy.samplers
+import tiny_models
+from guidance_schedules.nodes.adaptive import AdaptiveGuidancePatch
+from guidance_schedules.samplers.interval import GuidanceInterval
+from guidance_schedules.samplers.schedule import EDM_SIGMA, FLOW, RunInfo
+from host_sampling import EVERY_STEP, NO_STEP, STEPS, ksampler, patched, scheduler_for
 
 MODELS = {model_type: tiny_models.build_model(model_type) for model_type in ("eps", "flow")}
 POS, NEG = tiny_models.build_conditioning(1), tiny_models.build_conditioning(2)

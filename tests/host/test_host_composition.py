@@ -1,20 +1,16 @@
 """The pack among other nodes that change sampling: a per-step cfg override chained before or after
 its patch, and a third-party sampler the pack does not know."""
-import host_support
+import logging
 
-host_support.require_comfyui()
+import pytest
+import torch
 
-import logging  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import comfy.samplers  # noqa: E402
-import tiny_models  # noqa: E402
-from comfy.patcher_extension import WrappersMP  # noqa: E402
-from guidance_schedules.nodes.adaptive import AdaptiveGuidancePatch  # noqa: E402
-from guidance_schedules.nodes.interval import GuidanceIntervalPatch  # noqa: E402
-from test_host_interval import EVERY_STEP, ksampler  # noqa: E402
+import comfy.samplers
+import tiny_models
+from comfy.patcher_extension import WrappersMP
+from guidance_schedules.nodes.adaptive import AdaptiveGuidancePatch
+from guidance_schedules.nodes.interval import GuidanceIntervalPatch
+from host_sampling import EVERY_STEP, ksampler
 
 POS, NEG = tiny_models.build_conditioning(1), tiny_models.build_conditioning(2)
 

@@ -1,0 +1,33 @@
+"""The host tests: a real ComfyUI is imported before any of them is collected.
+
+Without one they are not collected at all, and tests/test_host_present.py skips with the one reason
+(or fails where GS_REQUIRE_HOST=1, as in CI).
+"""
+import pytest
+
+import host_support
+
+if host_support.COMFYUI_ROOT is None:
+    collect_ignore_glob = ["test_*.py"]
+else:
+    host_support.require_comfyui()
+
+
+@pytest.fixture(scope="module", params=["eps", "v_prediction", "flow"])
+def tiny_setup(request):
+    """(model type, a tiny model of it, positive and negative conditioning), for each model type."""
+    import tiny_models
+    model = tiny_models.build_model(request.param)
+    return request.param, model, tiny_models.build_conditioning(1), tiny_models.build_conditioning(2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def the_host_tree_stays_untouched():
+    """Tests write into temporary folders, never into the ComfyUI tree they run (a shared, unmodified
+    checkout): after the session, no file there is newer than its start."""
+    import time
+    start = time.time()
+    yield
+    written = [str(p) for p in host_support.COMFYUI_ROOT.rglob("*")
+               if "__pycache__" not in p.parts and p.is_file() and p.stat().st_mtime >= start]
+    assert not written, f"the host tests wrote into the ComfyUI tree: {written[:5]}"
