@@ -3,6 +3,9 @@ from .adaptive import AdaptiveGuidanceGuider, AdaptiveGuidancePatch, LinearAGCal
 from .annealing import AnnealingGuidanceGuider, AnnealingGuidancePatch
 from .interval import GuidanceIntervalGuider, GuidanceIntervalPatch
 from .plot import GuidanceSchedulePlot
+from .reports import register_routes
+
+register_routes()  # GET /guidance_schedules/runs, where a ComfyUI server runs
 
 NODE_CLASS_MAPPINGS = {
     "GuidanceIntervalGuider": GuidanceIntervalGuider,

@@ -58,6 +58,7 @@ def adaptive_schedule(threshold, linear_ag=NONE):
 
 
 ADAPTIVE = GuidanceMethod(
+    key="adaptive",
     title="Adaptive Guidance (Castillo et al. 2023)",
     summary="each sample is guided until its conditional and unconditional predictions agree (cosine similarity >= "
             "threshold), then continues with the conditional prediction alone, without the unconditional pass.",
@@ -131,7 +132,8 @@ class LinearAGCalibrate:
         def recording(run):
             recorded.append([])
             return linear_ag_files.CalibrationSchedule(run, recorded[-1])
-        guider = ScheduleGuider(patch_model(model, recording, "LinearAG calibration"), positive, negative, cfg)
+        guider = ScheduleGuider(patch_model(model, recording, "LinearAG calibration", "linear_ag_calibration",
+                                            {"name": name, "runs": runs, "seed": seed}), positive, negative, cfg)
         for r in range(runs):
             SamplerCustomAdvanced().sample(Noise_RandomNoise(seed + r), guider, sampler, sigmas, latent_image)
         # every latent of the batch is one trajectory

@@ -51,6 +51,7 @@ def annealing_inputs():
 
 
 ANNEALING = GuidanceMethod(
+    key="annealing",
     title="Annealing guidance (Yehezkel et al. 2025)",
     summary="a small network picks the guidance scale of every step and sample from the timestep, the size of the "
             "guidance direction and lambda. Needs a CFG++ sampler (euler_cfg_pp, the paper's DDIM).",

@@ -35,6 +35,7 @@ from ..samplers.schedule import (EDM_SIGMA, FLOW, Evaluation, GuidanceSchedule, 
                                  ScheduleDriver)
 from ..samplers.steps import StepTracker
 from .rehearsal import rehearse_steps, sampler_function_name
+from .reports import report
 
 log = logging.getLogger("guidance_schedules")
 
@@ -59,8 +60,10 @@ class RunHistory:
 
     It holds a result, never state that a run reads: every run starts from a fresh schedule."""
 
-    def __init__(self, describe: str):
+    def __init__(self, describe: str, method: str = "", settings: dict | None = None):
         self.describe = describe
+        self.method = method  # GuidanceMethod.key, for the API's run records
+        self.settings = dict(settings or {})
         self.last: RunRecord | None = None
 
 
@@ -95,8 +98,9 @@ def timesteps_of(model_sampling) -> str:
     return "continuous"
 
 
-def patch_model(model, make_schedule: ScheduleFactory, describe: str):
-    """A clone of `model` that samples with the schedule `make_schedule(run_info)`.
+def patch_model(model, make_schedule: ScheduleFactory, describe: str, method: str = "", settings: dict | None = None):
+    """A clone of `model` that samples with the schedule `make_schedule(run_info)`; `describe` names it in
+    the log, `method` and `settings` in the API's run records (nodes/reports.py).
 
     One guidance schedule per model: patching an already patched model replaces its schedule (and
     says so, since chaining two of the pack's nodes may look like combining them).
@@ -108,7 +112,7 @@ def patch_model(model, make_schedule: ScheduleFactory, describe: str):
     m = model.clone()
     for kind in (WrappersMP.SAMPLER_SAMPLE, WrappersMP.PREDICT_NOISE):
         m.remove_wrappers_with_key(kind, WRAPPER_KEY)
-    history = RunHistory(describe)
+    history = RunHistory(describe, method, settings)
     m.set_attachments(HISTORY_KEY, history)
     m.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,
                            functools.partial(_run_with_schedule, make_schedule, history))
@@ -146,6 +150,7 @@ class GuidanceMethod:
     """What a method's two nodes are made of: a MODEL patch for the KSampler and a GUIDER for
     SamplerCustomAdvanced, with the same inputs and the same schedule."""
 
+    key: str  # "interval": the method's name in the API's run records
     title: str  # "Guidance interval (Kynkaeaenniemi et al. 2024)"
     summary: str  # what it does, for both nodes' descriptions
     inputs: Callable[[], dict]  # the method's own inputs, by name, as INPUT_TYPES gives them
@@ -197,8 +202,9 @@ class SchedulePatchNode(_MethodNode):
 
     def patch(self, model, *args, **kwargs):
         m = self.METHOD
-        make, describe = m.schedule(**_settings([*m.inputs(), *m.optional_inputs()], args, kwargs))
-        return (patch_model(model, make, describe),)
+        settings = _settings([*m.inputs(), *m.optional_inputs()], args, kwargs)
+        make, describe = m.schedule(**settings)
+        return (patch_model(model, make, describe, m.key, settings),)
 
 
 class ScheduleGuiderNode(_MethodNode):
@@ -228,7 +234,7 @@ class ScheduleGuiderNode(_MethodNode):
         # without a cfg input the method sets the scale; 1 only matters for ComfyUI's cfg == 1 shortcut
         cfg = settings.pop("cfg", 1.0)
         make, describe = m.schedule(**settings)
-        return (ScheduleGuider(patch_model(model, make, describe), positive, negative, cfg),)
+        return (ScheduleGuider(patch_model(model, make, describe, m.key, settings), positive, negative, cfg),)
 
 
 # --- model folders ---------------------------------------------------------------------------------
@@ -281,6 +287,8 @@ def _run_with_schedule(make_schedule: ScheduleFactory, history: RunHistory, exec
         log.warning("Guidance schedules: sampler %s evaluated the model elsewhere than its rehearsal from evaluation "
                     "%d on; those evaluations were attributed to steps by sigma.", name, run.tracker.departed_at)
     history.last = run.driver.record
+    report({"method": history.method, "settings": history.settings, "describe": history.describe, "sampler": name,
+            "sigma_space": info.sigma_space, "cfg": float(guider.cfg), **run.driver.record.as_dict()})
     details = run.driver.schedule.summary()
     log.info("%s (%s, %s): %s%s", history.describe, name, info.sigma_space, run.driver.record.describe(),
              f"; {details}" if details else "")

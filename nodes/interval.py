@@ -30,6 +30,7 @@ def interval_schedule(sigma_hi, sigma_lo):
 
 
 INTERVAL = GuidanceMethod(
+    key="interval",
     title="Guidance interval (Kynkaeaenniemi et al. 2024)",
     summary="guidance only for steps whose sigma lies in (sigma_lo, sigma_hi]; other steps use the conditional "
             "prediction alone and skip the unconditional model pass.",

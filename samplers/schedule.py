@@ -141,6 +141,15 @@ class RunRecord:
     def guided_steps(self, sample: int = 0) -> list[int]:
         return [s for s, g in sorted(self.guided.items()) if sample < len(g) and g[sample]]
 
+    def as_dict(self) -> dict:
+        """The record as plain JSON values (nodes/reports.py sends it over the API)."""
+        samples = range(self.batch_size)
+        return {"steps": self.steps, "batch_size": self.batch_size,
+                "guided_steps": [self.guided_steps(b) for b in samples],
+                "weights": [[self.weight[s][b] if s in self.weight else None for s in range(self.steps)] for b in samples],
+                "evaluations": self.evaluations, "uncond_evaluations": self.uncond_evaluations,
+                "uncond_needed": list(self.uncond_needed)}
+
     def describe(self) -> str:
         skipped = self.evaluations - self.uncond_evaluations
         guided = self.guided_steps()

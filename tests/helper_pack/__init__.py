@@ -17,4 +17,22 @@ class GSTestTinyModel:
         return build_model(model_type), build_conditioning(1), build_conditioning(2)
 
 
-NODE_CLASS_MAPPINGS = {"GSTestTinyModel": GSTestTinyModel}
+class GSTestLatentToImage:
+    """A tiny model's latent as a small picture (its first three channels, squashed to [0, 1] and scaled
+    up), so that test prompts save real images without a VAE."""
+    CATEGORY = "_for_testing/guidance_schedules"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "convert"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",)}}
+
+    def convert(self, samples):
+        import torch
+        x = samples["samples"][:, :3].float()
+        image = torch.nn.functional.interpolate(torch.sigmoid(x), scale_factor=8, mode="nearest")
+        return (image.permute(0, 2, 3, 1).contiguous(),)
+
+
+NODE_CLASS_MAPPINGS = {"GSTestTinyModel": GSTestTinyModel, "GSTestLatentToImage": GSTestLatentToImage}

@@ -1,0 +1,83 @@
+"""What guidance did, over ComfyUI's API: one record per sampling run that carries one of the pack's
+schedules, sent as a websocket event and kept for GET /guidance_schedules/runs.
+
+- websocket event `guidance_schedules.run` (to the client that queued the prompt): the record below;
+- GET /guidance_schedules/runs?prompt_id=ID: the records of that prompt, in run order (a JSON list;
+  empty for a prompt that ran none of the pack's schedules or is no longer kept).
+
+A record: prompt_id, node (the sampler node that ran), method (interval, adaptive, annealing, ...),
+settings (the method node's inputs), describe (the log's name of it), sampler, sigma_space, steps,
+cfg, batch_size, guided_steps (per sample), weights (per sample, per step: the weight it got, 1 where
+unguided, null for a step without an evaluation of its own), evaluations (model evaluations, each
+for the whole batch), uncond_evaluations (of those, how many ran the unconditional pass) and
+uncond_needed (per sample: the passes that sample needed, what it would cost alone).
+The records of the last KEPT_PROMPTS prompts are kept in memory; older prompts drop out.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+
+log = logging.getLogger("guidance_schedules")
+
+EVENT = "guidance_schedules.run"
+ROUTE = "/guidance_schedules/runs"
+KEPT_PROMPTS = 500
+
+_runs: OrderedDict[str, list[dict]] = OrderedDict()
+_lock = threading.Lock()
+
+
+def _server():
+    try:
+        from server import PromptServer
+    except ImportError:  # imported outside a running ComfyUI (benchmarks, in-process tests)
+        return None
+    return getattr(PromptServer, "instance", None)
+
+
+def _executing() -> tuple[str | None, str | None]:
+    """(prompt id, node id) of the node ComfyUI is executing, if any."""
+    try:
+        from comfy_execution.utils import get_executing_context
+    except ImportError:
+        return None, None
+    context = get_executing_context()
+    return (context.prompt_id, context.node_id) if context is not None else (None, None)
+
+
+def report(record: dict) -> dict:
+    """Keep the record of a finished sampling run and send it to the client that queued the prompt."""
+    prompt_id, node = _executing()
+    record = {"prompt_id": prompt_id, "node": node, **record}
+    if prompt_id is not None:
+        with _lock:
+            _runs.setdefault(prompt_id, []).append(record)
+            _runs.move_to_end(prompt_id)
+            while len(_runs) > KEPT_PROMPTS:
+                _runs.popitem(last=False)
+    server = _server()
+    if server is not None and prompt_id is not None:
+        server.send_sync(EVENT, record, getattr(server, "client_id", None))
+    return record
+
+
+def runs_of(prompt_id: str) -> list[dict]:
+    with _lock:
+        return list(_runs.get(prompt_id, []))
+
+
+def register_routes() -> None:
+    """GET /guidance_schedules/runs on ComfyUI's server (nothing where there is none)."""
+    server = _server()
+    if server is None:
+        return
+    from aiohttp import web
+
+    @server.routes.get(ROUTE)
+    async def guidance_runs(request):
+        prompt_id = request.rel_url.query.get("prompt_id")
+        if not prompt_id:
+            return web.json_response({"error": "give the prompt's id: ?prompt_id=ID"}, status=400)
+        return web.json_response(runs_of(prompt_id))

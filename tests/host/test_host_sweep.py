@@ -1,0 +1,179 @@
+"""The pack's run records over the API, and scripts/sweep.py against a real ComfyUI server."""
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import comfy.samplers
+import tiny_models
+
+SWEEP = Path(__file__).resolve().parents[2] / "scripts" / "sweep.py"
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def server(comfy_server):
+    return comfy_server
+
+
+def karras_grid():
+    """The grid the server's KSampler samples the tiny EPS model on (written out from ComfyUI, not the pack)."""
+    ms = tiny_models.build_model("eps").get_model_object("model_sampling")
+    return [float(s) for s in comfy.samplers.calculate_sigmas(ms, "karras", STEPS)]
+
+
+def between(a, b):
+    return math.sqrt(a * b)
+
+
+def workflow(steps=STEPS):
+    """Tiny model -> interval patch -> KSampler -> a small picture of the latent -> SaveImage (API format)."""
+    s = karras_grid()
+    return {
+        "1": {"class_type": "GSTestTinyModel", "inputs": {"model_type": "eps"}},
+        "2": {"class_type": "GuidanceIntervalPatch", "inputs": {
+            "model": ["1", 0], "sigma_hi": between(s[1], s[2]), "sigma_lo": between(s[5], s[6])},
+            "_meta": {"title": "Interval"}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "4": {"class_type": "KSampler", "inputs": {
+            "model": ["2", 0], "seed": 0, "steps": steps, "cfg": 5.0, "sampler_name": "euler", "scheduler": "karras",
+            "positive": ["1", 1], "negative": ["1", 2], "latent_image": ["3", 0], "denoise": 1.0},
+            "_meta": {"title": "KSampler"}},
+        "5": {"class_type": "GSTestLatentToImage", "inputs": {"samples": ["4", 0]}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "gs_sweep"}},
+    }
+
+
+def sweep(tmp_path, server, *args, workflow_file=None):
+    if workflow_file is None:
+        workflow_file = tmp_path / "workflow.json"
+        workflow_file.write_text(json.dumps(workflow()))
+    return subprocess.run([sys.executable, str(SWEEP), str(workflow_file), "--server", server.url, *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def read_runs(out):
+    return json.loads((out / "runs.json").read_text())["runs"]
+
+
+def test_a_prompt_reports_what_guidance_did_over_the_websocket_and_get(server):
+    import asyncio
+    import aiohttp
+
+    async def run():
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(server.url.replace("http", "ws") + "/ws?clientId=gs-records") as ws:
+                async with session.post(server.url + "/prompt",
+                                        json={"prompt": workflow(), "client_id": "gs-records"}) as r:
+                    prompt_id = (await r.json())["prompt_id"]
+                events = []
+                while True:
+                    message = await asyncio.wait_for(ws.receive(), 120)
+                    if message.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    event = json.loads(message.data)
+                    events.append(event)
+                    if event["type"] == "executing" and event["data"].get("node") is None and \
+                            event["data"].get("prompt_id") == prompt_id:
+                        break
+            async with session.get(server.url + f"/guidance_schedules/runs?prompt_id={prompt_id}") as r:
+                return prompt_id, events, await r.json()
+    prompt_id, events, records = asyncio.run(run())
+    sent = [e["data"] for e in events if e["type"] == "guidance_schedules.run"]
+    assert len(sent) == 1 and records == sent
+    record = records[0]
+    s = karras_grid()
+    guided = [i for i in range(STEPS) if between(s[5], s[6]) < s[i] <= between(s[1], s[2])]
+    assert (record["prompt_id"], record["node"], record["method"]) == (prompt_id, "4", "interval")
+    patch_inputs = workflow()["2"]["inputs"]
+    assert record["settings"] == {"sigma_hi": patch_inputs["sigma_hi"], "sigma_lo": patch_inputs["sigma_lo"]}
+    assert (record["sampler"], record["steps"], record["cfg"], record["batch_size"]) == ("sample_euler", STEPS, 5.0, 1)
+    assert record["guided_steps"] == [guided]
+    assert record["weights"] == [[5.0 if i in guided else 1.0 for i in range(STEPS)]]
+    assert (record["evaluations"], record["uncond_evaluations"]) == (STEPS, len(guided))
+    assert server.get("/guidance_schedules/runs?prompt_id=no-such-prompt") == []
+
+
+def test_a_grid_sweep_records_every_run_and_a_second_run_queues_nothing(tmp_path, server):
+    out = tmp_path / "out"
+    s = karras_grid()
+    his = [between(s[1], s[2]), between(s[3], s[4])]
+    done = sweep(tmp_path, server, "--set", f"Interval.sigma_hi={his[0]!r},{his[1]!r}", "--set", "4.cfg=1,5",
+                 "--seeds", "2", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    runs = read_runs(out)
+    assert len(runs) == 8 and all(r["status"] == "success" for r in runs)
+    lo = between(s[5], s[6])
+    for r in runs:
+        hi, cfg = r["settings"]["Interval.sigma_hi"], r["settings"]["4.cfg"]
+        guided = sum(lo < s[i] <= hi for i in range(STEPS))
+        # euler: one evaluation per step; cfg 1 runs no unconditional pass (ComfyUI's shortcut)
+        assert (r["evaluations"], r["uncond_evaluations"]) == (STEPS, 0 if cfg == 1 else guided), r
+        assert len(r["images"]) == 1 and (out / r["images"][0]).stat().st_size > 0
+        assert r["seconds"] is not None and r["seconds"] >= 0
+    assert sorted({r["seed"] for r in runs}) == [0, 1]
+    csv_lines = (out / "runs.csv").read_text().splitlines()
+    assert csv_lines[0] == ("prompt_id,status,seed,Interval.sigma_hi,4.cfg,seconds,evaluations,uncond_evaluations,"
+                            "images,message")
+    assert len(csv_lines) == 9
+    from PIL import Image
+    with Image.open(out / "sheet.png") as sheet:
+        # the first axis across (2 cells of 192 px after a 170 px label column), 2 x 2 rows of 192 + 30 px
+        assert sheet.size == (170 + 2 * 192, 36 + 4 * (192 + 30))
+    again = sweep(tmp_path, server, "--set", f"Interval.sigma_hi={his[0]!r},{his[1]!r}", "--set", "4.cfg=1,5",
+                  "--seeds", "2", "--out", str(out))
+    assert again.returncode == 0 and "8 done before, 0 to queue" in again.stderr
+    assert [r["prompt_id"] for r in read_runs(out)] == [r["prompt_id"] for r in runs]
+
+
+def test_a_bad_value_is_one_error_row_and_the_others_succeed(tmp_path, server):
+    out = tmp_path / "out"
+    done = sweep(tmp_path, server, "--set", "KSampler.sampler_name=euler,no_such_sampler", "--set", "4.cfg=5,-3",
+                 "--out", str(out))
+    assert done.returncode == 1
+    runs = {(r["settings"]["KSampler.sampler_name"], r["settings"]["4.cfg"]): r for r in read_runs(out)}
+    assert runs[("euler", 5)]["status"] == "success"
+    assert runs[("no_such_sampler", 5)]["status"] == "error" and "sampler_name" in runs[("no_such_sampler", 5)]["message"]
+    assert runs[("euler", -3)]["status"] == "error"  # refused by the server's range check of cfg
+    assert "error" in (out / "runs.csv").read_text()
+
+
+def test_an_interrupted_sweep_keeps_its_finished_runs_and_resumes(tmp_path, server):
+    out = tmp_path / "out"
+    workflow_file = tmp_path / "slow.json"
+    workflow_file.write_text(json.dumps(workflow(steps=400)))  # about a second a run on the CPU
+    args = [sys.executable, str(SWEEP), str(workflow_file), "--server", server.url, "--seeds", "6", "--out", str(out)]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (out / "runs.json").is_file() and any(r["status"] == "success" for r in read_runs(out)):
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    first = {r["seed"]: r for r in read_runs(out)}
+    finished = {seed for seed, r in first.items() if r["status"] == "success"}
+    assert 1 <= len(finished) < 6, first
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(finished)} done before, {6 - len(finished)} to queue" in resumed.stderr
+    after = {r["seed"]: r for r in read_runs(out)}
+    assert all(r["status"] == "success" for r in after.values())
+    assert all(after[seed]["prompt_id"] == first[seed]["prompt_id"] for seed in finished)
+
+
+def test_usage_errors_name_what_is_wrong(tmp_path, server):
+    bad = sweep(tmp_path, server, "--set", "NoSuchNode.cfg=1,2", "--out", str(tmp_path / "o"))
+    assert bad.returncode == 2 and "no node with id or title 'NoSuchNode'" in bad.stderr
+    bad = sweep(tmp_path, server, "--set", "KSampler.model=1", "--out", str(tmp_path / "o"))
+    assert bad.returncode == 2 and "is a link from another node" in bad.stderr
+    ui = tmp_path / "ui.json"
+    ui.write_text(json.dumps({"nodes": [], "links": []}))
+    bad = sweep(tmp_path, server, "--out", str(tmp_path / "o"), workflow_file=ui)
+    assert bad.returncode == 2 and "not an API-format workflow" in bad.stderr
