@@ -1,7 +1,7 @@
 """Queue a grid of settings through a ComfyUI server's API and collect the results side by side.
 
     python scripts/sweep.py workflows/api/guidance_interval_patch_sdxl.json --server http://127.0.0.1:8188 \\
-        --set "Guidance Interval (model patch).sigma_hi=2.9,5.42" --set KSampler.cfg=7,10 --seeds 2 --out sweep
+        --set GuidanceIntervalPatch.sigma_hi=2.9,5.42 --set KSampler.cfg=7,10 --seeds 2 --out sweep
 
 WORKFLOW is an API-format workflow (the files in workflows/api/, or the graph editor's "Export (API)").
 Each --set NODE.INPUT=V1,V2,... is an axis; NODE is a node id or its title (_meta.title), INPUT one of
@@ -309,40 +309,48 @@ async def sweep(args, axes: list[Axis], runs: list[Run], out: Path) -> None:
 
 # --- the contact sheet -----------------------------------------------------------------------------
 
-def contact_sheet(axes: list[Axis], runs: list[Run], out: Path, cell: int = 192) -> Path:
-    """The first axis across; the other axes and the seeds down. Each cell: the run's first image, and
-    its evaluations (with the unconditional pass) and seconds, or its status."""
+def contact_sheet(axes: list[Axis], runs: list[Run], out: Path, cell: int = 256) -> Path:
+    """The first axis across; the other axes and the seeds down. Each cell: the run's first image scaled
+    to the cell's width, and its evaluations (with the unconditional pass) and seconds, or its status."""
     from PIL import Image, ImageDraw, ImageFont
     font = ImageFont.load_default()
     across = axes[0].values if axes else (None,)
     down = sorted({(r.settings[1:], r.seed) for r in runs}, key=lambda d: ([str(v) for v in d[0]], d[1]))
+    by_cell = {(r.settings[0] if axes else None, r.settings[1:], r.seed): r for r in runs}
+    thumbs = {}
+    for run in runs:
+        if run.status == "success" and run.images:
+            with Image.open(out / run.images[0]) as image:
+                w, h = image.size
+                size = (cell - 8, max(1, round(h * (cell - 8) / w)))
+                # nearest when enlarging: a small picture stays sharp
+                thumbs[run.key] = image.convert("RGB").resize(size, Image.NEAREST if w < size[0] else Image.LANCZOS)
     label_w, head_h, foot_h = 170, 36, 30
-    sheet = Image.new("RGB", (label_w + cell * len(across), head_h + (cell + foot_h) * len(down)), "white")
+    heights = [max([thumbs[r.key].height for r in (by_cell.get((v, rest, seed)) for v in across)
+                    if r is not None and r.key in thumbs] or [60]) + 8 for rest, seed in down]
+    sheet = Image.new("RGB", (label_w + cell * len(across), head_h + sum(h + foot_h for h in heights)), "white")
     draw = ImageDraw.Draw(sheet)
     if axes:
         draw.text((label_w, 4), axes[0].key, fill="black", font=font)
     for i, value in enumerate(across):
         draw.text((label_w + i * cell + 6, 18), str(value), fill="black", font=font)
-    by_cell = {(r.settings[0] if axes else None, r.settings[1:], r.seed): r for r in runs}
-    for j, (rest, seed) in enumerate(down):
-        y = head_h + j * (cell + foot_h)
+    y = head_h
+    for (rest, seed), height in zip(down, heights):
         lines = [f"{a.key}={v}" for a, v in zip(axes[1:], rest)] + [f"seed {seed}"]
         draw.multiline_text((6, y + 6), "\n".join(lines), fill="black", font=font)
         for i, value in enumerate(across):
             run, x = by_cell.get((value, rest, seed)), label_w + i * cell
             if run is None:
                 continue
-            if run.status == "success" and run.images:
-                with Image.open(out / run.images[0]) as image:
-                    thumb = image.convert("RGB")
-                    thumb.thumbnail((cell - 8, cell - 8))
-                    sheet.paste(thumb, (x + 4, y + 4))
+            if run.key in thumbs:
+                sheet.paste(thumbs[run.key], (x + 4, y + 4))
                 evals, uncond = evaluations(run)
                 text = (f"{evals} evals ({uncond} uncond)" if evals is not None else "no guidance record") + \
                     (f", {run.seconds:.1f} s" if run.seconds is not None else "")
             else:
                 text = run.status if run.status != "success" else "no image"
-            draw.text((x + 4, y + cell + 4), text, fill="black" if run.status == "success" else (200, 0, 0), font=font)
+            draw.text((x + 4, y + height + 4), text, fill="black" if run.status == "success" else (200, 0, 0), font=font)
+        y += height + foot_h
     path = out / "sheet.png"
     sheet.save(path)
     return path
@@ -354,7 +362,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  python scripts/sweep.py workflows/api/adaptive_guidance_patch_sdxl.json \\\n"
-               "      --set \"Adaptive Guidance (model patch).threshold=0.99,0.995,0.999\" --seeds 3 --out ag_sweep")
+               "      --set AdaptiveGuidancePatch.threshold=0.99,0.995,0.999 --seeds 3 --out ag_sweep")
     parser.add_argument("workflow", help="an API-format workflow (workflows/api/*.json, or the editor's Export (API))")
     parser.add_argument("--server", default="http://127.0.0.1:8188", help="the ComfyUI server (default %(default)s)")
     parser.add_argument("--set", dest="axes", action="append", default=[], metavar="NODE.INPUT=V1,V2,...",

@@ -18,3 +18,27 @@ def test_convert_command_writes_once_and_refuses_to_overwrite(tmp_path):
     again = subprocess.run([sys.executable, str(SCRIPT), str(reference.CHECKPOINT), str(out)], capture_output=True, text=True)
     assert again.returncode != 0 and "exists" in again.stderr
     assert out.read_bytes() == before
+
+
+def test_the_readmes_sweep_command_fits_the_shipped_workflow():
+    """The README's sweep command, as typed: its workflow exists, each --set names a node and input of it,
+    and the grid has the size the command asks for (no server needed for this part)."""
+    import importlib.util
+    import json
+    import re
+    import shlex
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    command = re.search(r"```bash\n(python scripts/sweep.py .*?)```", readme, re.S).group(1).replace("\\\n", " ")
+    argv = shlex.split(command)[2:]
+    spec = importlib.util.spec_from_file_location("sweep", root / "scripts" / "sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    sys.modules["sweep"] = sweep  # dataclasses look their module up there
+    spec.loader.exec_module(sweep)
+    workflow = json.loads((root / argv[0]).read_text())
+    axes = [sweep.parse_axis(workflow, argv[i + 1]) for i, a in enumerate(argv) if a == "--set"]
+    seeds = sweep.parse_seeds(argv[argv.index("--seeds") + 1])
+    runs = sweep.grid(workflow, axes, seeds)
+    assert len(runs) == 2 * 2 * 2 and len({r.key for r in runs}) == 8
+    sampler = next(n for n in workflow.values() if n["class_type"] == "KSampler")["inputs"]
+    assert {r.prompt["6"]["inputs"]["seed"] for r in runs} == {0, 1} and "seed" in sampler

@@ -35,4 +35,60 @@ class GSTestLatentToImage:
         return (image.permute(0, 2, 3, 1).contiguous(),)
 
 
-NODE_CLASS_MAPPINGS = {"GSTestTinyModel": GSTestTinyModel, "GSTestLatentToImage": GSTestLatentToImage}
+def _beds():
+    """The pack's test beds (benchmarks/beds), importable from the pack's root."""
+    import sys
+    from pathlib import Path
+    root = str(Path(__file__).resolve().parents[2])
+    if root not in sys.path:
+        sys.path.append(root)
+    from benchmarks.beds import comfy_models, digits
+    return comfy_models, digits
+
+
+class GSTestDigitsBed:
+    """The digits bed (benchmarks/beds/digits.py) as a MODEL, with one sample per requested digit: its
+    class conditioning, the null class as negative, and an empty 1 x 8 x 8 latent for the batch."""
+    CATEGORY = "_for_testing/guidance_schedules"
+    RETURN_TYPES = ("MODEL", "CONDITIONING", "CONDITIONING", "LATENT")
+    RETURN_NAMES = ("model", "positive", "negative", "latent")
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"digits": ("STRING", {"default": "0123456789"}),
+                             "variant": (["labelnoise30", "early"],)}}
+
+    def build(self, digits, variant):
+        import torch
+        comfy_models, bed = _beds()
+        labels = [int(c) for c in digits if c.isdigit()]
+        n = bed.NULL_CLASS + 1
+        return (comfy_models.digits_model(variant), comfy_models.class_conditioning(labels, n),
+                comfy_models.class_conditioning(None, n), {"samples": torch.zeros(len(labels), 1, 8, 8)})
+
+
+class GSTestDigitsSheet:
+    """A batch of digits-bed samples as one picture: the digits side by side, scaled up, grey levels."""
+    CATEGORY = "_for_testing/guidance_schedules"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "draw"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",)}}
+
+    def draw(self, samples):
+        import torch
+        x = ((samples["samples"][:, 0].float() + 1) / 2).clamp(0, 1)  # the bed's pixels live in [-1, 1]
+        x = torch.nn.functional.interpolate(x[:, None], scale_factor=6, mode="nearest")[:, 0]
+        x = torch.nn.functional.pad(x, (2, 2, 2, 2), value=1.0)  # a white frame around each digit
+        per_row = min(len(x), 5)
+        x = torch.cat([x, torch.ones(-len(x) % per_row, *x.shape[1:])])
+        rows = [torch.cat(list(x[i:i + per_row]), dim=1) for i in range(0, len(x), per_row)]
+        picture = torch.cat(rows, dim=0)
+        return (picture[None, :, :, None].expand(-1, -1, -1, 3).contiguous(),)
+
+
+NODE_CLASS_MAPPINGS = {"GSTestTinyModel": GSTestTinyModel, "GSTestLatentToImage": GSTestLatentToImage,
+                       "GSTestDigitsBed": GSTestDigitsBed, "GSTestDigitsSheet": GSTestDigitsSheet}

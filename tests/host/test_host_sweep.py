@@ -123,8 +123,9 @@ def test_a_grid_sweep_records_every_run_and_a_second_run_queues_nothing(tmp_path
     assert len(csv_lines) == 9
     from PIL import Image
     with Image.open(out / "sheet.png") as sheet:
-        # the first axis across (2 cells of 192 px after a 170 px label column), 2 x 2 rows of 192 + 30 px
-        assert sheet.size == (170 + 2 * 192, 36 + 4 * (192 + 30))
+        # the first axis across (2 cells of 256 px after a 170 px label column); the other axis and the seeds
+        # down, 2 x 2 rows, each a 64 px square picture scaled to 248 px, a margin and a 30 px caption
+        assert sheet.size == (170 + 2 * 256, 36 + 4 * (248 + 8 + 30))
     again = sweep(tmp_path, server, "--set", f"Interval.sigma_hi={his[0]!r},{his[1]!r}", "--set", "4.cfg=1,5",
                   "--seeds", "2", "--out", str(out))
     assert again.returncode == 0 and "8 done before, 0 to queue" in again.stderr
