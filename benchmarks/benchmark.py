@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # the pack's root, once (standalone keeps it behind ComfyUI)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import standalone  # noqa: E402  (at the pack's root)
 
 SD15 = {'use_checkpoint': False, 'image_size': 32, 'out_channels': 4, 'use_spatial_transformer': True, 'legacy': False,
@@ -95,7 +96,7 @@ def adaptive_stopping_at(model, step):
     return patch_model(model, lambda run: ForcedStop(run, 0.995), f"Adaptive guidance (stop forced at step {step})")
 
 
-def linear_ag_model(model, sampler, steps):
+def linear_ag_model(model, sampler, scheduler, steps, cfg):
     """Adaptive Guidance that never stops, with LinearAG estimating every other unconditional pass.
     The coefficients are placeholders (a = 1: the estimate is the conditional prediction): the time
     of an estimate does not depend on their values, and a real fit needs trained weights."""
@@ -107,14 +108,17 @@ def linear_ag_model(model, sampler, steps):
     folder = tempfile.mkdtemp(prefix="gs-bench-")
     coefficients = torch.zeros(steps, linear_ag.N_TERMS, dtype=torch.float64)
     coefficients[:, 0] = 1.0
-    fitted_for = linear_ag.FittedFor(sampler=f"sample_{sampler}", steps=steps, sigmas=(), model="benchmark", cfg=0.0, runs=0)
+    import comfy.samplers
+    sigmas = comfy.samplers.KSampler(model, steps, "cpu", sampler, scheduler, 1.0).sigmas  # the grid KSampler samples
+    fitted_for = linear_ag.FittedFor(sampler=f"sample_{sampler}", steps=steps, sigmas=tuple(sigmas.tolist()),
+                                     model="benchmark", cfg=cfg, runs=1)
     linear_ag.save(linear_ag.Fit(coefficients, torch.zeros(steps, dtype=torch.float64)), fitted_for,
                    os.path.join(folder, "benchmark.safetensors"))
     folder_paths.add_model_folder_path(LINEAR_AG_FOLDER, folder)
     return AdaptiveGuidancePatch().patch(model, 2.0, linear_ag="benchmark.safetensors")[0]
 
 
-def methods(model, cfg, sampler, steps, guidance_network):
+def methods(model, cfg, sampler, scheduler, steps, guidance_network):
     """(name, model to sample with, cfg, sampler). The pack's other methods join this list."""
     from guidance_schedules.nodes.interval import GuidanceIntervalPatch
     interval = GuidanceIntervalPatch().patch(model, sigma_hi=5.42, sigma_lo=0.28)[0]
@@ -123,7 +127,7 @@ def methods(model, cfg, sampler, steps, guidance_network):
         ("CFG", model, cfg, sampler),
         ("interval (0.28, 5.42]", interval, cfg, sampler),
         (f"AG, stop forced at step {stop}", adaptive_stopping_at(model, stop), cfg, sampler),
-        ("LinearAG (AG never stops)", linear_ag_model(model, sampler, steps), cfg, sampler),
+        ("LinearAG (AG never stops)", linear_ag_model(model, sampler, scheduler, steps, cfg), cfg, sampler),
         ("cond only (cfg 1)", model, 1.0, sampler),
     ]
     if guidance_network:
@@ -158,7 +162,8 @@ def main():
 
     model, pos, neg = build(args.arch)
     counts = add_counter(model)
-    rows = methods(model, args.cfg, args.sampler, args.steps, args.guidance_network if args.arch == "sdxl" else "")
+    rows = methods(model, args.cfg, args.sampler, args.scheduler, args.steps,
+                   args.guidance_network if args.arch == "sdxl" else "")
     if args.guidance_network and args.arch != "sdxl":
         print("note: the annealing row needs --arch sdxl (the released network is trained for SDXL latents)")
     latent = {"samples": torch.zeros(args.batch, 4, args.size // 8, args.size // 8)}

@@ -24,7 +24,8 @@ from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # the pack's root, once (standalone keeps it behind ComfyUI)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import standalone  # noqa: E402  (at the pack's root)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,9 +160,9 @@ def calibrate_linear_ag(model, sigmas):
     import folder_paths
     from benchmarks.beds.comfy_models import class_conditioning
     from guidance_schedules.nodes.adaptive import LINEAR_AG_FOLDER, LinearAGCalibrate
-    models = tempfile.mkdtemp(prefix="gs-quality-")
-    folder_paths.add_model_folder_path(LINEAR_AG_FOLDER, os.path.join(models, LINEAR_AG_FOLDER))
-    original, folder_paths.models_dir = folder_paths.models_dir, models
+    folder = os.path.join(tempfile.mkdtemp(prefix="gs-quality-"), LINEAR_AG_FOLDER)
+    # first in the list: the node writes there (never into the ComfyUI tree)
+    folder_paths.add_model_folder_path(LINEAR_AG_FOLDER, folder, is_default=True)
     try:
         labels = list(range(10)) * 10
         out = LinearAGCalibrate().calibrate(model, class_conditioning(labels, 11), class_conditioning(None, 11), 3.0,
@@ -169,7 +170,8 @@ def calibrate_linear_ag(model, sigmas):
                                             {"samples": torch.zeros(len(labels), 1, 8, 8)}, runs=8, seed=1000,
                                             name=LINEAR_AG_FILE.removesuffix(".safetensors"))
     finally:
-        folder_paths.models_dir = original
+        paths = folder_paths.folder_names_and_paths[LINEAR_AG_FOLDER][0]
+        paths.append(paths.pop(paths.index(folder)))  # still listed, for the runs that use the file
     print("\nLinearAG calibration:", out["ui"]["text"][0].split(": ", 1)[1])
 
 

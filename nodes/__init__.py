@@ -23,7 +23,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "GuidanceIntervalPatch": "Guidance Interval (model patch)",
     "AdaptiveGuidanceGuider": "Adaptive Guidance Guider",
     "AdaptiveGuidancePatch": "Adaptive Guidance (model patch)",
-    "LinearAGCalibrate": "LinearAG Calibrate",
+    "LinearAGCalibrate": "Adaptive Guidance: LinearAG Calibrate",
     "AnnealingGuidanceGuider": "Annealing Guidance Guider",
     "AnnealingGuidancePatch": "Annealing Guidance (model patch)",
     "GuidanceSchedulePlot": "Guidance Schedule Plot",

@@ -10,7 +10,7 @@ import folder_paths
 from ..samplers import linear_ag as linear_ag_files
 from ..samplers.adaptive import AdaptiveSchedule, check_threshold
 from .guidance import (CATEGORY, GuidanceMethod, ScheduleGuider, ScheduleGuiderNode, SchedulePatchNode, file_state,
-                       patch_model, register_model_folder)
+                       patch_model, prediction_of, register_model_folder)
 from .rehearsal import sampler_function_name
 
 DEFAULT_THRESHOLD = 0.995
@@ -143,7 +143,7 @@ class LinearAGCalibrate:
             sampler=sampler_function_name(sampler), steps=len(sigmas) - 1,
             sigmas=tuple(float(s) for s in sigmas.flatten().tolist()),
             model=type(model.model.model_config).__name__ + " " + model.model.model_type.name, cfg=float(cfg),
-            runs=len(trajectories))
+            runs=len(trajectories), prediction=prediction_of(model.get_model_object("model_sampling")))
         linear_ag_files.save(result, fitted_for, path)
         odd = result.relative_error[1::2]
         text = (f"wrote {path}: {len(trajectories)} trajectories, {fitted_for.steps} steps; relative error of the "

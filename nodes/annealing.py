@@ -10,6 +10,8 @@ from ..samplers.annealing import DEFAULT_LAMBDA, AnnealingSchedule, check_lambda
 from .guidance import GuidanceMethod, ScheduleGuiderNode, SchedulePatchNode, file_state, register_model_folder
 
 FOLDER = "guidance_schedulers"
+# what the scheduler combo shows when no network is installed (an empty combo reads "undefined")
+NO_NETWORK = "no network installed: see the README, 'Get the network'"
 PACK_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 
 register_model_folder(FOLDER, {".safetensors", ".pt"}, PACK_WEIGHTS)
@@ -21,6 +23,9 @@ def _load_cached(path: str, state: str):
 
 
 def load_scheduler_file(name: str):
+    if name == NO_NETWORK:
+        raise ValueError("scheduler: no guidance network is installed. Convert the released SDXL network into "
+                         "models/guidance_schedulers (README, 'Get the network'), or train one for your model.")
     path = folder_paths.get_full_path(FOLDER, name)
     if path is None:
         raise ValueError(f"scheduler: no file named {name!r} in {FOLDER} "
@@ -40,7 +45,7 @@ def annealing_schedule(scheduler, **settings):
 
 def annealing_inputs():
     return {
-        "scheduler": (folder_paths.get_filename_list(FOLDER), {
+        "scheduler": (folder_paths.get_filename_list(FOLDER) or [NO_NETWORK], {
             "tooltip": "The scheduler network, from models/guidance_schedulers or the pack's weights/ folder. The "
                        "released network is for SDXL (see the README for where to get it)."}),
         "lambda": ("FLOAT", {

@@ -19,12 +19,15 @@ model, so the KSampler path (patch) and the SamplerCustomAdvanced path (guider) 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable
+
+import torch
 
 import comfy.model_sampling
 import comfy.samplers
@@ -55,16 +58,41 @@ HISTORY_KEY = "guidance_schedules_history"  # ModelPatcher attachment: what the 
 ScheduleFactory = Callable[[RunInfo], GuidanceSchedule]
 
 
-class RunHistory:
-    """Where a patched model leaves the record of its latest finished run, for the plot node.
+def fingerprint(latent: torch.Tensor) -> torch.Tensor:
+    """A small, device-free sample of a latent, enough to tell which sampler made a LATENT."""
+    flat = latent.detach().flatten()
+    return torch.cat([torch.tensor(latent.shape, dtype=torch.float32),
+                      flat[:: max(1, flat.numel() // 1024)][:1024].to("cpu", torch.float32)])
 
-    It holds a result, never state that a run reads: every run starts from a fresh schedule."""
+
+class RunHistory:
+    """Where a patched model leaves the records of its latest finished runs, for the plot node, each
+    with a fingerprint of the latent its sampler returned, so the plot can find the run that made the
+    LATENT it is given. It holds results, never state that a run reads: every run starts from a fresh
+    schedule."""
+
+    KEPT = 8
 
     def __init__(self, describe: str, method: str = "", settings: dict | None = None):
         self.describe = describe
         self.method = method  # GuidanceMethod.key, for the API's run records
         self.settings = dict(settings or {})
-        self.last: RunRecord | None = None
+        self.runs: list[tuple[torch.Tensor, RunRecord]] = []
+
+    @property
+    def last(self) -> RunRecord | None:
+        return self.runs[-1][1] if self.runs else None
+
+    def add(self, output: torch.Tensor, record: RunRecord) -> None:
+        self.runs = (self.runs + [(fingerprint(output), record)])[-self.KEPT:]
+
+    def run_that_made(self, latent: torch.Tensor) -> RunRecord | None:
+        """The kept run whose sampler returned `latent` (the newest, where several did)."""
+        seen = fingerprint(latent)
+        for mark, record in reversed(self.runs):
+            if mark.shape == seen.shape and torch.allclose(mark, seen, rtol=1e-4, atol=1e-6):
+                return record
+        return None
 
 
 class GuidanceRun:
@@ -124,6 +152,19 @@ def history_of(model) -> RunHistory | None:
     """The RunHistory of a patched MODEL (or of a GUIDER's model), None if it carries no schedule."""
     patcher = getattr(model, "model_patcher", model)
     return getattr(patcher, "attachments", {}).get(HISTORY_KEY)
+
+
+@contextlib.contextmanager
+def plain_value_errors():
+    """The pack's own ValueError subclasses (SchedulerFileError, CoefficientsFileError) as plain ValueErrors:
+    ComfyUI shows an error's type by its module path, which for a custom node is a file path; the user
+    should read the message."""
+    try:
+        yield
+    except ValueError as e:
+        if type(e) is ValueError:
+            raise
+        raise ValueError(str(e)) from None
 
 
 def check_cfg(cfg) -> float:
@@ -203,7 +244,8 @@ class SchedulePatchNode(_MethodNode):
     def patch(self, model, *args, **kwargs):
         m = self.METHOD
         settings = _settings([*m.inputs(), *m.optional_inputs()], args, kwargs)
-        make, describe = m.schedule(**settings)
+        with plain_value_errors():
+            make, describe = m.schedule(**settings)
         return (patch_model(model, make, describe, m.key, settings),)
 
 
@@ -233,7 +275,8 @@ class ScheduleGuiderNode(_MethodNode):
         settings = _settings(names, args, kwargs)
         # without a cfg input the method sets the scale; 1 only matters for ComfyUI's cfg == 1 shortcut
         cfg = settings.pop("cfg", 1.0)
-        make, describe = m.schedule(**settings)
+        with plain_value_errors():
+            make, describe = m.schedule(**settings)
         return (ScheduleGuider(patch_model(model, make, describe, m.key, settings), positive, negative, cfg),)
 
 
@@ -279,14 +322,17 @@ def _run_with_schedule(make_schedule: ScheduleFactory, history: RunHistory, exec
     if info.steps == 0:
         return executor(guider, sigmas, extra_args, *args, **kwargs)
     plan = rehearse_steps(sampler, guider, sigmas, extra_args, noise)
-    run = GuidanceRun(make_schedule(info), StepTracker(info.sigmas, plan))
+    with plain_value_errors():
+        schedule = make_schedule(info)
+    run = GuidanceRun(schedule, StepTracker(info.sigmas, plan))
     extra_args = dict(extra_args)
     extra_args["model_options"] = {**extra_args.get("model_options", {}), RUN_KEY: run}
     out = executor(guider, sigmas, extra_args, *args, **kwargs)
     if run.tracker.departed_at is not None:
         log.warning("Guidance schedules: sampler %s evaluated the model elsewhere than its rehearsal from evaluation "
                     "%d on; those evaluations were attributed to steps by sigma.", name, run.tracker.departed_at)
-    history.last = run.driver.record
+    # what the sampler node will return: ComfyUI's inner_sample hands the latent on through process_latent_out
+    history.add(guider.inner_model.process_latent_out(out.detach().float()), run.driver.record)
     report({"method": history.method, "settings": history.settings, "describe": history.describe, "sampler": name,
             "sigma_space": info.sigma_space, "cfg": float(guider.cfg), **run.driver.record.as_dict()})
     details = run.driver.schedule.summary()

@@ -16,12 +16,15 @@ figure shows (README, "Adaptive Guidance"). For flow models the same holds: D is
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 
 from . import linear_ag
 from .schedule import Evaluation, Guidance, GuidanceSchedule, RunInfo, StepPlan
+
+log = logging.getLogger("guidance_schedules")
 
 
 def cosine_per_sample(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -52,8 +55,9 @@ class AdaptiveSchedule(GuidanceSchedule):
         self.stopped: torch.Tensor | None = None  # per sample: conditional-only from now on
         self.stop_step: list[int | None] = []  # per sample: the crossing step
         if linear is not None:
-            linear.check_run(run.sampler, run.steps)
+            linear.check_run(run)
         self.linear = linear
+        self.cfg_noted = False
         self.previous: tuple[int, torch.Tensor, torch.Tensor] | None = None  # last real step's (step, D_c, D_u)
         self.estimated_steps = 0
 
@@ -68,6 +72,11 @@ class AdaptiveSchedule(GuidanceSchedule):
         return StepPlan(guided=guided, estimated=estimated)
 
     def estimate_uncond(self, ev: Evaluation, cond: torch.Tensor) -> torch.Tensor:
+        fitted_cfg = self.linear.fitted_for.cfg
+        if not self.cfg_noted and not math.isclose(ev.cond_scale, fitted_cfg, rel_tol=1e-3):
+            self.cfg_noted = True
+            log.warning("LinearAG: %s was fitted at cfg %g; this run guides with cfg %g, so its estimates may be "
+                        "further off. Calibrate at the cfg you sample with.", self.linear.name, fitted_cfg, ev.cond_scale)
         _, prev_cond, prev_uncond = self.previous
         return linear_ag.estimate(self.linear.coefficients, ev.step, cond, prev_cond, prev_uncond)
 
@@ -76,15 +85,14 @@ class AdaptiveSchedule(GuidanceSchedule):
         guided = candidates
         if ev.first_of_step and not estimated:
             self.previous = (ev.step, cond, uncond)
-            crossing = candidates & (self.similarity_of(cond, uncond) >= self.threshold)
+            crossing = candidates & (self.similarity_of(ev, cond, uncond) >= self.threshold)
             for b in torch.nonzero(crossing).flatten().tolist():
                 self.stopped[b] = True
                 self.stop_step[b] = ev.step
             guided = candidates & ~crossing
         return Guidance(torch.full((ev.batch_size,), float(ev.cond_scale), dtype=torch.float64), guided)
 
-    @staticmethod
-    def similarity_of(cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+    def similarity_of(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
         """gamma per sample: cosine similarity of the denoised predictions."""
         return cosine_per_sample(cond, uncond)
 

@@ -130,16 +130,16 @@ class AnnealingScheduler:
         t = self.trained_for
         name = os.path.basename(self.path) or "the scheduler"
         if prediction != t.prediction:
-            raise SchedulerFileError(
+            raise ValueError(
                 f"{name} was trained for {t.model_family} ({t.prediction} prediction) and reads noise predictions of "
                 f"that kind; this model is a {prediction} model. A scheduler network has to be trained for the model "
                 "family it guides.")
         if latent_channels != t.latent_channels:
-            raise SchedulerFileError(
+            raise ValueError(
                 f"{name} was trained for {t.model_family} latents with {t.latent_channels} channels; this latent has "
                 f"{latent_channels}. The size of the guidance direction, which the network reads, depends on the latent.")
         if timesteps != t.timesteps:
-            raise SchedulerFileError(
+            raise ValueError(
                 f"{name} expects {t.timesteps} timesteps; this model uses {timesteps}.")
 
 
@@ -290,6 +290,7 @@ def convert_official_checkpoint(src: str, dst: str) -> AnnealingScheduler:
     if os.path.exists(dst):
         raise FileExistsError(f"{dst} exists; choose another name or remove it first")
     scheduler = load_official_checkpoint(src)
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)  # a fresh ComfyUI has no models/guidance_schedulers
     save_scheduler(scheduler, dst)
     return scheduler
 

@@ -80,9 +80,14 @@ class FittedFor:
     sampler: str  # k-diffusion function name
     steps: int
     sigmas: tuple[float, ...]
-    model: str
+    model: str  # the model's config class and prediction type, e.g. "SDXL EPS"
     cfg: float
     runs: int
+    prediction: str = ""  # eps, v, flow, edm (files before format 1.1 say it in `model` only)
+
+    def prediction_type(self) -> str:
+        known = {"EPS": "eps", "V_PREDICTION": "v", "FLOW": "flow", "EDM": "edm"}
+        return self.prediction or known.get(self.model.rsplit(" ", 1)[-1], "")
 
 
 def save(result: Fit, fitted_for: FittedFor, path: str) -> None:
@@ -121,8 +126,9 @@ def _fitted_for_from(meta: dict, name: str) -> FittedFor:
         problems.append("runs must be a whole number >= 1")
     if problems:
         raise CoefficientsFileError(f"{name}: fitted_for is not valid: {'; '.join(problems)}")
+    prediction = fitted.get("prediction", "")
     return FittedFor(sampler=fitted["sampler"], steps=steps, sigmas=tuple(float(v) for v in sigmas),
-                     model=fitted["model"], cfg=float(cfg), runs=runs)
+                     model=fitted["model"], cfg=float(cfg), runs=runs, prediction=prediction if isinstance(prediction, str) else "")
 
 
 @dataclass(frozen=True)
@@ -133,8 +139,8 @@ class LinearAGFile:
     coefficients: torch.Tensor  # (steps, 4), float64
     fitted_for: FittedFor
 
-    def check_run(self, sampler: str, steps: int) -> None:
-        check_run(self.fitted_for, sampler, steps, self.name)
+    def check_run(self, run: RunInfo) -> None:
+        check_run(self.fitted_for, run, self.name)
 
 
 def load(path: str) -> LinearAGFile:
@@ -165,14 +171,30 @@ def load(path: str) -> LinearAGFile:
     return LinearAGFile(name, coefficients.to(torch.float64), fitted_for)
 
 
-def check_run(fitted_for: FittedFor, sampler: str, steps: int, name: str = "the LinearAG file") -> None:
-    """Refuse a run the coefficients were not fitted for: they only hold for that sampler and grid."""
+def check_run(fitted_for: FittedFor, run: RunInfo, name: str = "the LinearAG file") -> None:
+    """Refuse a run the coefficients were not fitted for: they hold for one sampler, sigma grid and kind of
+    model (the file's cfg is only a caution: AdaptiveSchedule says so in the log)."""
+    sampler, steps = run.sampler, run.steps
     if sampler != fitted_for.sampler:
         raise CoefficientsFileError(f"{name} was fitted for the sampler {fitted_for.sampler.removeprefix('sample_')}; "
                                     f"this run uses {sampler.removeprefix('sample_')}. Calibrate again for it.")
     if steps != fitted_for.steps:
         raise CoefficientsFileError(f"{name} was fitted for {fitted_for.steps} steps; this run has {steps}. "
                                     "Calibrate again for it.")
+    if fitted_for.sigmas and run.sigmas and not all(
+            math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6) for a, b in zip(fitted_for.sigmas, run.sigmas)):
+        raise CoefficientsFileError(
+            f"{name} was fitted for the sigmas {_grid(fitted_for.sigmas)}; this run samples {_grid(run.sigmas)} (another "
+            "scheduler, denoise or model sampling). Calibrate again for it.")
+    fitted_prediction = fitted_for.prediction_type()
+    if fitted_prediction and run.prediction and fitted_prediction != run.prediction:
+        raise CoefficientsFileError(f"{name} was fitted for a model with {fitted_prediction} prediction; this "
+                                    f"model has {run.prediction} prediction. Calibrate again for it.")
+
+
+def _grid(sigmas) -> str:
+    shown = ", ".join(f"{s:.4g}" for s in sigmas[:3])
+    return f"{shown}, ... {sigmas[-2]:.4g}, {sigmas[-1]:.4g}" if len(sigmas) > 5 else ", ".join(f"{s:.4g}" for s in sigmas)
 
 
 class CalibrationSchedule(GuidanceSchedule):

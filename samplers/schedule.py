@@ -120,13 +120,15 @@ class RunRecord:
     batch_size: int = 0
     guided: dict[int, list[bool]] = field(default_factory=dict)
     weight: dict[int, list[float]] = field(default_factory=dict)
+    estimated: set[int] = field(default_factory=set)  # steps whose unconditional prediction was estimated (LinearAG)
     evaluations: int = 0  # model evaluations (calls of the guider), each for the whole batch
     uncond_evaluations: int = 0  # of those, how many ran the unconditional pass
     # per sample: evaluations at which that sample needed the unconditional pass, i.e. what it
     # would have cost alone (in a batch the pass runs for all samples when one needs it)
     uncond_needed: list[int] = field(default_factory=list)
 
-    def add(self, ev: Evaluation, needed: torch.Tensor, guided: torch.Tensor, weight: torch.Tensor, ran_uncond: bool):
+    def add(self, ev: Evaluation, needed: torch.Tensor, guided: torch.Tensor, weight: torch.Tensor, ran_uncond: bool,
+            estimated: bool = False):
         self.evaluations += 1
         self.uncond_evaluations += int(ran_uncond)
         self.batch_size = ev.batch_size
@@ -135,6 +137,8 @@ class RunRecord:
         for b, n in enumerate(needed.tolist()):
             self.uncond_needed[b] += int(n)
         if ev.first_of_step:
+            if estimated:
+                self.estimated.add(ev.step)
             self.guided[ev.step] = [bool(g) for g in guided.tolist()]
             self.weight[ev.step] = [float(w) if g else 1.0 for w, g in zip(weight.tolist(), guided.tolist())]
 
@@ -147,6 +151,7 @@ class RunRecord:
         return {"steps": self.steps, "batch_size": self.batch_size,
                 "guided_steps": [self.guided_steps(b) for b in samples],
                 "weights": [[self.weight[s][b] if s in self.weight else None for s in range(self.steps)] for b in samples],
+                "estimated_steps": sorted(self.estimated),
                 "evaluations": self.evaluations, "uncond_evaluations": self.uncond_evaluations,
                 "uncond_needed": list(self.uncond_needed)}
 
@@ -221,7 +226,7 @@ class ScheduleDriver:
             # a method may stop guiding samples at the step's first evaluation (AG's crossing): the
             # step's other evaluations follow
             self.plan = (ev.step, StepPlan(guided=plan.guided & (guided | ~candidates), estimated=plan.estimated))
-        self.record.add(ev, needs_pass, guided, weight, ran_uncond)
+        self.record.add(ev, needs_pass, guided, weight, ran_uncond, estimated)
         return GuidedPrediction(cond, unguided_to_cond(cond, uncond, guided), scale_argument(weight, guided, like=cond),
                                 ran_uncond)
 

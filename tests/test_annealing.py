@@ -115,11 +115,11 @@ def test_corrupt_or_unsafe_checkpoints_are_refused(tmp_path):
 def test_models_it_was_not_trained_for_are_refused():
     scheduler = load_scheduler(str(reference.CHECKPOINT))
     scheduler.check_compatible("eps", 4, "discrete_1000")
-    with pytest.raises(SchedulerFileError, match="trained for sdxl .*this model is a flow model"):
+    with pytest.raises(ValueError, match="trained for sdxl .*this model is a flow model"):
         scheduler.check_compatible("flow", 16, "continuous")
-    with pytest.raises(SchedulerFileError, match="latents with 4 channels; this latent has 16"):
+    with pytest.raises(ValueError, match="latents with 4 channels; this latent has 16"):
         scheduler.check_compatible("eps", 16, "discrete_1000")
-    with pytest.raises(SchedulerFileError, match="expects discrete_1000 timesteps"):
+    with pytest.raises(ValueError, match="expects discrete_1000 timesteps"):
         scheduler.check_compatible("eps", 4, "continuous")
 
 

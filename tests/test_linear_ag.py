@@ -50,12 +50,24 @@ def test_save_load_round_trip_and_no_overwrite(tmp_path):
         linear_ag.save(result, fitted_for(), str(path))
 
 
-def test_a_file_for_another_sampler_or_step_count_is_refused():
-    linear_ag.check_run(fitted_for(), "sample_euler", 6)
+def run(sampler="sample_euler", sigmas=(14.6, 7.0, 3.0, 1.0, 0.3, 0.1, 0.0), prediction="eps"):
+    from guidance_schedules.samplers.schedule import RunInfo
+    return RunInfo(sigmas=tuple(sigmas), sampler=sampler, prediction=prediction)
+
+
+def test_a_file_for_another_sampler_step_count_grid_or_model_is_refused():
+    linear_ag.check_run(fitted_for(), run())
     with pytest.raises(linear_ag.CoefficientsFileError, match="fitted for the sampler euler; this run uses dpmpp_2m"):
-        linear_ag.check_run(fitted_for(), "sample_dpmpp_2m", 6)
+        linear_ag.check_run(fitted_for(), run("sample_dpmpp_2m"))
     with pytest.raises(linear_ag.CoefficientsFileError, match="fitted for 6 steps; this run has 20"):
-        linear_ag.check_run(fitted_for(), "sample_euler", 20)
+        linear_ag.check_run(fitted_for(), run(sigmas=[float(20 - i) for i in range(21)]))
+    with pytest.raises(linear_ag.CoefficientsFileError, match="fitted for the sigmas 14.6, 7, 3, ... 0.1, 0; this run "
+                                                              "samples 10, 7, 3"):
+        linear_ag.check_run(fitted_for(), run(sigmas=(10.0, 7.0, 3.0, 1.0, 0.3, 0.1, 0.0)))
+    with pytest.raises(linear_ag.CoefficientsFileError, match="fitted for a model with eps prediction; this model has v prediction"):
+        linear_ag.check_run(fitted_for(), run(prediction="v"))
+    # a file that names its prediction type only in `model` (written before the field existed)
+    assert fitted_for(model="SDXL V_PREDICTION").prediction_type() == "v"
 
 
 def test_corrupt_and_foreign_files_are_refused(tmp_path):

@@ -42,3 +42,25 @@ def test_the_readmes_sweep_command_fits_the_shipped_workflow():
     assert len(runs) == 2 * 2 * 2 and len({r.key for r in runs}) == 8
     sampler = next(n for n in workflow.values() if n["class_type"] == "KSampler")["inputs"]
     assert {r.prompt["6"]["inputs"]["seed"] for r in runs} == {0, 1} and "seed" in sampler
+
+
+def test_the_readmes_converter_command_works_as_typed_on_a_fresh_comfyui(tmp_path):
+    """In ComfyUI/custom_nodes/<pack>, with the official checkpoint.pt downloaded there and no
+    models/guidance_schedulers yet (a fresh ComfyUI), the README's command writes the file."""
+    import re
+    import shlex
+    import shutil
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    command = re.search(r"```bash\n(python scripts/convert_annealing_checkpoint.py [^\n]*)\n```", readme).group(1)
+    pack = tmp_path / "ComfyUI" / "custom_nodes" / "comfyui-guidance-schedules"
+    for part in ("scripts", "samplers"):
+        shutil.copytree(root / part, pack / part)
+    shutil.copy(root / "standalone.py", pack / "standalone.py")
+    (tmp_path / "ComfyUI" / "models").mkdir()
+    shutil.copy(reference.CHECKPOINT, pack / "checkpoint.pt")
+    argv = shlex.split(command)
+    done = subprocess.run([sys.executable, *argv[1:]], cwd=pack, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    written = tmp_path / "ComfyUI" / "models" / "guidance_schedulers" / "annealing_sdxl.safetensors"
+    assert written.stat().st_size > 100_000

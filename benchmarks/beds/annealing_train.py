@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if str(Path(__file__).resolve().parents[2]) not in sys.path:  # the pack's root, once (standalone keeps it behind ComfyUI)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import standalone  # noqa: E402  (at the pack's root)
 
 standalone.import_pack()  # the pack's samplers/, without its ComfyUI __init__

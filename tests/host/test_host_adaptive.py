@@ -166,3 +166,27 @@ def test_linear_ag_file_for_another_sampler_or_step_count_is_refused(digits_bed,
         sample_digits(digits_bed, linear, LABELS, [0, 1, 2], sampler="dpmpp_2m")
     with pytest.raises(ValueError, match="linear_ag: no file named 'missing.safetensors'"):
         AdaptiveGuidancePatch().patch(digits_bed, 0.99, linear_ag="missing.safetensors")
+
+
+def test_a_linear_ag_file_for_another_grid_or_model_is_refused_and_another_cfg_noted(digits_bed, linear_ag_file,
+                                                                                      caplog):
+    name, _ = linear_ag_file
+    linear = lambda m, p, n: AdaptiveGuidanceGuider().get_guider(m, p, n, 3.0, 2.0, linear_ag=name)[0]  # noqa: E731
+    pos, neg = class_conditioning(LABELS, 11), class_conditioning(None, 11)
+    latent = {"samples": torch.zeros(len(LABELS), 1, 8, 8)}
+    euler = comfy.samplers.sampler_object("euler")
+    other_grid = digits.karras_sigmas(32, 0.005, 10.0)  # same sampler and step count, another sigma_max
+    with pytest.raises(ValueError, match=r"fitted for the sigmas 20, .*this run samples 10, "):
+        SamplerCustomAdvanced().sample(Noise_RandomNoise(5), linear(digits_bed, pos, neg), euler, other_grid, latent)
+    half = SIGMAS[16:]  # denoise 0.5 samples the second half of the grid: another step count, refused too
+    with pytest.raises(ValueError, match="fitted for 32 steps; this run has 16"):
+        SamplerCustomAdvanced().sample(Noise_RandomNoise(5), linear(digits_bed, pos, neg), euler, half, latent)
+    v_model = tiny_models.build_model("v_prediction")
+    tiny_pos, tiny_neg = tiny_models.build_conditioning(1), tiny_models.build_conditioning(2)
+    with pytest.raises(ValueError, match="fitted for a model with edm prediction; this model has v prediction"):
+        SamplerCustomAdvanced().sample(Noise_RandomNoise(5), linear(v_model, tiny_pos, tiny_neg), euler, SIGMAS,
+                                       {"samples": torch.zeros(1, tiny_models.CHANNELS, 8, 8)})
+    other_cfg = lambda m, p, n: AdaptiveGuidanceGuider().get_guider(m, p, n, 5.0, 2.0, linear_ag=name)[0]  # noqa: E731
+    with caplog.at_level(logging.WARNING, logger="guidance_schedules"):
+        sample_digits(digits_bed, other_cfg, LABELS, [0, 1, 2])
+    assert "fitted at cfg 3; this run guides with cfg 5" in caplog.text

@@ -145,7 +145,24 @@ def test_the_plot_node_draws_the_chosen_scales():
         GuidanceSchedulePlot().plot({"samples": None}, model=model)
     samples = ksample(model, "euler_cfg_pp", batch=2)
     image = GuidanceSchedulePlot().plot({"samples": samples}, model=model)[0]
-    assert image.shape == (1, 432, 768, 3) and 0 <= image.min() and image.max() <= 1
+    assert image.shape == (1, 450, 800, 3) and 0 <= image.min() and image.max() <= 1
     assert (image < 0.9).any()  # something was drawn
     with pytest.raises(ValueError, match="connect 'model' or 'guider'"):
         GuidanceSchedulePlot().plot({"samples": samples}, model=tiny_models.build_model("eps"))
+
+
+def test_the_plot_shows_the_run_that_made_its_samples_or_says_what_is_wired_wrong():
+    base = tiny_models.build_model("eps")
+    model = AnnealingGuidancePatch().patch(base, SCHEDULER, **{"lambda": 0.4})[0]
+    first = ksample(model, "euler_cfg_pp", batch=1)
+    GuidanceSchedulePlot().plot({"samples": first}, model=model)
+    # the same prompt queued again with the KSampler wired to the unpatched model: its samples are not this model's
+    unpatched = ksample(base, "euler_cfg_pp", batch=1)
+    with pytest.raises(ValueError, match="'samples' was not made with the model connected here"):
+        GuidanceSchedulePlot().plot({"samples": unpatched}, model=model)
+    # two runs of the same model: each LATENT gets its own run's plot
+    second = ksample(model, "dpmpp_2m_cfg_pp", batch=1)
+    one = GuidanceSchedulePlot().plot({"samples": first}, model=model)[0]
+    two = GuidanceSchedulePlot().plot({"samples": second}, model=model)[0]
+    assert not torch.equal(one, two)
+    assert torch.equal(one, GuidanceSchedulePlot().plot({"samples": first}, model=model)[0])
