@@ -228,44 +228,68 @@ def run_digits(seeds, per_class, variant, only=""):
 
 
 def plot(points, path, title):
-    """Adherence (y) against per-class FD (x, log scale), one polyline per method."""
+    """Adherence (y) against per-class FD (x, log scale), one polyline and marker shape per method; each
+    point labelled with its w / threshold / lambda where the label does not cover another one."""
     import math
-    points = [(curve, math.log10(fd), p, label) for curve, fd, p, label in points]
     from PIL import Image, ImageDraw, ImageFont
-    width, height, left, right, top, bottom = 900, 580, 70, 700, 60, 520
+    from guidance_schedules.nodes.plot import nice_ticks
+    width, height, left, right, top, bottom = 1000, 620, 80, 720, 50, 560
     img = Image.new("RGB", (width, height), "white")
     draw, font = ImageDraw.Draw(img), ImageFont.load_default()
-    xs, ys = [p[1] for p in points], [p[2] for p in points]
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    pad_x, pad_y = (x1 - x0) * 0.05 or 1, (y1 - y0) * 0.05 or 0.05
+    xs, ys = [math.log10(p[1]) for p in points], [p[2] for p in points]
+    decades = range(math.floor(min(xs)), math.ceil(max(xs)) + 1)
+    x_ticks = [m * 10 ** d for d in decades for m in (1, 2, 5) if min(xs) - 0.05 <= math.log10(m * 10 ** d) <= max(xs) + 0.05]
+    y_ticks = nice_ticks(min(ys), max(ys))
+    x0, x1 = min(xs) - 0.05, max(xs) + 0.05
+    y0, y1 = y_ticks[0], y_ticks[-1]
 
-    def at(x, y):
-        return (left + (right - left) * (x - x0 + pad_x) / (x1 - x0 + 2 * pad_x),
-                bottom - (bottom - top) * (y - y0 + pad_y) / (y1 - y0 + 2 * pad_y))
+    def at(fd, y):
+        return (left + (right - left) * (math.log10(fd) - x0) / (x1 - x0), bottom - (bottom - top) * (y - y0) / (y1 - y0))
 
-    draw.text((left, 8), title, fill="black", font=font)
+    draw.text((left, 14), title, fill="black", font=font)
+    for t in y_ticks:
+        _, py = at(10 ** x0, t)
+        draw.line([(left, py), (right, py)], fill=(235, 235, 235))
+        draw.text((left - 8 - draw.textlength(f"{t:g}", font=font), py - 6), f"{t:g}", fill="black", font=font)
+    for t in x_ticks:
+        px, _ = at(t, y0)
+        draw.line([(px, top), (px, bottom)], fill=(235, 235, 235))
+        draw.text((px - draw.textlength(f"{t:g}", font=font) / 2, bottom + 6), f"{t:g}", fill="black", font=font)
     draw.line([(left, top), (left, bottom), (right, bottom)], fill="black")
-    for k in range(5):
-        x = x0 - pad_x + (x1 - x0 + 2 * pad_x) * k / 4
-        y = y0 - pad_y + (y1 - y0 + 2 * pad_y) * k / 4
-        px, _ = at(x, y0)
-        _, py = at(x0, y)
-        draw.text((px - 10, bottom + 6), f"{10 ** x:.0f}", fill="black", font=font)
-        draw.text((8, py - 6), f"{y:.3f}", fill="black", font=font)
-    draw.text(((left + right) // 2 - 80, height - 30), "per-class FD, log scale (lower is better)", fill="black", font=font)
-    draw.text((8, top - 22), "mean p(requested class)", fill="black", font=font)
+    draw.text(((left + right) // 2 - 110, height - 34), "per-class FD, log scale (lower is better)", fill="black", font=font)
+    draw.text((8, top - 26), "mean p(requested class) (higher is better)", fill="black", font=font)
     colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-               (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+               (227, 119, 194), (90, 90, 90), (188, 189, 34), (23, 190, 207)]
+    shapes = ["circle", "square", "triangle", "diamond"]
+
+    def mark(px, py, colour, shape, r=4):
+        if shape == "circle":
+            draw.ellipse([px - r, py - r, px + r, py + r], fill=colour)
+        elif shape == "square":
+            draw.rectangle([px - r, py - r, px + r, py + r], fill=colour)
+        elif shape == "triangle":
+            draw.polygon([(px, py - r - 1), (px + r + 1, py + r), (px - r - 1, py + r)], fill=colour)
+        else:
+            draw.polygon([(px, py - r - 1), (px + r + 1, py), (px, py + r + 1), (px - r - 1, py)], fill=colour)
+
+    taken = []  # label boxes already drawn
     for i, curve in enumerate(dict.fromkeys(p[0] for p in points)):
+        colour, shape = colours[i % len(colours)], shapes[i % len(shapes)]
         pts = [p for p in points if p[0] == curve]
         xy = [at(p[1], p[2]) for p in pts]
-        colour = colours[i % len(colours)]
         if len(xy) > 1:
             draw.line(xy, fill=colour, width=2)
         for (px, py), p in zip(xy, pts):
-            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
-            draw.text((px + 4, py - 12), f"{p[3]:g}", fill=colour, font=font)
-        draw.text((right + 15, top + 18 * i), curve, fill=colour, font=font)
+            mark(px, py, colour, shape)
+            label = f"{p[3]:g}"
+            box = (px + 6, py - 14, px + 6 + draw.textlength(label, font=font), py - 3)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in taken):
+                draw.text(box[:2], label, fill=colour, font=font)
+                taken.append(box)
+        ly = top + 20 * i
+        draw.line([(right + 20, ly + 6), (right + 44, ly + 6)], fill=colour, width=2)
+        mark(right + 32, ly + 6, colour, shape)
+        draw.text((right + 52, ly), curve, fill="black", font=font)
     img.save(path)
 
 

@@ -2,6 +2,7 @@
 LinearAG calibration node with its folder."""
 from __future__ import annotations
 
+import logging
 import os
 
 import folder_paths
@@ -12,6 +13,8 @@ from ..samplers.adaptive import AdaptiveSchedule, check_threshold
 from .guidance import (CATEGORY, GuidanceMethod, ScheduleGuider, ScheduleGuiderNode, SchedulePatchNode, file_state,
                        patch_model, prediction_of, register_model_folder)
 from .rehearsal import sampler_function_name
+
+log = logging.getLogger("guidance_schedules")
 
 DEFAULT_THRESHOLD = 0.995
 LINEAR_AG_FOLDER = "linear_ag"  # models/linear_ag: the files LinearAGCalibrate writes and the AG nodes read
@@ -133,7 +136,8 @@ class LinearAGCalibrate:
             recorded.append([])
             return linear_ag_files.CalibrationSchedule(run, recorded[-1])
         guider = ScheduleGuider(patch_model(model, recording, "LinearAG calibration", "linear_ag_calibration",
-                                            {"name": name, "runs": runs, "seed": seed}), positive, negative, cfg)
+                                            {"name": name, "runs": runs, "seed": seed}, log_runs=False),
+                                positive, negative, cfg)
         for r in range(runs):
             SamplerCustomAdvanced().sample(Noise_RandomNoise(seed + r), guider, sampler, sigmas, latent_image)
         # every latent of the batch is one trajectory
@@ -146,6 +150,11 @@ class LinearAGCalibrate:
             runs=len(trajectories), prediction=prediction_of(model.get_model_object("model_sampling")))
         linear_ag_files.save(result, fitted_for, path)
         odd = result.relative_error[1::2]
-        text = (f"wrote {path}: {len(trajectories)} trajectories, {fitted_for.steps} steps; relative error of the "
-                f"estimate {float(odd.min()):.3f} .. {float(odd.max()):.3f} (0 = exact, 1 = as far as the cond prediction)")
+        count = len(trajectories)
+        text = (f"wrote {path}: {count} {'trajectory' if count == 1 else 'trajectories'} ({runs} "
+                f"{'run' if runs == 1 else 'runs'} of {count // runs} latents), {fitted_for.steps} steps; relative error "
+                f"of the estimate {float(odd.min()):.3f} .. {float(odd.max()):.3f} (0 = exact, 1 = as far as the "
+                "cond prediction)")
+        log.info("LinearAG calibration: %s", text)
+        # "text" is shown on the node by web/guidance_schedules.js
         return {"ui": {"text": [text]}, "result": ()}

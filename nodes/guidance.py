@@ -73,8 +73,9 @@ class RunHistory:
 
     KEPT = 8
 
-    def __init__(self, describe: str, method: str = "", settings: dict | None = None):
+    def __init__(self, describe: str, method: str = "", settings: dict | None = None, log_runs: bool = True):
         self.describe = describe
+        self.log_runs = log_runs  # a line in the log per sampling run (not for the calibration's many runs)
         self.method = method  # GuidanceMethod.key, for the API's run records
         self.settings = dict(settings or {})
         self.runs: list[tuple[torch.Tensor, RunRecord]] = []
@@ -126,7 +127,8 @@ def timesteps_of(model_sampling) -> str:
     return "continuous"
 
 
-def patch_model(model, make_schedule: ScheduleFactory, describe: str, method: str = "", settings: dict | None = None):
+def patch_model(model, make_schedule: ScheduleFactory, describe: str, method: str = "", settings: dict | None = None,
+                log_runs: bool = True):
     """A clone of `model` that samples with the schedule `make_schedule(run_info)`; `describe` names it in
     the log, `method` and `settings` in the API's run records (nodes/reports.py).
 
@@ -140,7 +142,7 @@ def patch_model(model, make_schedule: ScheduleFactory, describe: str, method: st
     m = model.clone()
     for kind in (WrappersMP.SAMPLER_SAMPLE, WrappersMP.PREDICT_NOISE):
         m.remove_wrappers_with_key(kind, WRAPPER_KEY)
-    history = RunHistory(describe, method, settings)
+    history = RunHistory(describe, method, settings, log_runs)
     m.set_attachments(HISTORY_KEY, history)
     m.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,
                            functools.partial(_run_with_schedule, make_schedule, history))
@@ -336,8 +338,9 @@ def _run_with_schedule(make_schedule: ScheduleFactory, history: RunHistory, exec
     report({"method": history.method, "settings": history.settings, "describe": history.describe, "sampler": name,
             "sigma_space": info.sigma_space, "cfg": float(guider.cfg), **run.driver.record.as_dict()})
     details = run.driver.schedule.summary()
-    log.info("%s (%s, %s): %s%s", history.describe, name, info.sigma_space, run.driver.record.describe(),
-             f"; {details}" if details else "")
+    if history.log_runs:
+        log.info("%s (%s, %s): %s%s", history.describe, name, info.sigma_space, run.driver.record.describe(),
+                 f"; {details}" if details else "")
     return out
 
 

@@ -22,6 +22,7 @@ from collections import OrderedDict
 log = logging.getLogger("guidance_schedules")
 
 EVENT = "guidance_schedules.run"
+WARNING_EVENT = "guidance_schedules.warning"  # {"message", "prompt_id", "node"}: the pack's warnings, for the UI
 ROUTE = "/guidance_schedules/runs"
 KEPT_PROMPTS = 500
 
@@ -68,11 +69,34 @@ def runs_of(prompt_id: str) -> list[dict]:
         return list(_runs.get(prompt_id, []))
 
 
+class WarningsToTheUI(logging.Handler):
+    """Sends the pack's log warnings (bounds that select no step, a replaced schedule, a LinearAG file
+    fitted at another cfg, ...) to the client that queued the prompt; web/guidance_schedules.js shows
+    them as ComfyUI toasts. The log keeps them too."""
+
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        server = _server()
+        if server is None:
+            return
+        prompt_id, node = _executing()
+        try:
+            server.send_sync(WARNING_EVENT, {"message": record.getMessage(), "prompt_id": prompt_id, "node": node},
+                             getattr(server, "client_id", None))
+        except Exception:  # a warning must never break a prompt
+            self.handleError(record)
+
+
 def register_routes() -> None:
-    """GET /guidance_schedules/runs on ComfyUI's server (nothing where there is none)."""
+    """GET /guidance_schedules/runs on ComfyUI's server, and the pack's warnings to the UI (nothing where
+    there is no server)."""
     server = _server()
     if server is None:
         return
+    if not any(isinstance(h, WarningsToTheUI) for h in log.handlers):
+        log.addHandler(WarningsToTheUI())
     from aiohttp import web
 
     @server.routes.get(ROUTE)

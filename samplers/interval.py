@@ -26,7 +26,7 @@ import torch
 from .sigma_spaces import edm_sigma
 from .schedule import Evaluation, GuidanceSchedule, RunInfo, StepPlan
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("guidance_schedules")
 
 SIGMA_HI_UNBOUNDED = 1000.0  # sigma_hi at or above this has no upper bound
 PAPER_SDXL = (0.28, 5.42)  # (sigma_lo, sigma_hi) the paper uses for SDXL

@@ -83,6 +83,31 @@ class ComfyServer:
             time.sleep(0.25)
         raise AssertionError(f"prompt {prompt_id} did not finish in {timeout:.0f}s:\n{self.log()}")
 
+    def run_prompt_with_events(self, prompt: dict, timeout: float = 120.0) -> tuple[str, list[dict]]:
+        """Queue an API-format prompt as a client on the websocket; (prompt id, every event the client got
+        until the prompt finished)."""
+        import asyncio
+        import uuid
+        import aiohttp
+        client_id = uuid.uuid4().hex
+
+        async def run():
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(self.url.replace("http", "ws", 1) + f"/ws?clientId={client_id}") as ws:
+                    async with session.post(self.url + "/prompt", json={"prompt": prompt, "client_id": client_id}) as r:
+                        prompt_id = (await r.json())["prompt_id"]
+                    events = []
+                    while True:
+                        message = await asyncio.wait_for(ws.receive(), timeout)
+                        if message.type != aiohttp.WSMsgType.TEXT:
+                            continue
+                        event = json.loads(message.data)
+                        events.append(event)
+                        data = event.get("data", {})
+                        if event["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+                            return prompt_id, events
+        return asyncio.run(run())
+
     def output_path(self, item: dict) -> Path:
         return self.base / "output" / item.get("subfolder", "") / item["filename"]
 

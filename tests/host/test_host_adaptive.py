@@ -150,7 +150,7 @@ def psnr(a, b):
 
 def test_linear_ag_estimates_every_other_guided_step_and_stays_close_to_cfg(digits_bed, linear_ag_file):
     name, report = linear_ag_file
-    assert "40 trajectories, 32 steps" in report
+    assert "40 trajectories (2 runs of 20 latents), 32 steps" in report
     cfg, cfg_rows, _ = sample_digits(digits_bed, ag_guider(2.0), LABELS, [0, 1, 2])  # never stops: CFG
     linear = lambda m, p, n: AdaptiveGuidanceGuider().get_guider(m, p, n, 3.0, 2.0, linear_ag=name)[0]  # noqa: E731
     ours, rows, _ = sample_digits(digits_bed, linear, LABELS, [0, 1, 2])

@@ -1,4 +1,6 @@
 """The pack in a running ComfyUI server, as users drive it: /object_info and API prompts."""
+import urllib.request
+
 import host_support
 import pytest
 import torch
@@ -183,7 +185,7 @@ def test_an_api_prompt_calibrates_linear_ag_and_runs_adaptive_guidance_with_it(s
 
     calibrated = server.run_prompt(calibration_prompt("gs_api_euler_8"))
     assert calibrated["status"]["status_str"] == "success", calibrated["status"]
-    assert "4 trajectories, 8 steps" in calibrated["outputs"]["12"]["text"][0]
+    assert "4 trajectories (2 runs of 2 latents), 8 steps" in calibrated["outputs"]["12"]["text"][0]
     path = server.base / "models" / "linear_ag" / "gs_api_euler_8.safetensors"
     calibrated_file = linear_ag.load(str(path))
     coefficients, fitted_for = calibrated_file.coefficients, calibrated_file.fitted_for
@@ -277,3 +279,23 @@ def test_a_calibration_name_no_file_system_takes_is_refused_by_name(server, name
     errors = [m[1] for m in history["status"]["messages"] if m[0] == "execution_error"]
     assert errors and errors[0]["exception_message"].startswith("name: ") and shown in errors[0]["exception_message"]
     assert len(errors[0]["exception_message"]) < 400
+
+
+def test_warnings_reach_the_ui_client_and_the_frontend_extension_is_served(server):
+    prompt = interval_prompt("euler", {"sigma_hi": 900.0, "sigma_lo": 500.0})  # bounds that select no step
+    _, events = server.run_prompt_with_events(prompt)
+    warnings = [e["data"]["message"] for e in events if e["type"] == "guidance_schedules.warning"]
+    assert warnings and "select none of this run's 8 steps" in warnings[0]
+    extensions = server.get("/extensions")
+    script = next(e for e in extensions if e.endswith("/guidance_schedules.js"))
+    with urllib.request.urlopen(server.url + script, timeout=30) as r:
+        source = r.read().decode()
+    assert "guidance_schedules.warning" in source and "LinearAGCalibrate" in source
+
+
+def test_calibration_logs_one_line_for_all_its_runs(server):
+    history = server.run_prompt(calibration_prompt("gs_api_log_once"))
+    assert history["status"]["status_str"] == "success", history["status"]
+    log = server.log()
+    assert log.count("LinearAG calibration: wrote") == 1
+    assert "LinearAG calibration (sample_euler" not in log  # no line per sampling run

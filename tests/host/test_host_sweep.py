@@ -62,28 +62,8 @@ def read_runs(out):
 
 
 def test_a_prompt_reports_what_guidance_did_over_the_websocket_and_get(server):
-    import asyncio
-    import aiohttp
-
-    async def run():
-        async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(server.url.replace("http", "ws") + "/ws?clientId=gs-records") as ws:
-                async with session.post(server.url + "/prompt",
-                                        json={"prompt": workflow(), "client_id": "gs-records"}) as r:
-                    prompt_id = (await r.json())["prompt_id"]
-                events = []
-                while True:
-                    message = await asyncio.wait_for(ws.receive(), 120)
-                    if message.type != aiohttp.WSMsgType.TEXT:
-                        continue
-                    event = json.loads(message.data)
-                    events.append(event)
-                    if event["type"] == "executing" and event["data"].get("node") is None and \
-                            event["data"].get("prompt_id") == prompt_id:
-                        break
-            async with session.get(server.url + f"/guidance_schedules/runs?prompt_id={prompt_id}") as r:
-                return prompt_id, events, await r.json()
-    prompt_id, events, records = asyncio.run(run())
+    prompt_id, events = server.run_prompt_with_events(workflow())
+    records = server.get(f"/guidance_schedules/runs?prompt_id={prompt_id}")
     sent = [e["data"] for e in events if e["type"] == "guidance_schedules.run"]
     assert len(sent) == 1 and records == sent
     record = records[0]
