@@ -22,76 +22,87 @@ CHECKPOINT = "sd_xl_base_1.0.safetensors"
 
 
 def sdxl_front(g, batch_size=1):
-    """Checkpoint, prompts and an empty 1024x1024 latent: the usual SDXL front end."""
-    g.node("ckpt", "CheckpointLoaderSimple", (0, 200), ckpt_name=CHECKPOINT)
-    g.node("pos", "CLIPTextEncode", (420, 80), text=POSITIVE, clip=("ckpt", 1), title="Positive prompt")
-    g.node("neg", "CLIPTextEncode", (420, 330), text=NEGATIVE, clip=("ckpt", 1), title="Negative prompt")
-    g.node("latent", "EmptyLatentImage", (420, 580), width=1024, height=1024, batch_size=batch_size)
+    """Checkpoint, prompts and an empty 1024x1024 latent: the usual SDXL front end (columns 0 and 1)."""
+    g.node("ckpt", "CheckpointLoaderSimple", 0, ckpt_name=CHECKPOINT)
+    g.node("pos", "CLIPTextEncode", 1, text=POSITIVE, clip=("ckpt", 1), title="Positive prompt")
+    g.node("neg", "CLIPTextEncode", 1, text=NEGATIVE, clip=("ckpt", 1), title="Negative prompt")
+    g.node("latent", "EmptyLatentImage", 1, width=1024, height=1024, batch_size=batch_size)
 
 
-def sdxl_back(g, samples, prefix, suffix="", y=200):
-    g.node("decode" + suffix, "VAEDecode", (1500, y), samples=samples, vae=("ckpt", 2))
-    g.node("save" + suffix, "SaveImage", (1740, y), images=("decode" + suffix, 0), filename_prefix=prefix)
+def sdxl_back(g, samples, prefix, suffix="", band=0):
+    g.node("decode" + suffix, "VAEDecode", 4, samples=samples, vae=("ckpt", 2), band=band)
+    g.node("save" + suffix, "SaveImage", 5, images=("decode" + suffix, 0), filename_prefix=prefix, band=band)
+
+
+def plot(g, samples, source, suffix="", band=0):
+    """The Guidance Schedule Plot of the run that made `samples` (source: ("model", ...) or ("guider", ...))."""
+    g.node("plot" + suffix, "GuidanceSchedulePlot", 4, samples=samples, band=band, **{source[0]: source[1]})
+    g.node("preview" + suffix, "PreviewImage", 5, images=("plot" + suffix, 0), band=band)
 
 
 def interval_patch(g):
     """Stock KSampler, guided only inside the paper's SDXL interval (0.28, 5.42]."""
     sdxl_front(g)
-    g.node("interval", "GuidanceIntervalPatch", (420, 760), model=("ckpt", 0), sigma_hi=5.42, sigma_lo=0.28)
-    g.node("sampler", "KSampler", (900, 200), model=("interval", 0), seed=0, steps=32, cfg=10.0,
+    g.node("interval", "GuidanceIntervalPatch", 2, model=("ckpt", 0), sigma_hi=5.42, sigma_lo=0.28)
+    g.node("sampler", "KSampler", 3, model=("interval", 0), seed=0, steps=32, cfg=10.0,
            sampler_name="dpmpp_2m", scheduler="karras", positive=("pos", 0), negative=("neg", 0),
            latent_image=("latent", 0), denoise=1.0)
     sdxl_back(g, ("sampler", 0), "guidance_schedules/interval")
 
 
+def custom_sampler_inputs(g, sampler, sigmas_node, **sigmas):
+    g.node("noise", "RandomNoise", 2, noise_seed=0)
+    g.node("ksampler", "KSamplerSelect", 2, sampler_name=sampler)
+    g.node("sigmas", sigmas_node, 2, **sigmas)
+
+
 def interval_guider(g):
     """The paper's SDXL setup: 32 Heun steps on a Karras grid 14.61 -> 0.03 with rho 3, w = 16 on (0.28, 5.42]."""
     sdxl_front(g)
-    g.node("guider", "GuidanceIntervalGuider", (900, 80), model=("ckpt", 0), positive=("pos", 0),
+    g.node("guider", "GuidanceIntervalGuider", 2, model=("ckpt", 0), positive=("pos", 0),
            negative=("neg", 0), cfg=16.0, sigma_hi=5.42, sigma_lo=0.28)
-    g.node("noise", "RandomNoise", (900, 360), noise_seed=0)
-    g.node("ksampler", "KSamplerSelect", (900, 500), sampler_name="heun")
-    g.node("sigmas", "KarrasScheduler", (900, 620), steps=32, sigma_max=14.61, sigma_min=0.03, rho=3.0)
-    g.node("sample", "SamplerCustomAdvanced", (1200, 200), noise=("noise", 0), guider=("guider", 0),
+    custom_sampler_inputs(g, "heun", "KarrasScheduler", steps=32, sigma_max=14.61, sigma_min=0.03, rho=3.0)
+    g.node("sample", "SamplerCustomAdvanced", 3, noise=("noise", 0), guider=("guider", 0),
            sampler=("ksampler", 0), sigmas=("sigmas", 0), latent_image=("latent", 0))
     sdxl_back(g, ("sample", 0), "guidance_schedules/interval")
+
+
+# Adaptive Guidance and its LinearAG calibration use the same sampler, grid and cfg (euler, 30 karras
+# steps, cfg 7), so the file the calibration example writes is the one the AG examples can use.
+AG_SAMPLER, AG_STEPS, AG_CFG = "euler", 30, 7.0
 
 
 def adaptive_patch(g):
     """Stock KSampler; each image stops being guided once its predictions agree."""
     sdxl_front(g)
-    g.node("adaptive", "AdaptiveGuidancePatch", (420, 760), model=("ckpt", 0), threshold=0.995,
-           linear_ag="none")
-    g.node("sampler", "KSampler", (900, 200), model=("adaptive", 0), seed=0, steps=30, cfg=7.0,
-           sampler_name="dpmpp_2m", scheduler="karras", positive=("pos", 0), negative=("neg", 0),
+    g.node("adaptive", "AdaptiveGuidancePatch", 2, model=("ckpt", 0), threshold=0.995, linear_ag="none")
+    g.node("sampler", "KSampler", 3, model=("adaptive", 0), seed=0, steps=AG_STEPS, cfg=AG_CFG,
+           sampler_name=AG_SAMPLER, scheduler="karras", positive=("pos", 0), negative=("neg", 0),
            latent_image=("latent", 0), denoise=1.0)
-    g.node("plot", "GuidanceSchedulePlot", (1200, 560), samples=("sampler", 0), model=("adaptive", 0))
-    g.node("preview", "PreviewImage", (1500, 560), images=("plot", 0))
     sdxl_back(g, ("sampler", 0), "guidance_schedules/adaptive")
+    plot(g, ("sampler", 0), ("model", ("adaptive", 0)))
 
 
 def adaptive_guider(g):
     sdxl_front(g)
-    g.node("guider", "AdaptiveGuidanceGuider", (900, 80), model=("ckpt", 0), positive=("pos", 0),
-           negative=("neg", 0), cfg=7.0, threshold=0.995, linear_ag="none")
-    g.node("noise", "RandomNoise", (900, 360), noise_seed=0)
-    g.node("ksampler", "KSamplerSelect", (900, 500), sampler_name="euler")
-    g.node("sigmas", "BasicScheduler", (900, 620), model=("ckpt", 0), scheduler="karras", steps=30, denoise=1.0)
-    g.node("sample", "SamplerCustomAdvanced", (1200, 200), noise=("noise", 0), guider=("guider", 0),
+    g.node("guider", "AdaptiveGuidanceGuider", 2, model=("ckpt", 0), positive=("pos", 0),
+           negative=("neg", 0), cfg=AG_CFG, threshold=0.995, linear_ag="none")
+    custom_sampler_inputs(g, AG_SAMPLER, "BasicScheduler", model=("ckpt", 0), scheduler="karras", steps=AG_STEPS,
+                          denoise=1.0)
+    g.node("sample", "SamplerCustomAdvanced", 3, noise=("noise", 0), guider=("guider", 0),
            sampler=("ksampler", 0), sigmas=("sigmas", 0), latent_image=("latent", 0))
-    g.node("plot", "GuidanceSchedulePlot", (1200, 560), samples=("sample", 0), guider=("guider", 0))
-    g.node("preview", "PreviewImage", (1500, 560), images=("plot", 0))
     sdxl_back(g, ("sample", 0), "guidance_schedules/adaptive")
+    plot(g, ("sample", 0), ("guider", ("guider", 0)))
 
 
 def linear_ag_calibration(g):
-    """Fit LinearAG coefficients for SDXL + euler + 30 karras steps (8 runs x batch 4 = 32 trajectories).
-    Then pick the file in the AG nodes' linear_ag input, with the same sampler and steps."""
+    """Fit LinearAG coefficients for SDXL + euler + 30 karras steps at cfg 7, the AG examples' settings
+    (8 runs x batch 4 = 32 trajectories). Then pick the file in the AG nodes' linear_ag input."""
     sdxl_front(g, batch_size=4)
-    g.node("ksampler", "KSamplerSelect", (900, 360), sampler_name="euler")
-    g.node("sigmas", "BasicScheduler", (900, 480), model=("ckpt", 0), scheduler="karras", steps=30, denoise=1.0)
-    g.node("calibrate", "LinearAGCalibrate", (1250, 200), model=("ckpt", 0), positive=("pos", 0), negative=("neg", 0),
-           cfg=7.0, sampler=("ksampler", 0), sigmas=("sigmas", 0), latent_image=("latent", 0), runs=8, seed=0,
+    g.node("ksampler", "KSamplerSelect", 2, sampler_name=AG_SAMPLER)
+    g.node("sigmas", "BasicScheduler", 2, model=("ckpt", 0), scheduler="karras", steps=AG_STEPS, denoise=1.0)
+    g.node("calibrate", "LinearAGCalibrate", 3, model=("ckpt", 0), positive=("pos", 0), negative=("neg", 0),
+           cfg=AG_CFG, sampler=("ksampler", 0), sigmas=("sigmas", 0), latent_image=("latent", 0), runs=8, seed=0,
            name="sdxl_euler_30")
 
 
@@ -101,31 +112,30 @@ ANNEALING_SCHEDULER = "annealing_sdxl.safetensors"  # the converted official net
 def annealing_patch(g):
     """Stock KSampler with the paper's sampler: DDIM with CFG++ re-noising = euler_cfg_pp, 50 steps."""
     sdxl_front(g)
-    g.node("annealing", "AnnealingGuidancePatch", (420, 760), model=("ckpt", 0), scheduler=ANNEALING_SCHEDULER,
+    g.node("annealing", "AnnealingGuidancePatch", 2, model=("ckpt", 0), scheduler=ANNEALING_SCHEDULER,
            **{"lambda": 0.4})
-    g.node("sampler", "KSampler", (900, 200), model=("annealing", 0), seed=0, steps=50, cfg=1.0,
+    g.node("sampler", "KSampler", 3, model=("annealing", 0), seed=0, steps=50, cfg=1.0,
            sampler_name="euler_cfg_pp", scheduler="ddim_uniform", positive=("pos", 0), negative=("neg", 0),
-           latent_image=("latent", 0), denoise=1.0, title="KSampler (cfg unused: the scheduler picks the scale)")
-    g.node("plot", "GuidanceSchedulePlot", (1200, 560), samples=("sampler", 0), model=("annealing", 0))
-    g.node("preview", "PreviewImage", (1500, 560), images=("plot", 0))
+           latent_image=("latent", 0), denoise=1.0, title="KSampler (cfg unused: the network picks the scale)")
     sdxl_back(g, ("sampler", 0), "guidance_schedules/annealing")
+    plot(g, ("sampler", 0), ("model", ("annealing", 0)))
 
 
 def annealing_guider(g, lambdas=(0.4,)):
     sdxl_front(g)
-    g.node("noise", "RandomNoise", (900, 20), noise_seed=0)
-    g.node("ksampler", "KSamplerSelect", (900, 160), sampler_name="euler_cfg_pp")
-    g.node("sigmas", "BasicScheduler", (900, 280), model=("ckpt", 0), scheduler="ddim_uniform", steps=50, denoise=1.0)
+    custom_sampler_inputs(g, "euler_cfg_pp", "BasicScheduler", model=("ckpt", 0), scheduler="ddim_uniform", steps=50,
+                          denoise=1.0)
     for i, lam in enumerate(lambdas):
-        y, k = 420 + 460 * i, f"_{i}" if len(lambdas) > 1 else ""
-        g.node("guider" + k, "AnnealingGuidanceGuider", (900, y), model=("ckpt", 0), positive=("pos", 0),
+        band, k = (i + 1, f"_{i}") if len(lambdas) > 1 else (0, "")
+        if len(lambdas) > 1:
+            g.band(band, f"lambda {lam}")
+        g.node("guider" + k, "AnnealingGuidanceGuider", 2, model=("ckpt", 0), positive=("pos", 0),
                negative=("neg", 0), scheduler=ANNEALING_SCHEDULER, title=f"Annealing guidance, lambda {lam}",
-               **{"lambda": lam})
-        g.node("sample" + k, "SamplerCustomAdvanced", (1200, y), noise=("noise", 0), guider=("guider" + k, 0),
-               sampler=("ksampler", 0), sigmas=("sigmas", 0), latent_image=("latent", 0))
-        g.node("plot" + k, "GuidanceSchedulePlot", (1500, y + 200), samples=("sample" + k, 0), guider=("guider" + k, 0))
-        g.node("preview" + k, "PreviewImage", (1740, y + 200), images=("plot" + k, 0))
-        sdxl_back(g, ("sample" + k, 0), f"guidance_schedules/annealing_lambda_{lam}", k, y)
+               band=band, **{"lambda": lam})
+        g.node("sample" + k, "SamplerCustomAdvanced", 3, noise=("noise", 0), guider=("guider" + k, 0),
+               sampler=("ksampler", 0), sigmas=("sigmas", 0), latent_image=("latent", 0), band=band)
+        sdxl_back(g, ("sample" + k, 0), f"guidance_schedules/annealing_lambda_{lam}", k, band)
+        plot(g, ("sample" + k, 0), ("guider", ("guider" + k, 0)), k, band)
 
 
 WORKFLOWS = {
@@ -140,13 +150,57 @@ WORKFLOWS = {
 }
 
 
+# Layout: every node sits in a column (x) and a band (a horizontal strip, one per lambda in the sweep);
+# within a band a column stacks its nodes top to bottom. Heights are what the graph editor draws for the
+# node's slots and widgets, plus room for the picture of nodes that show one, so nothing overlaps even
+# after a run (tests/host/test_host_workflows.py checks the files).
+COLUMN_WIDTH, COLUMN_GAP, ROW_GAP, BAND_GAP, TITLE_HEIGHT = 360, 70, 50, 90, 30
+SLOT_HEIGHT, WIDGET_HEIGHT = 20, 24
+PICTURE_HEIGHT = {"SaveImage": 420, "PreviewImage": 240}  # an SDXL image, a guidance plot (800 x 450)
+
+
 class Graph:
     def __init__(self, node_classes):
         self.classes = node_classes
-        self.nodes = {}  # key -> (id, class_type, pos, values, title)
+        self.nodes = {}  # key -> (id, class_type, (column, band), values, title)
+        self.band_titles = {}
 
-    def node(self, key, class_type, pos, title=None, **values):
-        self.nodes[key] = (len(self.nodes) + 1, class_type, pos, values, title)
+    def node(self, key, class_type, column, title=None, band=0, **values):
+        self.nodes[key] = (len(self.nodes) + 1, class_type, (column, band), values, title)
+
+    def band(self, band, title):
+        """Draw a group box titled `title` around the nodes of `band`."""
+        self.band_titles[band] = title
+
+    def height_of(self, class_type, values):
+        inputs = self.inputs_of(class_type)
+        slots = sum(1 for name, _, is_widget, _ in inputs if not is_widget or isinstance(values.get(name), tuple))
+        widgets = sum(1 + bool(o.get("control_after_generate")) for name, _, is_widget, o in inputs
+                      if is_widget and not isinstance(values.get(name), tuple))
+        outputs = len(self.outputs_of(class_type)[0])
+        return max(slots, outputs) * SLOT_HEIGHT + widgets * WIDGET_HEIGHT + 30 + PICTURE_HEIGHT.get(class_type, 0)
+
+    def layout(self):
+        """{key: (pos, size)} and the bands' boxes {band: [x, y, w, h]}."""
+        heights = {k: self.height_of(c, v) for k, (_, c, _, v, _) in self.nodes.items()}
+        placed, boxes, y_band = {}, {}, 0
+        for band in sorted({b for _, _, (_, b), _, _ in self.nodes.values()}):
+            members = [k for k, (_, _, (_, b), _, _) in self.nodes.items() if b == band]
+            y_band += TITLE_HEIGHT + (40 if band in self.band_titles else 0)
+            bottom = y_band
+            for column in sorted({self.nodes[k][2][0] for k in members}):
+                y = y_band
+                for k in (k for k in members if self.nodes[k][2][0] == column):
+                    x = column * (COLUMN_WIDTH + COLUMN_GAP)
+                    placed[k] = ([x, y], [COLUMN_WIDTH, heights[k]])
+                    y += heights[k] + TITLE_HEIGHT + ROW_GAP
+                bottom = max(bottom, y - ROW_GAP)
+            if band in self.band_titles:
+                xs = [placed[k][0][0] for k in members]
+                boxes[band] = [min(xs) - 20, y_band - TITLE_HEIGHT - 50, max(xs) + COLUMN_WIDTH + 40 - min(xs),
+                               bottom - y_band + TITLE_HEIGHT + 70]
+            y_band = bottom + BAND_GAP
+        return placed, boxes
 
     def inputs_of(self, class_type):
         spec = self.classes[class_type].INPUT_TYPES()
@@ -180,9 +234,11 @@ class Graph:
     def ui(self):
         links, ui_nodes = [], []
         by_id = {}
-        for key, (nid, class_type, pos, values, title) in self.nodes.items():
+        placed, boxes = self.layout()
+        for key, (nid, class_type, _, values, title) in self.nodes.items():
             kinds, names = self.outputs_of(class_type)
-            node = {"id": nid, "type": class_type, "pos": list(pos), "size": [320, 130], "flags": {},
+            pos, size = placed[key]
+            node = {"id": nid, "type": class_type, "pos": pos, "size": size, "flags": {},
                     "order": nid - 1, "mode": 0, "inputs": [],
                     "outputs": [{"name": n, "type": k, "links": [], "slot_index": i} for i, (k, n) in enumerate(zip(kinds, names))],
                     "properties": {"Node name for S&R": class_type}, "widgets_values": []}
@@ -205,7 +261,9 @@ class Graph:
                     if options.get("control_after_generate"):
                         node["widgets_values"].append("fixed")
         return {"last_node_id": len(ui_nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
-                "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+                "groups": [{"title": self.band_titles[b], "bounding": box, "color": "#3f789e", "font_size": 24}
+                           for b, box in boxes.items()],
+                "config": {}, "extra": {"ds": {"scale": 0.6, "offset": [40, 40]}}, "version": 0.4}
 
 
 def load_node_classes():
