@@ -1,10 +1,12 @@
-"""The README's pictures of the Guidance Schedule Plot node, drawn from real runs on the digits bed
-through ComfyUI and the pack's nodes: the interval (0.28, 5.42] with w = 3, and Adaptive Guidance
-(threshold 0.995) with LinearAG on a batch of three digits.
+"""The pictures of the Guidance Schedule Plot node in the README and the template browser, drawn from real
+runs on the digits bed through ComfyUI and the pack's nodes: the interval (0.28, 5.42] with w = 3,
+Adaptive Guidance (threshold 0.995) without and with LinearAG on three digits, and annealing guidance
+with the network trained for the bed (lambda 0.4).
 
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/plot_examples.py      # about half a minute on 2 cores
 
-Writes docs/plot_interval.png and docs/plot_adaptive.png.
+Writes docs/plot_interval.png, docs/plot_adaptive.png and, for every example workflow, workflows/TITLE.jpg
+(the plot of its method).
 """
 from __future__ import annotations
 
@@ -21,10 +23,24 @@ import standalone  # noqa: E402  (at the pack's root)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def save(image, name):
+def picture(image):
     from PIL import Image
-    Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8)).save(ROOT / "docs" / name)
+    return Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8))
+
+
+def save(image, name):
+    picture(image).save(ROOT / "docs" / name)
     print("wrote", ROOT / "docs" / name)
+
+
+def save_thumbnails(plots: dict):
+    """workflows/TITLE.jpg for each example, from the plot of its method (by its API twin's name)."""
+    import json
+    for path in sorted((ROOT / "workflows").glob("*.json")):
+        api = json.loads(path.read_text())["extra"]["guidance_schedules"]["api"]
+        method = next(m for m in ("linear_ag", "interval", "adaptive", "annealing") if m in api)
+        picture(plots[method]).resize((480, 270)).save(path.with_suffix(".jpg"), quality=88)
+        print("wrote", path.with_suffix(".jpg"))
 
 
 def main():
@@ -34,24 +50,35 @@ def main():
     from benchmarks.beds import digits
     from benchmarks.beds.comfy_models import class_conditioning, digits_model
     from benchmarks.quality import LINEAR_AG_FILE, calibrate_linear_ag
+    import folder_paths
     from guidance_schedules.nodes.adaptive import AdaptiveGuidanceGuider
+    from guidance_schedules.nodes.annealing import FOLDER, AnnealingGuidanceGuider
     from guidance_schedules.nodes.interval import GuidanceIntervalGuider
     from guidance_schedules.nodes.plot import GuidanceSchedulePlot
     model, sigmas, euler = digits_model("labelnoise30"), digits.karras_sigmas(), comfy.samplers.sampler_object("euler")
 
-    def run(guider, labels):
+    def run(guider, labels, sampler=euler):
         latent = {"samples": torch.zeros(len(labels), 1, 8, 8)}
-        samples = SamplerCustomAdvanced().sample(Noise_RandomNoise(7), guider, euler, sigmas, latent)[0]
+        samples = SamplerCustomAdvanced().sample(Noise_RandomNoise(7), guider, sampler, sigmas, latent)[0]
         return GuidanceSchedulePlot().plot(samples, guider=guider)[0]
 
     none = class_conditioning(None, digits.NULL_CLASS + 1)
     interval = GuidanceIntervalGuider().get_guider(model, class_conditioning([3], 11), none, 3.0,
                                                    sigma_hi=5.42, sigma_lo=0.28)[0]
-    save(run(interval, [3]), "plot_interval.png")
+    plots = {"interval": run(interval, [3])}
+    save(plots["interval"], "plot_interval.png")
+    adaptive = AdaptiveGuidanceGuider().get_guider(model, class_conditioning([3, 8, 1], 11), none, 3.0, 0.995)[0]
+    plots["adaptive"] = run(adaptive, [3, 8, 1])
     calibrate_linear_ag(model, sigmas)
-    adaptive = AdaptiveGuidanceGuider().get_guider(model, class_conditioning([3, 8, 1], 11), none, 3.0, 0.995,
-                                                   linear_ag=LINEAR_AG_FILE)[0]
-    save(run(adaptive, [3, 8, 1]), "plot_adaptive.png")
+    linear = AdaptiveGuidanceGuider().get_guider(model, class_conditioning([3, 8, 1], 11), none, 3.0, 0.995,
+                                                 linear_ag=LINEAR_AG_FILE)[0]
+    plots["linear_ag"] = run(linear, [3, 8, 1])
+    save(plots["linear_ag"], "plot_adaptive.png")
+    folder_paths.add_model_folder_path(FOLDER, str(digits.WEIGHTS))  # the bed's trained network
+    annealing = AnnealingGuidanceGuider().get_guider(model, class_conditioning([3, 8, 1], 11), none,
+                                                     "annealing_digits.safetensors", **{"lambda": 0.4})[0]
+    plots["annealing"] = run(annealing, [3, 8, 1], comfy.samplers.sampler_object("euler_cfg_pp"))
+    save_thumbnails(plots)
 
 
 if __name__ == "__main__":

@@ -233,7 +233,7 @@ def plot(points, path, title):
     import math
     from PIL import Image, ImageDraw, ImageFont
     from guidance_schedules.nodes.plot import nice_ticks
-    width, height, left, right, top, bottom = 1000, 620, 80, 720, 50, 560
+    width, height, left, right, top, bottom = 1000, 640, 80, 720, 70, 580
     img = Image.new("RGB", (width, height), "white")
     draw, font = ImageDraw.Draw(img), ImageFont.load_default()
     xs, ys = [math.log10(p[1]) for p in points], [p[2] for p in points]
@@ -257,7 +257,7 @@ def plot(points, path, title):
         draw.text((px - draw.textlength(f"{t:g}", font=font) / 2, bottom + 6), f"{t:g}", fill="black", font=font)
     draw.line([(left, top), (left, bottom), (right, bottom)], fill="black")
     draw.text(((left + right) // 2 - 110, height - 34), "per-class FD, log scale (lower is better)", fill="black", font=font)
-    draw.text((8, top - 26), "mean p(requested class) (higher is better)", fill="black", font=font)
+    draw.text((8, top - 22), "mean p(requested class) (higher is better)", fill="black", font=font)
     colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
                (227, 119, 194), (90, 90, 90), (188, 189, 34), (23, 190, 207)]
     shapes = ["circle", "square", "triangle", "diamond"]

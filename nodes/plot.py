@@ -22,10 +22,9 @@ def nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
     first = math.floor(lo / step + 1e-9) * step
-    ticks, value = [], first
-    while value <= hi + step * 1e-9 or len(ticks) < 2:
-        ticks.append(round(value, 10))
-        value += step
+    ticks = [round(first, 10)]
+    while ticks[-1] < hi - step * 1e-9 or len(ticks) < 2:  # the last tick at or above hi
+        ticks.append(round(first + len(ticks) * step, 10))
     return ticks
 
 

@@ -28,3 +28,4 @@ def test_record_describes_guided_steps_and_skipped_passes():
         record.add(ev, guided, guided, torch.tensor([5.0]), bool(guided.any()))
     assert record.guided_steps() == [1, 2, 3] and record.uncond_needed == [3]
     assert record.describe() == "guided steps 1-3 (3 of 5); unconditional pass skipped in 2 of 5 model evaluations"
+

@@ -138,15 +138,19 @@ def annealing_guider(g, lambdas=(0.4,)):
         plot(g, ("sample" + k, 0), ("guider", ("guider" + k, 0)), k, band)
 
 
+# API name (workflows/api/NAME.json, for scripts) -> (title, graph). The graph editor's template browser
+# shows a UI workflow's file name as its title and workflows/TITLE.jpg as its picture, so the UI files are
+# named by their titles; each records its API twin in extra.guidance_schedules.api.
 WORKFLOWS = {
-    "guidance_interval_patch_sdxl": interval_patch,
-    "guidance_interval_guider_sdxl": interval_guider,
-    "adaptive_guidance_patch_sdxl": adaptive_patch,
-    "adaptive_guidance_guider_sdxl": adaptive_guider,
-    "linear_ag_calibration_sdxl": linear_ag_calibration,
-    "annealing_guidance_patch_sdxl": annealing_patch,
-    "annealing_guidance_guider_sdxl": annealing_guider,
-    "annealing_guidance_lambda_sweep_sdxl": lambda g: annealing_guider(g, (0.05, 0.4, 0.8)),
+    "guidance_interval_patch_sdxl": ("Guidance interval with KSampler (SDXL)", interval_patch),
+    "guidance_interval_guider_sdxl": ("Guidance interval as in the paper (SDXL, SamplerCustomAdvanced)", interval_guider),
+    "adaptive_guidance_patch_sdxl": ("Adaptive Guidance with KSampler (SDXL)", adaptive_patch),
+    "adaptive_guidance_guider_sdxl": ("Adaptive Guidance with SamplerCustomAdvanced (SDXL)", adaptive_guider),
+    "linear_ag_calibration_sdxl": ("Adaptive Guidance, LinearAG calibration (SDXL)", linear_ag_calibration),
+    "annealing_guidance_patch_sdxl": ("Annealing guidance with KSampler (SDXL)", annealing_patch),
+    "annealing_guidance_guider_sdxl": ("Annealing guidance with SamplerCustomAdvanced (SDXL)", annealing_guider),
+    "annealing_guidance_lambda_sweep_sdxl": ("Annealing guidance, three lambdas side by side (SDXL)",
+                                             lambda g: annealing_guider(g, (0.05, 0.4, 0.8))),
 }
 
 
@@ -278,10 +282,12 @@ def load_node_classes():
 
 def main():
     classes = load_node_classes()
-    for name, build in WORKFLOWS.items():
+    for name, (title, build) in WORKFLOWS.items():
         g = Graph(classes)
         build(g)
-        (HERE / f"{name}.json").write_text(json.dumps(g.ui(), indent=2) + "\n")
+        ui = g.ui()
+        ui["extra"]["guidance_schedules"] = {"api": f"api/{name}.json"}
+        (HERE / f"{title}.json").write_text(json.dumps(ui, indent=2) + "\n")
         (HERE / "api" / f"{name}.json").write_text(json.dumps(g.api(), indent=2) + "\n")
         print("wrote", name)
 

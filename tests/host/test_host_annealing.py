@@ -166,3 +166,13 @@ def test_the_plot_shows_the_run_that_made_its_samples_or_says_what_is_wired_wron
     two = GuidanceSchedulePlot().plot({"samples": second}, model=model)[0]
     assert not torch.equal(one, two)
     assert torch.equal(one, GuidanceSchedulePlot().plot({"samples": first}, model=model)[0])
+
+
+@pytest.mark.parametrize("lo,hi,ticks", [
+    (0.49, 0.99, [0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]),  # the trade-off plot's adherence axis
+    (1.0, 3.0, [1.0, 1.5, 2.0, 2.5, 3.0]),  # an AG / interval plot at w = 3
+    (0.7, 1.3, [0.6, 0.8, 1.0, 1.2, 1.4]),  # annealing's CFG++ scales: span / 5 = 0.12, so steps of 0.2
+])
+def test_plot_ticks_are_round_and_cover_the_data(lo, hi, ticks):
+    from guidance_schedules.nodes.plot import nice_ticks
+    assert nice_ticks(lo, hi) == pytest.approx(ticks)

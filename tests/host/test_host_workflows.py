@@ -108,11 +108,16 @@ def check_api(prompt, info):
             assert name in node["inputs"], f"{nid} {class_type}: required input {name} is missing"
 
 
+def api_twin(path):
+    """The API-format twin a UI workflow names (workflows/api/, for scripts and the sweep)."""
+    return WORKFLOWS / json.loads(path.read_text())["extra"]["guidance_schedules"]["api"]
+
+
 def test_there_is_a_ui_and_an_api_workflow_for_each_node(object_info):
     used = set()
     for path in UI_FILES:
         used |= {n["type"] for n in json.loads(path.read_text())["nodes"]}
-        assert (WORKFLOWS / "api" / path.name).is_file(), f"{path.name} has no API twin"
+        assert api_twin(path).is_file(), f"{path.name} has no API twin"
     from guidance_schedules.nodes import NODE_CLASS_MAPPINGS
     assert set(NODE_CLASS_MAPPINGS) <= used
 
@@ -120,7 +125,7 @@ def test_there_is_a_ui_and_an_api_workflow_for_each_node(object_info):
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
 def test_workflow_is_valid_and_matches_its_api_twin(path, object_info):
     ui_prompt = ui_to_api(json.loads(path.read_text()), object_info)
-    api = json.loads((WORKFLOWS / "api" / path.name).read_text())
+    api = json.loads(api_twin(path).read_text())
     check_api(api, object_info)
     assert ui_prompt == {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}
 
@@ -166,3 +171,14 @@ def test_the_calibration_example_makes_a_file_the_adaptive_examples_can_use():
     calibration = settings("linear_ag_calibration_sdxl.json")
     assert settings("adaptive_guidance_patch_sdxl.json") == calibration
     assert settings("adaptive_guidance_guider_sdxl.json") == calibration
+
+
+def test_every_template_has_a_readable_title_and_a_picture_made_by_the_pack():
+    """The template browser shows a UI file's name as its title and NAME.jpg beside it as its picture."""
+    from PIL import Image
+    for path in UI_FILES:
+        assert "_" not in path.stem and " " in path.stem, f"{path.name}: not a title a person reads"
+        picture = path.with_suffix(".jpg")
+        assert picture.is_file(), f"{path.name} has no picture"
+        with Image.open(picture) as image:
+            assert image.format == "JPEG" and image.width >= 300
