@@ -79,6 +79,7 @@ class AdaptiveGuidanceGuider(ScheduleGuiderNode):
 
 
 class LinearAGCalibrate:
+    SEARCH_ALIASES = ["guidance", "adaptive guidance", "linear ag", "calibrate", "cfg"]
     DESCRIPTION = ("Fits LinearAG coefficients for Adaptive Guidance: runs full-CFG samplings of your model with "
                    "your sampler and sigmas, fits per-step least-squares coefficients that predict the "
                    "unconditional prediction from earlier ones, and writes them to models/linear_ag/NAME.safetensors "

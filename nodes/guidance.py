@@ -222,6 +222,9 @@ class _MethodNode:
         if method is None:
             return
         cls.DESCRIPTION = cls.describe(method)
+        # words a user types into the node search (frontends that read SEARCH_ALIASES; the display names
+        # carry the main ones for those that do not)
+        cls.SEARCH_ALIASES = ["guidance", "cfg", "classifier-free guidance", method.key, method.title.split(" (")[0]]
         if method.file_state is not None:
             # ComfyUI re-runs a node whose IS_CHANGED value changed: a file replaced under the same name
             cls.IS_CHANGED = classmethod(lambda node_cls, **inputs: node_cls.METHOD.file_state(**inputs))

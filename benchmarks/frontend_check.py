@@ -1,0 +1,208 @@
+"""The pack in ComfyUI's real frontend, as a user sees it: headless Chromium drives the graph editor of a
+ComfyUI server (main.py --cpu, started here with the pack and the test helper pack) over the DevTools
+protocol, and takes screenshots.
+
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/frontend_check.py [--out DIR] [--readme]
+
+1. an example workflow from the template folder, loaded into the editor (docs/screenshot_example.png
+   with --readme);
+2. LinearAG Calibrate run from the editor on the tiny test model: the node shows its result;
+3. a prompt whose interval bounds select no step: the warning appears as a toast.
+It prints what it found and exits non-zero when a check fails. Needs Debian's chromium.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.append(str(ROOT))  # standalone.py, which tests/host_support.py imports
+from comfy_server import ComfyServer, free_port  # noqa: E402  (tests/: the server the host tests start)
+
+EXAMPLE = "Adaptive Guidance with KSampler (SDXL)"
+TITLES = [p.stem for p in (ROOT / "workflows").glob("*.json")]
+
+CALIBRATION = {  # the tiny test model, calibrated from the editor (API format, loaded as a graph)
+    "1": {"class_type": "GSTestTinyModel", "inputs": {"model_type": "eps"}},
+    "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
+    "7": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+    "8": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "karras", "steps": 8, "denoise": 1.0}},
+    "12": {"class_type": "LinearAGCalibrate", "inputs": {
+        "model": ["1", 0], "positive": ["1", 1], "negative": ["1", 2], "cfg": 5.0, "sampler": ["7", 0],
+        "sigmas": ["8", 0], "latent_image": ["3", 0], "runs": 2, "seed": 0, "name": f"frontend_{int(time.time())}"}},
+}
+
+NO_STEP = {
+    "1": {"class_type": "GSTestTinyModel", "inputs": {"model_type": "eps"}},
+    "2": {"class_type": "GuidanceIntervalPatch", "inputs": {"model": ["1", 0], "sigma_hi": 900.0, "sigma_lo": 500.0}},
+    "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+    "4": {"class_type": "KSampler", "inputs": {
+        "model": ["2", 0], "seed": 1, "steps": 8, "cfg": 5.0, "sampler_name": "euler", "scheduler": "karras",
+        "positive": ["1", 1], "negative": ["1", 2], "latent_image": ["3", 0], "denoise": 1.0}},
+    "5": {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "frontend_check"}},
+}
+
+
+class Browser:
+    """Just enough of the DevTools protocol: evaluate JavaScript, take a screenshot."""
+
+    def __init__(self, session, ws):
+        self.session, self.ws, self.next_id = session, ws, 0
+
+    async def call(self, method, **params):
+        self.next_id += 1
+        await self.ws.send_json({"id": self.next_id, "method": method, "params": params})
+        while True:
+            message = json.loads((await self.ws.receive()).data)
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+
+    async def js(self, expression):
+        result = await self.call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression[:80]}...: {result['exceptionDetails']}")
+        return result.get("result", {}).get("value")
+
+    async def wait_for(self, expression, timeout=60.0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            value = await self.js(expression)
+            if value:
+                return value
+            await asyncio.sleep(0.5)
+        raise TimeoutError(f"waited {timeout:.0f} s for {expression}")
+
+    async def screenshot(self, path: Path):
+        data = (await self.call("Page.captureScreenshot", format="png"))["data"]
+        path.write_bytes(base64.b64decode(data))
+        print("screenshot", path)
+
+
+APP = "(window.app ?? window.comfyAPI?.app?.app)"
+
+
+async def check(url: str, out: Path) -> list[str]:
+    import aiohttp
+    port = free_port()
+    profile = tempfile.mkdtemp(prefix="gs-chromium-")
+    chromium = subprocess.Popen(
+        [shutil.which("chromium") or "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile}", f"--remote-debugging-port={port}", "--window-size=2400,1150", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    failures = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/json") as r:
+                        targets = await r.json()
+                    break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.2)
+            page = next(t for t in targets if t["type"] == "page")
+            async with session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                browser = Browser(session, ws)
+                await browser.call("Page.navigate", url=url)
+                await browser.wait_for(f"!!({APP}?.graph) && !!document.querySelector('canvas')", 120)
+                await asyncio.sleep(3)
+
+                # 0. a new user's first start opens the template browser: the pack's category, with its pictures
+                opened = await browser.js(
+                    "(() => { const e = Array.from(document.querySelectorAll('*')).find(e => e.children.length === 0"
+                    " && e.textContent.trim() === 'comfyui-guidance-schedules'); e?.click(); return !!e; })()")
+                if opened:
+                    await asyncio.sleep(3)
+                    await browser.screenshot(out / "templates.png")
+                    titles = await browser.js("document.body.innerText")
+                    shown = [t for t in TITLES if t in titles]
+                    print(f"template browser: {len(shown)} of {len(TITLES)} examples shown by title")
+                    if len(shown) != len(TITLES):
+                        failures.append(f"the template browser misses {sorted(set(TITLES) - set(shown))}")
+                    # close it: the dialog's close button (the top-right one)
+                    await browser.js("(() => { const b = Array.from(document.querySelectorAll('.p-dialog button'))"
+                                     ".filter(b => b.querySelector('.pi-times, .icon-\\[lucide--x\\], svg'))"
+                                     ".sort((a, b) => b.getBoundingClientRect().right - a.getBoundingClientRect().right"
+                                     " || a.getBoundingClientRect().top - b.getBoundingClientRect().top)[0];"
+                                     " b?.click(); return !!b; })()")
+                    await asyncio.sleep(1)
+
+                # 1. an example from the pack's template folder, as the template browser loads it
+                example = await browser.js(
+                    f"fetch('/api/workflow_templates/comfyui-guidance-schedules/{EXAMPLE}.json').then(r => r.json())"
+                    f".then(async w => {{ await {APP}.loadGraphData(w); return w.nodes.length; }})")
+                await asyncio.sleep(1)
+                # at the scale a user reads it (below 0.6 the editor draws nodes without their text)
+                await browser.js(f"(() => {{ const c = {APP}.canvas; c.ds.scale = 0.8; c.ds.offset = [130, 110];"
+                                 " c.setDirty(true, true); return true; })()")
+                await asyncio.sleep(2)
+                await browser.screenshot(out / "example.png")
+                drawn = await browser.js(f"{APP}.graph._nodes.length")
+                print(f"example: {example} nodes in the file, {drawn} in the editor")
+                if drawn != example:
+                    failures.append(f"the example shows {drawn} nodes, its file has {example}")
+
+                # 2. LinearAG Calibrate from the editor: its result appears on the node
+                await browser.js(f"{APP}.loadApiJson ? ({APP}.loadApiJson({json.dumps(CALIBRATION)}, 'calibration'), true)"
+                                 f" : false")
+                await asyncio.sleep(1)
+                await browser.js(f"{APP}.queuePrompt(0, 1).then(() => true)")
+                text = await browser.wait_for(
+                    f"(() => {{ const n = {APP}.graph._nodes.find(n => n.type === 'LinearAGCalibrate');"
+                    " const w = n?.widgets?.find(w => w.name === 'result'); return w?.value || ''; })()", 120)
+                await asyncio.sleep(1)
+                await browser.screenshot(out / "calibration.png")
+                print("calibration result on the node:", text)
+                if "relative error" not in text:
+                    failures.append("LinearAG Calibrate shows no result")
+
+                # 3. a warning of the pack, as a toast
+                await browser.js(f"{APP}.loadApiJson({json.dumps(NO_STEP)}, 'no step')")
+                await asyncio.sleep(1)
+                await browser.js(f"{APP}.queuePrompt(0, 1).then(() => true)")
+                toast = await browser.wait_for(
+                    "Array.from(document.querySelectorAll('.p-toast-message')).map(e => e.innerText).join(' | ')", 60)
+                await browser.screenshot(out / "warning.png")
+                print("toast:", toast)
+                if "select none" not in toast:
+                    failures.append("the warning did not appear as a toast")
+    finally:
+        chromium.terminate()
+        chromium.wait(timeout=20)
+        shutil.rmtree(profile, ignore_errors=True)
+    return failures
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=None, help="where the screenshots go (default: a temporary folder)")
+    parser.add_argument("--readme", action="store_true", help="also copy the example's screenshot to docs/")
+    args = parser.parse_args()
+    out = Path(args.out or tempfile.mkdtemp(prefix="gs-frontend-"))
+    out.mkdir(parents=True, exist_ok=True)
+    server = ComfyServer()
+    try:
+        failures = asyncio.run(check(server.url, out))
+    finally:
+        server.stop()
+    if args.readme:
+        shutil.copy(out / "example.png", ROOT / "docs" / "screenshot_example.png")
+    for failure in failures:
+        print("FAILED:", failure)
+    print("all checks held" if not failures else f"{len(failures)} checks failed", "; screenshots in", out)
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
