@@ -27,19 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.append(str(ROOT))  # standalone.py, which tests/host_support.py imports
 from comfy_server import ComfyServer, free_port  # noqa: E402  (tests/: the server the host tests start)
+from prompts import calibration_prompt  # noqa: E402
 
 EXAMPLE = "Adaptive Guidance with KSampler (SDXL)"
 TITLES = [p.stem for p in (ROOT / "workflows").glob("*.json")]
 
-CALIBRATION = {  # the tiny test model, calibrated from the editor (API format, loaded as a graph)
-    "1": {"class_type": "GSTestTinyModel", "inputs": {"model_type": "eps"}},
-    "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
-    "7": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-    "8": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "karras", "steps": 8, "denoise": 1.0}},
-    "12": {"class_type": "LinearAGCalibrate", "inputs": {
-        "model": ["1", 0], "positive": ["1", 1], "negative": ["1", 2], "cfg": 5.0, "sampler": ["7", 0],
-        "sigmas": ["8", 0], "latent_image": ["3", 0], "runs": 2, "seed": 0, "name": f"frontend_{int(time.time())}"}},
-}
+CALIBRATION = calibration_prompt(f"frontend_{int(time.time())}")  # the tiny test model, from the editor
 
 NO_STEP = {
     "1": {"class_type": "GSTestTinyModel", "inputs": {"model_type": "eps"}},

@@ -2,6 +2,7 @@
 import urllib.request
 
 import host_support
+from prompts import calibration_prompt
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -162,18 +163,6 @@ def adaptive_prompt(linear_ag="none", threshold=0.99):
         "10": {"class_type": "SamplerCustomAdvanced", "inputs": {
             "noise": ["9", 0], "guider": ["6", 0], "sampler": ["7", 0], "sigmas": ["8", 0], "latent_image": ["3", 0]}},
         "11": {"class_type": "SaveLatent", "inputs": {"samples": ["10", 0], "filename_prefix": "gs_ag_guider"}},
-    }
-
-
-def calibration_prompt(name):
-    return {
-        "1": {"class_type": "GSTestTinyModel", "inputs": {"model_type": "eps"}},
-        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
-        "7": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-        "8": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "karras", "steps": 8, "denoise": 1.0}},
-        "12": {"class_type": "LinearAGCalibrate", "inputs": {
-            "model": ["1", 0], "positive": ["1", 1], "negative": ["1", 2], "cfg": 5.0, "sampler": ["7", 0],
-            "sigmas": ["8", 0], "latent_image": ["3", 0], "runs": 2, "seed": 0, "name": name}},
     }
 
 
