@@ -288,3 +288,18 @@ def test_calibration_logs_one_line_for_all_its_runs(server):
     log = server.log()
     assert log.count("LinearAG calibration: wrote") == 1
     assert "LinearAG calibration (sample_euler" not in log  # no line per sampling run
+
+
+def test_the_plot_refuses_a_run_of_another_model_when_the_prompt_is_queued_again(server):
+    """The AG patch example's shape: re-queued with the KSampler wired to the unpatched model, the plot
+    (whose inputs did not change) must not show the earlier run."""
+    prompt = adaptive_prompt()
+    prompt["13"] = {"class_type": "GuidanceSchedulePlot", "inputs": {"samples": ["4", 0], "model": ["2", 0]}}
+    prompt["14"] = {"class_type": "SaveImage", "inputs": {"images": ["13", 0], "filename_prefix": "gs_plot_wiring"}}
+    first = server.run_prompt(prompt)
+    assert first["status"]["status_str"] == "success", first["status"]
+    prompt["4"]["inputs"]["model"] = ["1", 0]  # the KSampler now samples the unpatched model
+    again = server.run_prompt(prompt)
+    errors = [m[1] for m in again["status"]["messages"] if m[0] == "execution_error"]
+    assert errors and errors[0]["node_id"] == "13"
+    assert "'samples' was not made with the model connected here" in errors[0]["exception_message"]
