@@ -24,7 +24,7 @@ import functools
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -202,7 +202,7 @@ class GuidanceMethod:
     cfg_tooltip: str | None = None  # the guider's cfg input; None: the method sets the scale, the guider has none
     patch_note: str = ""  # what the patch's description adds (what becomes of the KSampler's cfg)
     file_state: Callable[..., str] | None = None  # where the inputs name a file: its state, for ComfyUI's cache
-    model_tooltip: str = field(default="The model to sample with this guidance.")
+    model_tooltip: str = "The model to sample with this guidance."
 
 
 def _settings(names: list[str], args: tuple, kwargs: dict) -> dict:
