@@ -7,7 +7,8 @@ protocol, and takes screenshots.
 1. an example workflow from the template folder, loaded into the editor (docs/screenshot_example.png
    with --readme);
 2. LinearAG Calibrate run from the editor on the tiny test model: the node shows its result;
-3. a prompt whose interval bounds select no step: the warning appears as a toast.
+3. a prompt whose interval bounds select no step: the warning appears as a toast;
+and the annealing node, with no guidance network installed, names where to get one.
 It prints what it found and exits non-zero when a check fails. Needs Debian's chromium.
 """
 from __future__ import annotations
@@ -145,6 +146,14 @@ async def check(url: str, out: Path) -> list[str]:
                 print(f"example: {example} nodes in the file, {drawn} in the editor")
                 if drawn != example:
                     failures.append(f"the example shows {drawn} nodes, its file has {example}")
+
+                # 1b. with no guidance network installed, the annealing node says where to get one
+                scheduler = await browser.js(
+                    f"(() => {{ const n = LiteGraph.createNode('AnnealingGuidancePatch'); {APP}.graph.add(n);"
+                    " const v = n.widgets.find(w => w.name === 'scheduler').value; n.graph.remove(n); return v; })()")
+                print("annealing node's scheduler widget with no network installed:", scheduler)
+                if not scheduler or "README" not in str(scheduler):
+                    failures.append(f"the scheduler widget reads {scheduler!r}")
 
                 # 2. LinearAG Calibrate from the editor: its result appears on the node
                 await browser.js(f"{APP}.loadApiJson ? ({APP}.loadApiJson({json.dumps(CALIBRATION)}, 'calibration'), true)"
