@@ -5,6 +5,7 @@ runs ComfyUI's sampler function, with a stand-in for the model.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 
@@ -54,6 +55,16 @@ class _StandInModel:
         return denoised
 
 
+def _cheap_noise(function, x) -> dict:
+    """A noise sampler of zeros for SDE samplers that take one: the noise never moves an evaluation's sigma,
+    and their default (torchsde's Brownian tree) costs more than the rest of the rehearsal."""
+    try:
+        takes_it = "noise_sampler" in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"noise_sampler": lambda sigma, sigma_next: torch.zeros_like(x)} if takes_it else {}
+
+
 def rehearse_steps(sampler, guider, sigmas: torch.Tensor, extra_args: dict, noise) -> list[PlannedEvaluation] | None:
     """Which step each evaluation of this run belongs to, from a rehearsal of the sampler's own function
     on a one-pixel latent with a stand-in model (samplers/steps.py explains why). None where the
@@ -81,7 +92,7 @@ def rehearse_steps(sampler, guider, sigmas: torch.Tensor, extra_args: dict, nois
                 warnings.simplefilter("ignore")
                 function(stand_in, x, sigmas.detach().to("cpu", torch.float32).clone(),
                          extra_args={**extra_args, "model_options": options}, callback=record, disable=True,
-                         **getattr(sampler, "extra_options", {}))
+                         **{**_cheap_noise(function, x), **getattr(sampler, "extra_options", {})})
         except Exception as e:  # a third-party sampler may do anything with its model; the rule below still holds
             reason = f"its rehearsal failed ({type(e).__name__}: {e})"
         else:
