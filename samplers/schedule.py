@@ -54,7 +54,7 @@ class Evaluation:
 @dataclass(frozen=True)
 class StepPlan:
     """A schedule's decision for one solver step, taken at the step's first evaluation and kept by the
-    driver (`guided_evaluation`) for the step's other evaluations."""
+    driver (`ScheduleDriver`) for the step's other evaluations."""
 
     guided: torch.Tensor  # bool per sample: the sample is guided in this step
     estimated: bool = False  # the guided samples' unconditional prediction is estimated (LinearAG), not run
@@ -73,7 +73,7 @@ class Guidance:
 class GuidanceSchedule:
     """Base class: stock CFG. A method overrides what it decides.
 
-    guided_evaluation() below drives a schedule at every model evaluation of a run:
+    ScheduleDriver below drives a schedule at every model evaluation of a run:
     - plan_step(ev), once per step at its first evaluation: which samples are guided in the step,
       and whether their unconditional prediction is estimated instead of run;
     - the model: the unconditional pass runs, for the whole batch, when a guided sample needs it and
