@@ -6,6 +6,7 @@ protocol, and takes screenshots.
 
 1. an example workflow from the template folder, loaded into the editor (docs/screenshot_example.png
    with --readme);
+   (and the template browser, on a first start, lists the examples in reading order);
 2. LinearAG Calibrate run from the editor on the tiny test model: the node shows its result;
 3. a prompt whose interval bounds select no step: the warning appears as a toast;
 and the annealing node, with no guidance network installed, names where to get one.
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import base64
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +34,9 @@ from prompts import calibration_prompt  # noqa: E402
 
 EXAMPLE = "Adaptive Guidance with KSampler (SDXL)"
 TITLES = [p.stem for p in (ROOT / "workflows").glob("*.json")]
+# the reading order the pack's web extension gives the template browser
+TEMPLATE_ORDER = re.findall(r'"([^"]+)"', re.search(r"const TEMPLATE_ORDER = \[(.*?)\];",
+                                                    (ROOT / "web" / "guidance_schedules.js").read_text(), re.S).group(1))
 
 CALIBRATION = calibration_prompt(f"frontend_{int(time.time())}")  # the tiny test model, from the editor
 
@@ -124,6 +129,10 @@ async def check(url: str, out: Path) -> list[str]:
                     print(f"template browser: {len(shown)} of {len(TITLES)} examples shown by title")
                     if len(shown) != len(TITLES):
                         failures.append(f"the template browser misses {sorted(set(TITLES) - set(shown))}")
+                    in_view = sorted(shown, key=titles.index)
+                    print("template browser's order:", "; ".join(in_view))
+                    if in_view != [t for t in TEMPLATE_ORDER if t in shown]:
+                        failures.append("the template browser does not list the examples in reading order")
                     # close it: the dialog's close button (the top-right one)
                     await browser.js("(() => { const b = Array.from(document.querySelectorAll('.p-dialog button'))"
                                      ".filter(b => b.querySelector('.pi-times, .icon-\\[lucide--x\\], svg'))"

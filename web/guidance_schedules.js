@@ -1,7 +1,41 @@
-// The pack's messages in ComfyUI's frontend: warnings as toasts, and LinearAG Calibrate's result on the node.
+// The pack in ComfyUI's frontend: its templates in reading order, warnings as toasts, and LinearAG Calibrate's
+// result on the node.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { ComfyWidgets } from "../../scripts/widgets.js";
+
+// ComfyUI lists a pack's templates in file-system order (an unsorted glob), which put LinearAG calibration
+// first. The pack's examples in reading order: method by method, the simple one first. A test keeps this list
+// equal to the files in workflows/.
+const TEMPLATE_ORDER = [
+  "Guidance interval with KSampler (SDXL)",
+  "Guidance interval as in the paper (SDXL, SamplerCustomAdvanced)",
+  "Adaptive Guidance with KSampler (SDXL)",
+  "Adaptive Guidance with SamplerCustomAdvanced (SDXL)",
+  "Adaptive Guidance, LinearAG calibration (SDXL)",
+  "Annealing guidance with KSampler (SDXL)",
+  "Annealing guidance with SamplerCustomAdvanced (SDXL)",
+  "Annealing guidance, three lambdas side by side (SDXL)",
+];
+
+// The folder the pack was cloned into names its templates; this script is served from /extensions/<folder>/.
+const PACK_FOLDER = decodeURIComponent(new URL(import.meta.url).pathname.split("/").at(-2));
+
+function templateRank(name) {
+  const rank = TEMPLATE_ORDER.indexOf(name);
+  return rank < 0 ? TEMPLATE_ORDER.length : rank;
+}
+
+// Runs at import, before the template browser first asks the server. A frontend without this method is left as is.
+if (typeof api.getWorkflowTemplates === "function") {
+  const getWorkflowTemplates = api.getWorkflowTemplates.bind(api);
+  api.getWorkflowTemplates = async function () {
+    const templates = await getWorkflowTemplates();
+    const ours = templates?.[PACK_FOLDER];
+    if (Array.isArray(ours)) ours.sort((a, b) => templateRank(a) - templateRank(b) || a.localeCompare(b));
+    return templates;
+  };
+}
 
 function showWarning(message) {
   const toast = app.extensionManager?.toast;

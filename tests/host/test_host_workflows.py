@@ -182,3 +182,15 @@ def test_every_template_has_a_readable_title_and_a_picture_made_by_the_pack():
         assert picture.is_file(), f"{path.name} has no picture"
         with Image.open(picture) as image:
             assert image.format == "JPEG" and image.width >= 300
+
+
+def test_the_frontend_lists_every_template_in_reading_order():
+    """web/guidance_schedules.js orders the pack's templates by its TEMPLATE_ORDER (the server's glob is
+    unsorted); that list must name each UI workflow once, or a new example would sort last unnoticed."""
+    import re
+    script = (WORKFLOWS.parent / "web" / "guidance_schedules.js").read_text()
+    listed = re.search(r"const TEMPLATE_ORDER = \[(.*?)\];", script, re.S).group(1)
+    order = re.findall(r'"([^"]+)"', listed)
+    assert sorted(order) == sorted(p.stem for p in UI_FILES)
+    assert len(order) == len(set(order))
+    assert order[0].startswith("Guidance interval") and "calibration" not in order[0]
