@@ -1,48 +1,58 @@
-"""The training objective of the annealing guidance network (Yehezkel et al. 2025, Algorithm 1), one
-step, as the public reference trainer computes it (stated in ../shared/reference/annealing_training/
-README.md), for EPS models on the DDPM grid and for flow models. Pure torch: the diffusion model is a
-function `predict(z, t, branch)`, branch "cond" or "uncond", returning its output (the noise for EPS,
-the velocity for flow) with gradients through z; its weights are the caller's to freeze.
+"""Training the annealing guidance network (Yehezkel et al. 2025, Algorithm 1) as the public reference
+trainer does it (stated in ../shared/reference/annealing_training/README.md), for EPS-space models
+(EPS, v-prediction, EDM) and flow models. Pure torch: the diffusion model is a function
+`denoise(x, sigma) -> (D_cond, D_uncond)`, its predictions of the clean latent in ComfyUI's sampling
+space, with gradients through x; its weights are the caller's to freeze.
 
-Per example, with lambda drawn by the caller:
-- z_t, the model's noising of x0 at the grid timestep t (never the grid's last);
-- both predictions at z_t without gradient; w = network(t, ||uncond - cond||, lambda); the guided
-  prediction uncond + w (cond - uncond);
-- one sampler step to the next grid timestep t' that re-noises with the unconditional prediction
-  (EPS: DDIM, x0 from the guided noise, the unconditional noise as the direction; flow: x0 = z - s v_g,
-  noise = z + (1 - s) v_u, z' = (1 - s') x0 + s' noise, s = t / 1000);
-- both predictions at z' WITH gradient: delta' = cond - uncond there;
-- loss = (1 - lambda) mean((guided - target)^2) + r lambda mean(delta'^2), target the noise (EPS) or
-  noise - x0 (flow), r = EMA of (1 - lambda) times the first term over EMA of lambda times the second
-  (`LossBalance`).
+Written in ComfyUI's sampling space, x = a(sigma) x0 + sigma noise with a = 1 (EPS space: ComfyUI's x
+is the VP latent divided by sqrt(alpha_bar)) or a = 1 - sigma (flow). Per example, with lambda ~ U(0, 1):
+- x at a grid sigma (never the grid's last nonzero one), from a data latent x0 and noise;
+- both predictions at x without gradient; w = network(t, ||D_c - D_u|| / sigma, lambda), t the model's
+  own timestep (DDPM index, or 1000 sigma for flow), ||D_c - D_u|| / sigma = ||eps_u - eps_c|| (EPS) or
+  ||v_u - v_c|| (flow); the guided D_g = D_u + w (D_c - D_u);
+- one step to the grid's next sigma that takes x0 from the guided prediction and the noise from the
+  unconditional one: noise_u = (x - a(sigma) D_u) / sigma, x' = a(sigma') D_g + sigma' noise_u. For
+  EPS this is the reference's DDIM step with `pred_sample_direction_with_null`, for flow its
+  x0 = z - s v_g, eps_u = z + (1 - s) v_u, z' = (1 - s') x0 + s' eps_u;
+- both predictions at x' WITH gradient: delta' = (D'_c - D'_u) / sigma' (eps or velocity units);
+- per sample, eps = mean(((x0 - D_g) / sigma)^2), which is mean((guided - target)^2) with the target the
+  noise (EPS) or noise - x0 (flow), and delta = mean(delta'^2); over the batch
+  loss = mean((1 - lambda) eps) + r mean(lambda delta), r from `LossBalance`.
 
-Measured against the reference's parity vectors: equal to 1e-15 for EPS with the released network
-(tests/test_annealing_training.py). This is the trainer's core; the ComfyUI node that runs it is to come.
+Measured against the reference's parity vectors: EPS to 1e-15 from the released network
+(tests/test_annealing_training.py); through a ComfyUI model in tests/host/test_host_annealing_training.py.
+`Trainer` adds what training needs around the loss (AdamW, gradient accumulation, clipping, the random
+draws, a state that resumes exactly); nodes/annealing_train.py runs it inside ComfyUI.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
 
 from .annealing import AnnealingNetwork
 
-EPS, FLOW = "eps", "flow"
+EPS, FLOW = "eps", "flow"  # the two sampling spaces: x = x0 + sigma n, and x = (1 - sigma) x0 + sigma n
+
+Denoise = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def ddpm_alphas_cumprod(beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = 1000) -> torch.Tensor:
-    """SD / SDXL's scaled-linear DDPM schedule, computed in float32 as diffusers does (the reference's
-    numbers depend on it), returned in float64."""
-    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, steps, dtype=torch.float32) ** 2
-    return torch.cumprod(1 - betas, dim=0).to(torch.float64)
+def x0_scale(space: str, sigma: torch.Tensor) -> torch.Tensor:
+    """a(sigma) in x = a(sigma) x0 + sigma noise."""
+    if space == EPS:
+        return torch.ones_like(sigma)
+    if space == FLOW:
+        return 1 - sigma
+    raise ValueError(f"space must be {EPS!r} or {FLOW!r}, got {space!r}")
 
 
 @dataclass
 class LossBalance:
-    """r = EMA((1 - lambda) * eps term) / EMA(lambda * delta term): the two terms' running sizes, decay 0.999,
-    starting at the first step's values, capped at 1e4, a plain number (no gradient through it)."""
+    """r = EMA(mean((1 - lambda) eps)) / EMA(mean(lambda delta)), as the reference's calc_loss: one update per
+    batch, decay 0.999, starting at the first batch's values; the delta EMA floored at 1e-8, r capped at 1e4,
+    and 1 while the eps EMA is below 1e-10 (lambda = 1 throughout). A plain number: no gradient through it."""
 
     decay: float = 0.999
     cap: float = 1e4
@@ -55,48 +65,259 @@ class LossBalance:
         else:
             self.eps_ema = self.decay * self.eps_ema + (1 - self.decay) * weighted_eps
             self.delta_ema = self.decay * self.delta_ema + (1 - self.decay) * weighted_delta
-        ratio = self.eps_ema / self.delta_ema if self.delta_ema > 0 else math.inf
-        return min(ratio, self.cap)
+        if self.eps_ema <= 1e-10:
+            return 1.0
+        return min(self.eps_ema / max(self.delta_ema, 1e-8), self.cap)
 
 
 @dataclass(frozen=True)
 class Example:
-    x0: torch.Tensor  # (1, C, H, W) data latent
-    noise: torch.Tensor  # same shape
-    timestep: float  # a grid timestep on the 0..1000 scale (flow: 1000 s)
-    next_timestep: float  # the grid's following (less noisy) timestep
-    lam: float
+    """A batch of training examples; every tensor but x0 and noise is (B,)."""
+
+    x0: torch.Tensor  # data latents in the model's sampling space (after ComfyUI's process_latent_in)
+    noise: torch.Tensor
+    sigma: torch.Tensor  # a grid sigma
+    next_sigma: torch.Tensor  # the grid's following (smaller, nonzero) sigma
+    timestep: torch.Tensor  # the model's own timestep at sigma: what the network reads
+    lam: torch.Tensor
 
 
-def training_loss(network: AnnealingNetwork, predict: Callable, example: Example, prediction: str,
-                  balance: LossBalance, alphas_cumprod: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """The loss of one example and its parts; backward() on it reaches the network through w and through
-    the model's evaluation at z'."""
-    x0, noise, t, t_next, lam = example.x0, example.noise, example.timestep, example.next_timestep, example.lam
-    if prediction == EPS:
-        alphas = ddpm_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
-        a, a_next = alphas[int(round(t))].to(x0.dtype), alphas[int(round(t_next))].to(x0.dtype)
-        z = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        target = noise
-    elif prediction == FLOW:
-        s, s_next = t / 1000.0, t_next / 1000.0
-        z = (1 - s) * x0 + s * noise
-        target = noise - x0
-    else:
-        raise ValueError(f"prediction must be {EPS!r} or {FLOW!r}, got {prediction!r}")
+@dataclass
+class Terms:
+    eps: torch.Tensor  # (B,) mean((guided - target)^2) per sample, its gradient reaches the network through w
+    delta: torch.Tensor  # (B,) mean(delta'^2) per sample, through w and the model's evaluation at x'
+    w: torch.Tensor  # (B,) the network's guidance scales
+
+
+def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+
+
+def example_terms(network: AnnealingNetwork, denoise: Denoise, example: Example, space: str) -> Terms:
+    x0, noise = example.x0, example.noise
+    s, s_next = _per_sample(example.sigma, x0), _per_sample(example.next_sigma, x0)
+    x = x0_scale(space, s) * x0 + s * noise
     with torch.no_grad():
-        cond, uncond = predict(z, t, "cond"), predict(z, t, "uncond")
-    batch = x0.shape[0]
-    w = network(torch.full((batch,), float(t), dtype=x0.dtype), (uncond - cond).flatten(1).norm(dim=1),
-                torch.full((batch,), float(lam), dtype=x0.dtype)).view(-1, *([1] * (x0.ndim - 1)))
-    guided = uncond + w * (cond - uncond)
-    if prediction == EPS:
-        x0_guided = (z - (1 - a).sqrt() * guided) / a.sqrt()
-        z_next = a_next.sqrt() * x0_guided + (1 - a_next).sqrt() * uncond
-    else:
-        z_next = (1 - s_next) * (z - s * guided) + s_next * (z + (1 - s) * uncond)
-    delta_next = predict(z_next, t_next, "cond") - predict(z_next, t_next, "uncond")
-    eps_term, delta_term = ((guided - target) ** 2).mean(), (delta_next ** 2).mean()
-    r = balance.update((1 - lam) * eps_term.item(), lam * delta_term.item())
-    loss = (1 - lam) * eps_term + r * lam * delta_term
-    return loss, {"eps_term": eps_term.item(), "delta_term": delta_term.item(), "r": r, "w": w.flatten().tolist()}
+        d_c, d_u = (d.to(x0.dtype) for d in denoise(x, example.sigma))
+    net_dtype = next(network.parameters()).dtype
+    w = network(example.timestep.to(net_dtype), ((d_c - d_u) / s).flatten(1).norm(dim=1).to(net_dtype),
+                example.lam.to(net_dtype)).to(x0.dtype)
+    d_g = d_u + _per_sample(w, x0) * (d_c - d_u)
+    noise_u = (x - x0_scale(space, s) * d_u) / s
+    x_next = x0_scale(space, s_next) * d_g + s_next * noise_u
+    d_c_next, d_u_next = (d.to(x0.dtype) for d in denoise(x_next, example.next_sigma))
+    delta_next = (d_c_next - d_u_next) / s_next
+    eps = (((x0 - d_g) / s) ** 2).flatten(1).mean(dim=1)
+    return Terms(eps, (delta_next ** 2).flatten(1).mean(dim=1), w)
+
+
+def weighted_terms(terms: Terms, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's mean((1 - lambda) eps) and mean(lambda delta)."""
+    lam = lam.to(terms.eps.dtype)
+    return ((1 - lam) * terms.eps).mean(), (lam * terms.delta).mean()
+
+
+def training_loss(network: AnnealingNetwork, denoise: Denoise, example: Example, space: str,
+                  balance: LossBalance) -> tuple[torch.Tensor, Terms]:
+    """One batch's loss (updating `balance`); backward() on it reaches the network through w and through the
+    model's evaluation at x'."""
+    terms = example_terms(network, denoise, example, space)
+    eps_loss, delta_loss = weighted_terms(terms, example.lam)
+    r = balance.update(eps_loss.item(), delta_loss.item())
+    return eps_loss + r * delta_loss, terms
+
+
+# --- CADS prompt noise ------------------------------------------------------------------------------
+
+def cads_gamma(timestep: float, t1: float = 0.0, t2: float = 1.0, num_timesteps: int = 1000) -> float:
+    """CADS's linear schedule of the condition's share, on t / num_timesteps: 1 before t1, 0 after t2."""
+    t = timestep / num_timesteps
+    return min(max((t2 - t) / (t2 - t1), 0.0), 1.0)
+
+
+def cads_noise(y: torch.Tensor, gamma: float, noise: torch.Tensor, noise_scale: float = 0.025,
+               psi: float = 1.0, rescale: bool = True) -> torch.Tensor:
+    """CADS (Sadat et al. 2024) on a conditioning tensor, as the reference's add_noise_to_prompt:
+    sqrt(gamma) y + noise_scale sqrt(1 - gamma) noise, then per sample rescaled to y's mean and std."""
+    y_noised = math.sqrt(gamma) * y + noise_scale * math.sqrt(1 - gamma) * noise
+    if not rescale:
+        return y_noised
+    dims = tuple(range(1, y.ndim)) if y.ndim > 1 else ()
+    y_mean, y_std = y.mean(dims, keepdim=True), y.std(dims, keepdim=True) + 1e-6
+    yn_mean, yn_std = y_noised.mean(dims, keepdim=True), y_noised.std(dims, keepdim=True) + 1e-6
+    y_scaled = (y_noised - yn_mean) / yn_std * y_std + y_mean
+    return psi * y_scaled + (1 - psi) * y_noised
+
+
+# --- the trainer ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The reference's defaults (scripts/config.yaml, config_sd3.yaml): 20000 images, batch 1 with 16
+    accumulation steps, AdamW lr 1e-3 and weight decay 0.01, gradient clip 1.0, CADS prompt noise on."""
+
+    training_images: int = 20000
+    batch_size: int = 1
+    gradient_accumulation: int = 16
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    seed: int = 42
+    delta_normalization: float = 5.0
+    prompt_noise: bool = True
+    gradient_clip: float = 1.0
+
+    @property
+    def images_per_update(self) -> int:
+        return self.batch_size * self.gradient_accumulation
+
+    @property
+    def updates(self) -> int:
+        return math.ceil(self.training_images / self.images_per_update)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The sampling grid trained for: sigmas (last 0 excluded) and the model's timestep at each."""
+
+    sigmas: tuple[float, ...]
+    timesteps: tuple[float, ...]
+
+    def __post_init__(self):
+        if len(self.sigmas) < 2 or len(self.sigmas) != len(self.timesteps):
+            raise ValueError("the training grid needs at least two nonzero sigmas, each with its timestep")
+
+
+@dataclass
+class Draw:
+    """The random choices of one example: which latent, which grid step, lambda, and the latent noise."""
+
+    index: int
+    position: int
+    lam: float
+    noise: torch.Tensor
+
+
+@dataclass
+class Progress:
+    images: int = 0
+    updates: int = 0
+    losses: list[float] = field(default_factory=list)  # one per batch, as the reference logs them
+
+
+class Trainer:
+    """The network's training, batch by batch: `draw` the examples of a batch, `add` each example's
+    gradients (evaluated one at a time, so memory holds one example's graph), `end_batch`; the optimizer
+    steps after `gradient_accumulation` batches.
+
+    The balance r of a batch is known only after its last example; the two terms' gradients are kept
+    apart until then (g = g_eps + r g_delta), which gives exactly the gradient of the batch's loss."""
+
+    def __init__(self, network: AnnealingNetwork, grid: Grid, space: str, settings: TrainingSettings,
+                 dataset_size: int):
+        self.network, self.grid, self.space, self.settings = network, grid, space, settings
+        self.dataset_size = dataset_size
+        self.optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate,
+                                           weight_decay=settings.weight_decay)
+        self.balance = LossBalance()
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.progress = Progress()
+        self._params = [p for p in network.parameters()]
+        self._batch: list[tuple[list[torch.Tensor], list[torch.Tensor], float, float]] = []
+        self._accumulated = [torch.zeros_like(p) for p in self._params]
+        self._batches_in_update = 0
+        self._at_update = self._snapshot()
+
+    @property
+    def done(self) -> bool:
+        return self.progress.images >= self.settings.training_images
+
+    def draw(self, latent_shape: tuple[int, ...]) -> Draw:
+        """An example's random choices, in a fixed order from the trainer's generator (so a resumed run draws
+        what the uninterrupted one would have). Grid positions as the reference's get_timestep: uniform over
+        all but the last."""
+        g = self.generator
+        index = int(torch.randint(0, self.dataset_size, (1,), generator=g))
+        position = int(torch.randint(0, len(self.grid.sigmas) - 1, (1,), generator=g))
+        lam = float(torch.rand(1, generator=g, dtype=torch.float64))
+        noise = torch.randn((1, *latent_shape[1:]), generator=g)
+        return Draw(index, position, lam, noise)
+
+    def example(self, draw: Draw, x0: torch.Tensor) -> Example:
+        def one(v):
+            return torch.tensor([v], dtype=torch.float64, device=x0.device)
+        return Example(x0, draw.noise.to(device=x0.device, dtype=x0.dtype), one(self.grid.sigmas[draw.position]),
+                       one(self.grid.sigmas[draw.position + 1]), one(self.grid.timesteps[draw.position]), one(draw.lam))
+
+    def add(self, denoise: Denoise, example: Example) -> None:
+        """One example of the current batch: its terms and their gradients, kept apart."""
+        terms = example_terms(self.network, denoise, example, self.space)
+        eps_loss, delta_loss = weighted_terms(terms, example.lam)
+        b = self.settings.batch_size
+        g_eps = torch.autograd.grad(eps_loss / b, self._params, retain_graph=True, allow_unused=True)
+        g_delta = torch.autograd.grad(delta_loss / b, self._params, allow_unused=True)
+        self._batch.append(([g if g is not None else torch.zeros_like(p) for g, p in zip(g_eps, self._params)],
+                            [g if g is not None else torch.zeros_like(p) for g, p in zip(g_delta, self._params)],
+                            eps_loss.item() / b, delta_loss.item() / b))
+        self.progress.images += 1
+
+    def end_batch(self) -> float:
+        """Closes the batch: r, the batch's loss and gradient; an optimizer step when the accumulation is full
+        or the training ends. Returns the batch's loss."""
+        eps_loss = sum(e for _, _, e, _ in self._batch)
+        delta_loss = sum(d for _, _, _, d in self._batch)
+        r = self.balance.update(eps_loss, delta_loss)
+        for acc, *grads in zip(self._accumulated, *(e for e, _, _, _ in self._batch), *(d for _, d, _, _ in self._batch)):
+            n = len(self._batch)
+            acc += (sum(grads[:n]) + r * sum(grads[n:])) / self.settings.gradient_accumulation
+        self._batch = []
+        self._batches_in_update += 1
+        loss = eps_loss + r * delta_loss
+        self.progress.losses.append(loss)
+        if self._batches_in_update == self.settings.gradient_accumulation or self.done:
+            self._step()
+        return loss
+
+    def _step(self) -> None:
+        for p, g in zip(self._params, self._accumulated):
+            p.grad = g.clone()
+        torch.nn.utils.clip_grad_norm_(self._params, self.settings.gradient_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for g in self._accumulated:
+            g.zero_()
+        self._batches_in_update = 0
+        self.progress.updates += 1
+        self._at_update = self._snapshot()
+
+    # --- checkpoints: the state at the last optimizer step (an interrupted update is redone on resume) ---
+
+    def _snapshot(self) -> dict:
+        return {"generator": self.generator.get_state().clone(), "balance": asdict(self.balance),
+                "progress": {"images": self.progress.images, "updates": self.progress.updates,
+                             "losses": list(self.progress.losses)}}
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, plain values) of the state at the last optimizer step, for a checkpoint file."""
+        snap = self._at_update
+        tensors = {f"network.{k}": v.detach().clone() for k, v in self.network.state_dict().items()}
+        tensors["generator_state"] = snap["generator"]
+        optimizer = self.optimizer.state_dict()
+        for i, state in optimizer["state"].items():
+            for k, v in state.items():
+                tensors[f"optimizer.{i}.{k}"] = v.detach().clone() if torch.is_tensor(v) else torch.tensor(v)
+        return tensors, {"balance": snap["balance"], "progress": snap["progress"]}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], values: dict) -> None:
+        self.network.load_state_dict({k[len("network."):]: v for k, v in tensors.items() if k.startswith("network.")})
+        optimizer = self.optimizer.state_dict()
+        state: dict[int, dict] = {}
+        for key, v in tensors.items():
+            if key.startswith("optimizer."):
+                _, i, name = key.split(".", 2)
+                state.setdefault(int(i), {})[name] = v
+        optimizer["state"] = state
+        self.optimizer.load_state_dict(optimizer)
+        self.generator.set_state(tensors["generator_state"])
+        self.balance = LossBalance(**values["balance"])
+        self.progress = Progress(**values["progress"])
+        self._at_update = self._snapshot()

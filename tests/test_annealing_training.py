@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from guidance_schedules.samplers.annealing import AnnealingNetwork, NetworkConfig
-from guidance_schedules.samplers.annealing_training import EPS, FLOW, Example, LossBalance, training_loss
+from guidance_schedules.samplers.annealing_training import (EPS, FLOW, Example, Grid, LossBalance, Trainer,
+                                                            TrainingSettings, training_loss)
 
 PARITY = Path(__file__).resolve().parents[2] / "shared" / "reference" / "annealing_training" / "parity_training.safetensors"
 # the README's tolerances: relative, 1e-6 for EPS (float64), 1e-4 for flow (the reference runs it in float32)
@@ -24,6 +25,30 @@ def parity():
     return load_file(str(PARITY))
 
 
+def ddpm_alphas_cumprod() -> torch.Tensor:
+    """SD / SDXL's scaled-linear schedule as diffusers computes it (in float32), which the reference used."""
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float32) ** 2
+    return torch.cumprod(1 - betas, dim=0).to(torch.float64)
+
+
+def toy_denoiser(kind, patterns, dtype):
+    """The reference's toy model in ComfyUI's sampling space: EPS models see z = x / sqrt(1 + sigma^2) at the
+    DDPM timestep whose sigma this is and give D = x - sigma eps; flow models see z = x at t = 1000 sigma
+    and give D = x - sigma v."""
+    alphas = ddpm_alphas_cumprod()
+    sigmas = ((1 - alphas) / alphas).sqrt()
+
+    def denoise(x, sigma):
+        s = sigma.to(dtype).view(-1, 1, 1, 1)
+        if kind == EPS:
+            t = (sigmas.view(1, -1) - sigma.view(-1, 1).double()).abs().argmin(dim=1).to(dtype).view(-1, 1, 1, 1)
+            z = x / (1 + s ** 2).sqrt()
+        else:
+            t, z = 1000 * s, x
+        return tuple(x - s * torch.tanh(0.9 * z + 0.6 * patterns[b] * t / 1000) for b in ("cond", "uncond"))
+    return denoise, sigmas
+
+
 @pytest.mark.parametrize("init", ["official", "random"])
 @pytest.mark.parametrize("kind", [EPS, FLOW])
 def test_four_training_steps_give_the_references_losses_and_gradients(parity, kind, init):
@@ -37,14 +62,16 @@ def test_four_training_steps_give_the_references_losses_and_gradients(parity, ki
     for step in range(4):
         def tensor(name):
             return parity[prefix + name][step].to(dtype).reshape(1, 4, 8, 8)
-        patterns = {"cond": tensor("pattern_cond"), "uncond": tensor("pattern_uncond")}
-
-        def predict(z, t, branch):
-            return torch.tanh(0.9 * z + 0.6 * patterns[branch] * t / 1000)
+        denoise, ddpm_sigmas = toy_denoiser(kind, {"cond": tensor("pattern_cond"), "uncond": tensor("pattern_uncond")},
+                                            dtype)
         t = float(parity[prefix + "timestep"][step])
-        example = Example(tensor("x0"), tensor("noise"), t, grid[grid.index(t) + 1], float(parity[prefix + "lambda"][step]))
+        t_next = grid[grid.index(t) + 1]
+        sigma = (lambda u: float(ddpm_sigmas[int(u)])) if kind == EPS else (lambda u: u / 1000)
+        example = Example(tensor("x0"), tensor("noise"), torch.tensor([sigma(t)], dtype=torch.float64),
+                          torch.tensor([sigma(t_next)], dtype=torch.float64), torch.tensor([t], dtype=torch.float64),
+                          torch.tensor([float(parity[prefix + "lambda"][step])], dtype=torch.float64))
         network.zero_grad()
-        loss, _ = training_loss(network, predict, example, kind, balance)
+        loss, _ = training_loss(network, denoise, example, kind, balance)
         loss.backward()
         reference = float(parity[prefix + "loss"][step])
         assert abs(loss.item() - reference) <= TOLERANCE[kind] * abs(reference), (step, loss.item(), reference)
@@ -59,7 +86,105 @@ def test_four_training_steps_give_the_references_losses_and_gradients(parity, ki
 
 
 def test_the_loss_balance_follows_the_weighted_terms():
+    """The reference's calc_loss: EMAs from the first batch's values, the delta EMA floored at 1e-8, r capped
+    at 1e4, and 1 while the eps EMA is below 1e-10."""
     balance = LossBalance()
-    assert balance.update(2.0, 0.0) == 1e4  # no delta term yet: the cap
+    assert balance.update(2.0, 0.0) == 1e4  # no delta term yet: 2 / 1e-8, capped
     r = balance.update(1.0, 0.5)
-    assert r == pytest.approx((0.999 * 2.0 + 0.001 * 1.0) / (0.001 * 0.5))
+    assert r == pytest.approx((0.999 * 2.0 + 0.001 * 1.0) / (0.999 * 0.0 + 0.001 * 0.5))
+    assert LossBalance().update(0.0, 0.3) == 1.0  # lambda = 1 throughout: no eps term to balance against
+
+
+def small_problem(seed=0, batch=2):
+    """A toy EPS-space model (the reference's toy denoiser, random patterns), a small grid and data."""
+    g = torch.Generator().manual_seed(seed)
+    patterns = {b: torch.randn(1, 4, 8, 8, generator=g, dtype=torch.float64) for b in ("cond", "uncond")}
+    data = torch.randn(5, 4, 8, 8, generator=g, dtype=torch.float64)
+    sigmas = (14.6, 7.0, 3.0, 1.2, 0.4, 0.1)
+
+    def denoise(x, sigma):
+        s = sigma.to(x.dtype).view(-1, 1, 1, 1)
+        z = x / (1 + s ** 2).sqrt()
+        return tuple(x - s * torch.tanh(0.9 * z + 0.6 * patterns[b] * s.log()) for b in ("cond", "uncond"))
+    grid = Grid(sigmas, tuple(100 * i for i in range(len(sigmas))))
+    return denoise, grid, data
+
+
+def network64(seed=3):
+    torch.manual_seed(seed)
+    return AnnealingNetwork(NetworkConfig()).double()
+
+
+def test_a_batch_evaluated_example_by_example_has_the_gradient_of_the_batchs_loss():
+    """The trainer evaluates a batch one example at a time, keeping the two terms' gradients apart until the
+    balance r is known; the result must be the gradient of the whole batch's loss."""
+    denoise, grid, data = small_problem()
+    settings = TrainingSettings(batch_size=3, gradient_accumulation=1, training_images=3, seed=5)
+    trainer = Trainer(network64(), grid, EPS, settings, dataset_size=len(data))
+    examples = []
+    for _ in range(3):
+        draw = trainer.draw(tuple(data.shape))
+        example = trainer.example(draw, data[draw.index:draw.index + 1])
+        examples.append(example)
+        trainer.add(denoise, example)
+    trainer._step = lambda: None  # look at the gradient before the optimizer uses it
+    loss = trainer.end_batch()
+    batch = Example(*(torch.cat([getattr(e, f) for e in examples]) for f in Example.__dataclass_fields__))
+    reference = network64()
+    whole, _ = training_loss(reference, denoise, batch, EPS, LossBalance())
+    whole.backward()
+    assert loss == pytest.approx(whole.item(), rel=1e-12)
+    for p, (name, q) in zip(trainer._accumulated, reference.named_parameters()):
+        assert torch.allclose(p, q.grad, rtol=1e-10, atol=1e-14), name
+
+
+def train(trainer, data, denoise, stop_after_updates=None):
+    while not trainer.done:
+        for _ in range(trainer.settings.batch_size):
+            draw = trainer.draw(tuple(data.shape))
+            trainer.add(denoise, trainer.example(draw, data[draw.index:draw.index + 1]))
+        trainer.end_batch()
+        if stop_after_updates is not None and trainer.progress.updates == stop_after_updates:
+            return
+
+
+def test_a_resumed_training_ends_where_the_uninterrupted_one_does():
+    denoise, grid, data = small_problem()
+    settings = TrainingSettings(batch_size=2, gradient_accumulation=2, training_images=20, seed=11)
+    straight = Trainer(network64(), grid, EPS, settings, len(data))
+    train(straight, data, denoise)
+    first = Trainer(network64(), grid, EPS, settings, len(data))
+    train(first, data, denoise, stop_after_updates=2)
+    for _ in range(3):  # half an update more, then "interrupted": the checkpoint is the state at update 2
+        draw = first.draw(tuple(data.shape))
+        first.add(denoise, first.example(draw, data[draw.index:draw.index + 1]))
+    tensors, values = first.state()
+    resumed = Trainer(network64(seed=99), grid, EPS, settings, len(data))  # other weights: all come from the state
+    resumed.load_state(tensors, values)
+    assert resumed.progress.images == 8 and resumed.progress.updates == 2
+    train(resumed, data, denoise)
+    assert resumed.progress.losses == straight.progress.losses
+    for (name, p), q in zip(straight.network.named_parameters(), resumed.network.parameters()):
+        assert torch.equal(p, q), name
+    assert straight.progress.updates == 5 and straight.progress.images == 20
+
+
+def test_training_lowers_the_loss_on_held_out_examples():
+    """A sanity check of the whole loop on the toy model: after training, the mean loss of fixed held-out
+    examples (lambda spread over [0, 1]) is lower than before."""
+    denoise, grid, data = small_problem(seed=1)
+    held_out = [Example(data[i:i + 1], torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(i),
+                                                    dtype=torch.float64),
+                        torch.tensor([grid.sigmas[i % 4]], dtype=torch.float64),
+                        torch.tensor([grid.sigmas[i % 4 + 1]], dtype=torch.float64),
+                        torch.tensor([float(grid.timesteps[i % 4])], dtype=torch.float64),
+                        torch.tensor([i / 4], dtype=torch.float64)) for i in range(5)]
+
+    def held_out_loss(network):
+        balance = LossBalance(eps_ema=1.0, delta_ema=1.0)  # a fixed r = 1: comparable before and after
+        return sum(training_loss(network, denoise, e, EPS, balance)[0].item() for e in held_out)
+    trainer = Trainer(network64(), grid, EPS, TrainingSettings(training_images=400, batch_size=4,
+                                                               gradient_accumulation=1, seed=2), len(data))
+    before = held_out_loss(trainer.network)
+    train(trainer, data, denoise)
+    assert held_out_loss(trainer.network) < 0.9 * before
