@@ -6,6 +6,8 @@
 Bed 1 (gmm): exact denoisers of a 2-D class-conditional Gaussian mixture; per setting: modes of
 class A covered (of 4), the smallest mode's share relative to the truth, sliced Wasserstein
 distance to the true conditional, share of samples more than 4 stds off the data.
+Bed 1 as a flow model (gmm_flow): CFG, CFG++ and annealing guidance with the network trained for it; in_class
+is the share of samples nearest to a component of the requested class (adherence).
 Bed 2 (digits): the shipped digits models; per setting: model evaluations per image, class
 adherence (evaluator accuracy, mean probability of the requested class), per-class Frechet
 distance of evaluator features, precision / recall, within-class diversity relative to real data.
@@ -81,21 +83,26 @@ def adaptive(w, threshold, linear_ag=None) -> Method:
     return Method(f"AG threshold {threshold:g} w={w:g}", f"AG w={w:g}", threshold, guider, compare_with_cfg_w=w)
 
 
-def annealing(lam) -> Method:
-    """The annealing guidance network trained for the bed; it re-noises with the unconditional prediction."""
+def annealing(lam, network="annealing_digits.safetensors") -> Method:
+    """The annealing guidance network trained for the bed (benchmarks/beds/annealing_train.py, through the
+    training node's code); it re-noises with the unconditional prediction."""
     def guider(model, pos, neg):
         import folder_paths
         from benchmarks.beds import digits
         from guidance_schedules.nodes.annealing import FOLDER, AnnealingGuidanceGuider
         folder_paths.add_model_folder_path(FOLDER, str(digits.WEIGHTS))
-        return AnnealingGuidanceGuider().get_guider(model, pos, neg, "annealing_digits.safetensors",
-                                                    **{"lambda": lam})[0]
+        return AnnealingGuidanceGuider().get_guider(model, pos, neg, network, **{"lambda": lam})[0]
     return Method(f"annealing lambda={lam:g} (euler_cfg_pp)", "annealing", lam, guider, sampler="euler_cfg_pp")
 
 
 def gmm_methods():
     ws = [1.0, 2.0, 4.0, 8.0]
     return [cfg(w) for w in ws] + [interval(w, 0.1, 1.0) for w in ws[1:]] + [interval(w, 0.3, 3.0) for w in ws[1:]]
+
+
+def gmm_flow_methods():
+    return [cfg(w) for w in (1.0, 2.0, 4.0, 8.0)] + [cfgpp(w) for w in (1.0, 1.5, 2.0, 3.0)] + \
+           [annealing(lam, "annealing_gmm_flow.safetensors") for lam in (0.05, 0.4, 0.8, 1.0)]
 
 
 def digits_methods():
@@ -192,6 +199,28 @@ def run_gmm(seeds, n, only=""):
         print(".", end="", flush=True)
     print_table(f"GMM bed, class A (4 modes, one beside class B), {n} samples, 32 Euler steps, {len(seeds)} seeds",
                 ["evals/image", "modes_covered", "min_mode_share", "sliced_w", "off_data", "mode_spread"], rows)
+    return rows
+
+
+def run_gmm_flow(seeds, n, only=""):
+    """The GMM bed's exact denoiser as a flow model (32 steps of its simple schedule): CFG, CFG++ and annealing
+    guidance with the network trained for it (benchmarks/beds/annealing_train.py --bed gmm_flow)."""
+    import comfy.samplers
+    from benchmarks.beds import gmm
+    from benchmarks.beds.comfy_models import gmm_flow_model
+    model, mixture = gmm_flow_model(), gmm.default_mixture()
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 32)
+    rows = []
+    for method in [m for m in gmm_flow_methods() if only in m.label]:
+        runs = []
+        for seed in seeds:
+            x, evals = sample(model, method, [0] * n, 3, sigmas, seed, (2, 1, 1))
+            m = gmm.measure(mixture, x.double(), 0, torch.Generator().manual_seed(seed))
+            runs.append({"evals/image": evals, **m})
+        rows.append((method.label, summarise(runs)))
+        print(".", end="", flush=True)
+    print_table(f"GMM bed as a flow model, class A, {n} samples, 32 steps (simple schedule), {len(seeds)} seeds",
+                ["evals/image", "in_class", "modes_covered", "min_mode_share", "sliced_w", "off_data"], rows)
     return rows
 
 
@@ -295,7 +324,8 @@ def plot(points, path, title):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bed", choices=["gmm", "digits", "both"], default="both")
+    parser.add_argument("--bed", choices=["gmm", "gmm_flow", "digits", "both"], default="both",
+                        help="both: all three tables")
     parser.add_argument("--variant", choices=["early", "labelnoise30"], default="labelnoise30")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--per-class", type=int, default=200)
@@ -308,6 +338,8 @@ def main():
     seeds = list(range(args.seeds))
     if args.bed in ("gmm", "both"):
         run_gmm(seeds, 2000, args.only)
+    if args.bed in ("gmm_flow", "both"):
+        run_gmm_flow(seeds, 2000, args.only)
     if args.bed in ("digits", "both"):
         _, points = run_digits(seeds, args.per_class, args.variant, args.only)
         # A partial run (--only) must not replace the README's plot of the full run.

@@ -1,6 +1,7 @@
 """ComfyUI glue: node definitions and the shared patch/guider mechanism (guidance.py)."""
 from .adaptive import AdaptiveGuidanceGuider, AdaptiveGuidancePatch, LinearAGCalibrate
 from .annealing import AnnealingGuidanceGuider, AnnealingGuidancePatch
+from .annealing_train import AnnealingGuidanceTrain
 from .interval import GuidanceIntervalGuider, GuidanceIntervalPatch
 from .plot import GuidanceSchedulePlot
 from .reports import register_routes
@@ -15,6 +16,7 @@ NODE_CLASS_MAPPINGS = {
     "LinearAGCalibrate": LinearAGCalibrate,
     "AnnealingGuidanceGuider": AnnealingGuidanceGuider,
     "AnnealingGuidancePatch": AnnealingGuidancePatch,
+    "AnnealingGuidanceTrain": AnnealingGuidanceTrain,
     "GuidanceSchedulePlot": GuidanceSchedulePlot,
 }
 
@@ -26,5 +28,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LinearAGCalibrate": "Adaptive Guidance: LinearAG Calibrate",
     "AnnealingGuidanceGuider": "Annealing Guidance Guider",
     "AnnealingGuidancePatch": "Annealing Guidance (model patch)",
+    "AnnealingGuidanceTrain": "Annealing Guidance: Train Network",
     "GuidanceSchedulePlot": "Guidance Schedule Plot",
 }

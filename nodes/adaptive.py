@@ -11,7 +11,7 @@ import folder_paths
 from ..samplers import linear_ag as linear_ag_files
 from ..samplers.adaptive import AdaptiveSchedule, check_threshold
 from .guidance import (CATEGORY, GuidanceMethod, ScheduleGuider, ScheduleGuiderNode, SchedulePatchNode, file_state,
-                       patch_model, prediction_of, register_model_folder)
+                       output_path, patch_model, prediction_of, register_model_folder)
 from .rehearsal import sampler_function_name
 
 log = logging.getLogger("guidance_schedules")
@@ -19,7 +19,6 @@ log = logging.getLogger("guidance_schedules")
 DEFAULT_THRESHOLD = 0.995
 LINEAR_AG_FOLDER = "linear_ag"  # models/linear_ag: the files LinearAGCalibrate writes and the AG nodes read
 NONE = "none"
-MAX_NAME = 120  # characters of a calibration file's name: file systems allow 255 bytes for the whole name
 
 register_model_folder(LINEAR_AG_FOLDER, {".safetensors"})
 
@@ -106,14 +105,7 @@ class LinearAGCalibrate:
 
     @staticmethod
     def output_path(name: str) -> str:
-        stem = name.strip().removesuffix(".safetensors") if isinstance(name, str) else ""
-        shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:60] + "..."
-        if not stem or len(stem) > MAX_NAME or any(ord(c) < 32 or c in '<>:"|?*' for c in stem) \
-                or os.path.isabs(stem) or ".." in stem.replace("\\", "/").split("/"):
-            raise ValueError(f"name: give a file name for models/linear_ag of at most {MAX_NAME} characters, without "
-                             f"control characters, '..' or any of <>:\"|?* (subfolders with /), got {shown}")
-        # the folder ComfyUI lists first for linear_ag: models/linear_ag unless extra_model_paths.yaml says otherwise
-        return os.path.join(folder_paths.get_folder_paths(LINEAR_AG_FOLDER)[0], stem + ".safetensors")
+        return output_path(LINEAR_AG_FOLDER, name)
 
     @classmethod
     def IS_CHANGED(cls, name, **kwargs):

@@ -127,6 +127,14 @@ def timesteps_of(model_sampling) -> str:
     return "continuous"
 
 
+def model_family_of(model) -> str:
+    """The model's family as ComfyUI detected it (its model config's class: sdxl, sd15, sd3, flux, ...)."""
+    base = getattr(getattr(model, "model_patcher", model), "model", None)
+    config = getattr(base, "model_config", None)
+    # BASE: the generic config of a model ComfyUI did not recognise (and of the test models): family unknown
+    return type(config).__name__.lower() if config is not None and type(config).__name__ != "BASE" else ""
+
+
 def patch_model(model, make_schedule: ScheduleFactory, describe: str, method: str = "", settings: dict | None = None,
                 log_runs: bool = True):
     """A clone of `model` that samples with the schedule `make_schedule(run_info)`; `describe` names it in
@@ -300,6 +308,21 @@ def register_model_folder(name: str, extensions: set[str], *extra_paths: str) ->
             paths.append(path)
 
 
+MAX_NAME = 120  # characters of a file name the pack writes: file systems allow 255 bytes for the whole name
+
+
+def output_path(folder: str, name, extension: str = ".safetensors") -> str:
+    """Where a node writes the file a user named: the first folder ComfyUI lists for `folder` (models/FOLDER
+    unless extra_model_paths.yaml says otherwise). A name no file system takes is refused by name."""
+    stem = name.strip().removesuffix(extension) if isinstance(name, str) else ""
+    shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:60] + "..."
+    if not stem or len(stem) > MAX_NAME or any(ord(c) < 32 or c in '<>:"|?*' for c in stem) \
+            or os.path.isabs(stem) or ".." in stem.replace("\\", "/").split("/"):
+        raise ValueError(f"name: give a file name for models/{folder} of at most {MAX_NAME} characters, without "
+                         f"control characters, '..' or any of <>:\"|?* (subfolders with /), got {shown}")
+    return os.path.join(folder_paths.get_folder_paths(folder)[0], stem + extension)
+
+
 def file_state(path: str | None) -> str:
     """What ComfyUI's cache key of a node that reads a file must follow: a file replaced under the same
     name (another size or modification time) is read again by the next prompt."""
@@ -323,7 +346,8 @@ def _run_with_schedule(make_schedule: ScheduleFactory, history: RunHistory, exec
     info = RunInfo(sigmas=tuple(float(s) for s in sigmas.flatten().tolist()),
                    sigma_space=sigma_space_of(model_sampling), sampler=name,
                    prediction=prediction_of(model_sampling), timesteps=timesteps_of(model_sampling),
-                   latent_shape=tuple(noise.shape) if noise is not None else ())
+                   latent_shape=tuple(noise.shape) if noise is not None else (),
+                   model_family=model_family_of(guider.model_patcher))
     if info.steps == 0:
         return executor(guider, sigmas, extra_args, *args, **kwargs)
     plan = rehearse_steps(sampler, guider, sigmas, extra_args, noise)

@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .schedule import Evaluation, Guidance, GuidanceSchedule, RunInfo
+from .schedule import FLOW, Evaluation, Guidance, GuidanceSchedule, RunInfo
 
 FORMAT = "guidance_schedules/annealing_scheduler"
 FORMAT_VERSION = "1"
@@ -125,7 +125,7 @@ class AnnealingScheduler:
             self._cpu_float64 = net.to(dtype=torch.float64).eval().requires_grad_(False)
         return self._cpu_float64
 
-    def check_compatible(self, prediction: str, latent_channels: int, timesteps: str) -> None:
+    def check_compatible(self, prediction: str, latent_channels: int, timesteps: str, model_family: str = "") -> None:
         """Refuse a model the network was not trained for, saying why."""
         t = self.trained_for
         name = os.path.basename(self.path) or "the scheduler"
@@ -141,6 +141,11 @@ class AnnealingScheduler:
         if timesteps != t.timesteps:
             raise ValueError(
                 f"{name} expects {t.timesteps} timesteps; this model uses {timesteps}.")
+        if model_family and t.model_family and model_family.lower() != t.model_family.lower():
+            raise ValueError(
+                f"{name} was trained for {t.model_family} models; this model is {model_family}. The guidance scales "
+                "it learned belong to the model it was trained on: train a network for this model "
+                "(Annealing Guidance: Train Network).")
 
 
 # Bounds on a network's sizes, checked before anything is allocated: the released network has hidden 128,
@@ -276,12 +281,15 @@ def load_official_checkpoint(path: str) -> AnnealingScheduler:
                               OFFICIAL_SDXL, path)
 
 
-def save_scheduler(scheduler: AnnealingScheduler, path: str) -> None:
-    """Write the pack's safetensors format (weights + configuration + what it was trained for)."""
-    state = {k: v.detach().contiguous().cpu() for k, v in scheduler.network.state_dict().items()}
+def save_scheduler(scheduler: AnnealingScheduler, path: str, training: dict | None = None) -> None:
+    """Write the pack's safetensors format (weights + configuration + what it was trained for, and how
+    when `training` gives the settings; loading reads no more than the first three)."""
+    state = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in scheduler.network.state_dict().items()}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
             "network": json.dumps(asdict(scheduler.network.config)),
             "trained_for": json.dumps(asdict(scheduler.trained_for))}
+    if training is not None:
+        meta["training"] = json.dumps(training)
     save_file(state, path, metadata=meta)
 
 
@@ -304,6 +312,12 @@ CFGPP_SAMPLERS = frozenset({
 })
 
 
+# On flow models, the samplers whose step is the reference's (x' = (1 - s') D_guided + s' noise_uncond with
+# noise_uncond = (x - (1 - s) D_uncond) / s): ComfyUI's Euler CFG++ computes its step through the model's
+# alpha(sigma), which makes it exactly that (tests/host/test_host_annealing_training.py checks it).
+FLOW_STEP_SAMPLERS = frozenset({"sample_euler_cfg_pp", "sample_euler_ancestral_cfg_pp"})
+
+
 def renoises_with_uncond(sampler: str) -> bool:
     return sampler in CFGPP_SAMPLERS
 
@@ -322,8 +336,13 @@ class AnnealingSchedule(GuidanceSchedule):
                 f"network's scales are in CFG++ units. Use euler_cfg_pp (the paper's DDIM) or another CFG++ sampler "
                 f"({', '.join(sorted(n.removeprefix('sample_') for n in CFGPP_SAMPLERS if n != 'sample_euler_cfg_pp'))}); "
                 f"got {run.sampler.removeprefix('sample_') or 'an unknown sampler'}.")
+        if run.sigma_space == FLOW and run.sampler not in FLOW_STEP_SAMPLERS:
+            raise ValueError(
+                "On a flow model annealing guidance takes the reference's step: x0 from the guided prediction, the "
+                "noise from the unconditional one. ComfyUI's euler_cfg_pp (or euler_ancestral_cfg_pp) takes it; "
+                f"got {run.sampler.removeprefix('sample_') or 'an unknown sampler'}.")
         channels = run.latent_shape[1] if len(run.latent_shape) > 1 else scheduler.trained_for.latent_channels
-        scheduler.check_compatible(run.prediction, channels, run.timesteps)
+        scheduler.check_compatible(run.prediction, channels, run.timesteps, run.model_family)
         self.scheduler = scheduler
         self.lam = check_lambda(lam)
 

@@ -30,6 +30,7 @@ class RunInfo:
     prediction: str = "eps"  # what the model predicts: eps, v, edm, x0, flow
     timesteps: str = "discrete_1000"  # the model's timestep convention: discrete_1000 or continuous
     latent_shape: tuple[int, ...] = ()  # (batch, channels, ...) of the run's latent
+    model_family: str = ""  # the model's family as ComfyUI detected it (sdxl, sd15, sd3, ...), "" if unknown
 
     @property
     def steps(self) -> int:

@@ -44,14 +44,21 @@ def test_shipped_digits_model_samples_the_requested_classes_at_w3():
         assert (judge(unguided.clamp(-1, 1)).argmax(1) == labels).float().mean().item() < accuracy - 0.2
 
 
-def test_the_beds_annealing_scheduler_loads_for_the_bed_model_only():
+def test_the_beds_annealing_schedulers_load_for_their_bed_models_only():
+    """The networks benchmarks/beds/annealing_train.py trained through the training node's code: the digits
+    bed's (an EDM model: EPS space, 1 channel, continuous timesteps) and the flow GMM bed's."""
     from benchmarks.beds import annealing_train
     from guidance_schedules.samplers.annealing import load_scheduler
-    scheduler = load_scheduler(str(annealing_train.OUTPUT))
-    scheduler.check_compatible("edm", 1, "continuous")
-    with pytest.raises(ValueError, match="trained for digits_bed"):
-        scheduler.check_compatible("eps", 4, "discrete_1000")
-    net = scheduler.cpu_float64_network()
+    digits_net = load_scheduler(str(annealing_train.OUTPUT["digits"]))
+    digits_net.check_compatible("edm", 1, "continuous")
+    with pytest.raises(ValueError, match="trained for .*edm prediction"):
+        digits_net.check_compatible("eps", 4, "discrete_1000")
+    assert digits_net.trained_for.source.startswith("AnnealingGuidanceTrain")
+    flow_net = load_scheduler(str(annealing_train.OUTPUT["gmm_flow"]))
+    flow_net.check_compatible("flow", 2, "continuous")
+    with pytest.raises(ValueError, match="trained for .*flow prediction.*this model is a edm model"):
+        flow_net.check_compatible("edm", 2, "continuous")
+    net = digits_net.cpu_float64_network()
     w = net(torch.linspace(-1.3, 0.75, 8, dtype=torch.float64), torch.linspace(0.1, 10, 8, dtype=torch.float64),
             torch.linspace(0, 1, 8, dtype=torch.float64))
     assert torch.isfinite(w).all() and (w > 0).all()

@@ -16,6 +16,7 @@ const TEMPLATE_ORDER = [
   "Annealing guidance with KSampler (SDXL)",
   "Annealing guidance with SamplerCustomAdvanced (SDXL)",
   "Annealing guidance, three lambdas side by side (SDXL)",
+  "Annealing guidance, train a network for your model (SDXL)",
 ];
 
 // The folder the pack was cloned into names its templates; this script is served from /extensions/<folder>/.
@@ -55,7 +56,8 @@ app.registerExtension({
   },
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name !== "LinearAGCalibrate") return;
+    // nodes whose result is a line of text: LinearAG Calibrate (the fit) and the annealing trainer (the file)
+    if (!["LinearAGCalibrate", "AnnealingGuidanceTrain"].includes(nodeData.name)) return;
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (output) {
       onExecuted?.apply(this, arguments);

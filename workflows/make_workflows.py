@@ -138,6 +138,28 @@ def annealing_guider(g, lambdas=(0.4,)):
         plot(g, ("sample" + k, 0), ("guider", ("guider" + k, 0)), k, band)
 
 
+TRAINING_FOLDER = "annealing_training"  # input/annealing_training: the images, each with its caption NAME.txt
+
+
+def annealing_training(g):
+    """A captioned image folder -> VAE Encode and CLIP Text Encode (ComfyUI maps both over the list) -> the
+    network's training -> the loss graph. The folder loader is ComfyUI 0.8's."""
+    g.node("ckpt", "CheckpointLoaderSimple", 0, ckpt_name=CHECKPOINT)
+    g.node("data", "LoadImageTextDataSetFromFolder", 0, folder=TRAINING_FOLDER, title="Training images and captions")
+    g.node("resize", "ImageScale", 1, image=("data", 0), upscale_method="lanczos", width=1024, height=1024,
+           crop="center", title="One size for all (1024 x 1024)")
+    g.node("pos", "CLIPTextEncode", 1, text=("data", 1), clip=("ckpt", 1), title="Captions")
+    g.node("neg", "CLIPTextEncode", 1, text="", clip=("ckpt", 1), title="Null prompt (empty)")
+    g.node("encode", "VAEEncode", 2, pixels=("resize", 0), vae=("ckpt", 2))
+    g.node("train", "AnnealingGuidanceTrain", 3, model=("ckpt", 0), latents=("encode", 0), positive=("pos", 0),
+           negative=("neg", 0), name="sdxl_annealing_mine")
+    g.node("loss", "LossGraphNode", 4, loss=("train", 1), filename_prefix="guidance_schedules/annealing_training_loss")
+
+
+# Nodes an example needs that older ComfyUI lacks: tests/host/test_host_workflows.py checks the rest of the
+# example there, and the README says which version the example needs.
+NEEDS_NEWER_COMFYUI = {"annealing_guidance_training_sdxl": {"LoadImageTextDataSetFromFolder": "0.8"}}
+
 # API name (workflows/api/NAME.json, for scripts) -> (title, graph). The graph editor's template browser
 # shows a UI workflow's file name as its title and workflows/TITLE.jpg as its picture, so the UI files are
 # named by their titles; each records its API twin in extra.guidance_schedules.api.
@@ -151,6 +173,8 @@ WORKFLOWS = {
     "annealing_guidance_guider_sdxl": ("Annealing guidance with SamplerCustomAdvanced (SDXL)", annealing_guider),
     "annealing_guidance_lambda_sweep_sdxl": ("Annealing guidance, three lambdas side by side (SDXL)",
                                              lambda g: annealing_guider(g, (0.05, 0.4, 0.8))),
+    "annealing_guidance_training_sdxl": ("Annealing guidance, train a network for your model (SDXL)",
+                                         annealing_training),
 }
 
 
@@ -160,7 +184,7 @@ WORKFLOWS = {
 # after a run (tests/host/test_host_workflows.py checks the files).
 COLUMN_WIDTH, COLUMN_GAP, ROW_GAP, BAND_GAP, TITLE_HEIGHT = 360, 70, 50, 90, 30
 SLOT_HEIGHT, WIDGET_HEIGHT = 20, 24
-PICTURE_HEIGHT = {"SaveImage": 420, "PreviewImage": 240}  # an SDXL image, a guidance plot (800 x 450)
+PICTURE_HEIGHT = {"SaveImage": 420, "PreviewImage": 240, "LossGraphNode": 300}  # an SDXL image, a plot
 
 
 class Graph:
@@ -227,8 +251,10 @@ class Graph:
         prompt = {}
         for key, (nid, class_type, _, values, title) in self.nodes.items():
             inputs = {}
-            for name, _, is_widget, _ in self.inputs_of(class_type):
+            for name, _, is_widget, options in self.inputs_of(class_type):
                 if name not in values:
+                    if is_widget and "default" in options:  # what the graph editor queues for an untouched widget
+                        inputs[name] = options["default"]
                     continue
                 v = values[name]
                 inputs[name] = [str(self.nodes[v[0]][0]), v[1]] if isinstance(v, tuple) else v
@@ -287,6 +313,8 @@ def main():
         build(g)
         ui = g.ui()
         ui["extra"]["guidance_schedules"] = {"api": f"api/{name}.json"}
+        if name in NEEDS_NEWER_COMFYUI:
+            ui["extra"]["guidance_schedules"]["needs_comfyui"] = NEEDS_NEWER_COMFYUI[name]
         (HERE / f"{title}.json").write_text(json.dumps(ui, indent=2) + "\n")
         (HERE / "api" / f"{name}.json").write_text(json.dumps(g.api(), indent=2) + "\n")
         print("wrote", name)

@@ -82,6 +82,38 @@ class GMMNetwork(_CountingNetwork):
         return ((d - c_skip * x_in) / c_out).float().view(x.shape)
 
 
+class GMMFlowNetwork(_CountingNetwork):
+    """The GMM bed's exact denoiser as a flow model (velocity prediction): x_s = (1 - s) x0 + s n is
+    x0 + sigma n scaled by 1 - s, with sigma = s / (1 - s), so D = E[x0 | x_s / (1 - s)] and v = (x - D) / s."""
+
+    def __init__(self, mixture: gmm_bed.Mixture):
+        super().__init__()
+        self.mixture = mixture
+
+    def forward(self, x, timesteps, context=None, transformer_options={}, **kwargs):
+        self.count(transformer_options, x.shape[0])
+        b = x.shape[0]
+        s = (timesteps.double() / 1000).clamp(1e-6, 1 - 1e-6).view(-1, 1)  # s = 1: sigma -> infinity, the prior mean
+        x_flow = x.reshape(b, 2).double()
+        labels = _labels_of(context)
+        d = torch.empty_like(x_flow)
+        for label in labels.unique().tolist():
+            rows = labels == label
+            d[rows] = self.mixture.denoise(x_flow[rows] / (1 - s[rows]), (s / (1 - s))[rows, 0],
+                                           None if label == self.mixture.n_classes else label)
+        return ((x_flow - d) / s).float().view(x.shape)
+
+
+def gmm_flow_model(mixture=None, shift: float = 1.0):
+    config = comfy.supported_models_base.BASE({"disable_unet_model_creation": True})
+    config.latent_format = comfy.latent_formats.LatentFormat()
+    config.latent_format.latent_channels = 2
+    config.sampling_settings = {"shift": shift, "multiplier": 1000}
+    base = comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.FLOW, device=torch.device("cpu"))
+    base.diffusion_model = GMMFlowNetwork(mixture or gmm_bed.default_mixture())
+    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
 def digits_model(variant: str):
     return _edm_model(DigitsNetwork(digits_bed.load(variant)), 1, digits_bed.SIGMA_DATA)
 

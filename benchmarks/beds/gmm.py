@@ -95,7 +95,9 @@ def measure(mixture: Mixture, samples: torch.Tensor, label: int, generator: torc
     nearest = torch.where(mask.view(1, -1), d, torch.full_like(d, math.inf)).min(1).values
     # sharpness: RMS distance to the assigned component's mean, in its stds per dimension (truth: 1)
     offsets = (samples.double() - mixture.means.double()[comps]) / mixture.stds.double()[comps].view(-1, 1)
+    nearest_any = d.argmin(1)  # the nearest component of any class: the sample's class as the data would have it
     return {
+        "in_class": float((mixture.classes[nearest_any] == label).double().mean()),
         "modes_covered": float((share >= 0.25 * expected).double().sum()),  # a mode counts with >= 1/4 of its mass
         "min_mode_share": float((share / expected).min()),
         "sliced_w": sliced_wasserstein(samples, mixture.sample(len(samples), label, generator)),

@@ -1,0 +1,322 @@
+"""AnnealingGuidanceTrain: trains an annealing guidance network for the model it is given, inside ComfyUI,
+in the manner of ComfyUI's own training nodes (comfy_extras/nodes_train.py): latents from VAE Encode,
+one conditioning per latent (a captioned folder) or one for all, a loss map for LossGraphNode.
+
+The objective and the loop are samplers/annealing_training.py. Here: the model's predictions through
+ComfyUI's own sampling machinery (a CFGGuider prepares the model and the conditioning exactly as for
+sampling; a stand-in Sampler then runs one training example instead of a sampling loop), the grid from
+ComfyUI's schedulers, the files, the progress bar, interruption and resuming.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import comfy.model_management
+import comfy.samplers
+import comfy.utils
+
+from ..samplers.annealing import AnnealingNetwork, AnnealingScheduler, NetworkConfig, TrainedFor, save_scheduler
+from ..samplers.annealing_training import EPS, FLOW, Grid, Trainer, TrainingSettings, cads_gamma, cads_noise
+from .annealing import FOLDER
+from .guidance import (CATEGORY, FLOW as FLOW_SPACE, history_of, model_family_of, output_path, prediction_of,
+                       sigma_space_of, timesteps_of)
+
+log = logging.getLogger("guidance_schedules")
+
+AUTO = "auto"
+STATE_FORMAT = "guidance_schedules/annealing_training_state"
+CHECKPOINT_EVERY = 50  # optimizer steps between checkpoints written while training (about 800 images by default)
+DEFAULTS = TrainingSettings()
+
+
+class _OneExample(comfy.samplers.Sampler):
+    """Handed the guider's prepared model and conditioning by CFGGuider.sample, runs `work(denoise, x0)`
+    instead of sampling: x0 is the latent in the model's space (after process_latent_in), and
+    denoise(x, sigma) returns the conditional and unconditional predictions of the clean latent, with
+    gradients through x (ComfyUI's calc_cond_batch, the function its samplers use)."""
+
+    def __init__(self, work):
+        self.work = work
+
+    def sample(self, guider, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        model, model_options = guider.inner_model, extra_args.get("model_options", {})
+        conds = [guider.conds["positive"], guider.conds["negative"]]
+
+        def denoise(x, sigma):
+            out = comfy.samplers.calc_cond_batch(model, conds, x, sigma.to(x.device), model_options)
+            return out[0], out[1]
+        self.work(denoise, latent_image)
+        return latent_image
+
+
+def run_example(model, positive, negative, x0: torch.Tensor, grid_sigmas: torch.Tensor, work) -> None:
+    """work(denoise, x0 in the model's space) inside ComfyUI's sampling preparation for `model` with this
+    conditioning: the path the node takes for every training example."""
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(1.0)
+    guider.sample(torch.zeros_like(x0), x0, _OneExample(work), grid_sigmas, disable_pbar=True, seed=0)
+
+
+def training_grid(model_sampling, steps: int, scheduler: str) -> tuple[Grid, str]:
+    """The sampling grid trained for, from ComfyUI's own scheduler (the final 0 left out): ddim_uniform for
+    EPS-space models (the paper's DDIM grid), simple (the model's own schedule) for flow models."""
+    if scheduler == AUTO:
+        scheduler = "simple" if sigma_space_of(model_sampling) == FLOW_SPACE else "ddim_uniform"
+    sigmas = comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps).double()
+    sigmas = sigmas[sigmas > 0]
+    if len(sigmas) < 2:
+        raise ValueError(f"steps: {steps} steps of {scheduler} leave fewer than two noise levels to train between")
+    timesteps = model_sampling.timestep(sigmas.float()).double()
+    return Grid(tuple(sigmas.tolist()), tuple(timesteps.tolist())), scheduler
+
+
+def _cloned(conditioning):
+    """A copy of a CONDITIONING whose tensors autograd can use: node inputs are made under inference mode,
+    and such tensors cannot take part in a graph."""
+    return [[c.clone(), {k: v.clone() if torch.is_tensor(v) else v for k, v in extra.items()}]
+            for c, extra in conditioning]
+
+
+def _with_prompt_noise(conditioning, gamma: float, generator: torch.Generator):
+    """CADS on the text embeddings and the pooled output, as the reference does it for the conditional prompt."""
+    out = []
+    for c, extra in conditioning:
+        c = cads_noise(c, gamma, torch.randn(c.shape, generator=generator).to(c))
+        extra = dict(extra)
+        if torch.is_tensor(extra.get("pooled_output")):
+            pooled = extra["pooled_output"]
+            extra["pooled_output"] = cads_noise(pooled, gamma, torch.randn(pooled.shape, generator=generator).to(pooled))
+        out.append([c, extra])
+    return out
+
+
+def _latents(latents: list) -> torch.Tensor:
+    samples = [entry["samples"] for entry in latents if isinstance(entry, dict) and "samples" in entry]
+    if not samples or len(samples) != len(latents):
+        raise ValueError("latents: connect LATENT outputs (VAE Encode of the training images)")
+    shapes = sorted({tuple(s.shape[1:]) for s in samples})
+    if len(shapes) > 1:
+        raise ValueError(f"latents: all training latents need one size; got {len(shapes)} sizes "
+                         f"({', '.join('x'.join(map(str, s)) for s in shapes[:4])}). Resize the images to one size.")
+    return torch.cat([s.to(torch.float32) for s in samples])
+
+
+def _positives(positive: list, count: int) -> list:
+    if len(positive) == 1 and count > 1 and len(positive[0]) == count:
+        # one CONDITIONING holding one entry per image: what ComfyUI 0.3's LoadImageTextSetFromFolderNode gives,
+        # and how its TrainLoraNode reads it
+        return [[entry] for entry in positive[0]]
+    if len(positive) == 1:
+        return positive * count
+    if len(positive) != count:
+        raise ValueError(f"positive: give one conditioning for all {count} latents or one per latent; got "
+                         f"{len(positive)}")
+    return positive
+
+
+class AnnealingGuidanceTrain:
+    """Trains an annealing guidance network for this model (the paper's objective, the reference trainer's
+    settings) and writes it to models/guidance_schedulers."""
+
+    CATEGORY = CATEGORY + "/training"
+    FUNCTION = "train"
+    RETURN_TYPES = ("STRING", "LOSS_MAP")
+    RETURN_NAMES = ("scheduler", "loss")
+    OUTPUT_TOOLTIPS = ("The file written in models/guidance_schedulers: choose it in the annealing nodes' "
+                       "scheduler (after the node list refreshes, R).",
+                       "The loss of every batch, for LossGraphNode.")
+    OUTPUT_NODE = True
+    INPUT_IS_LIST = True  # the folder loaders give a list of latents and conditionings, as for TrainLoraNode
+    DESCRIPTION = ("Trains an annealing guidance network (Yehezkel et al. 2025) for this model: the objective of "
+                   "the paper, the reference trainer's defaults. Works for EPS, v-prediction and flow models. The "
+                   "model's weights stay frozen. Interrupting keeps a checkpoint; queue the same settings again to "
+                   "resume.")
+    SEARCH_ALIASES = ["annealing guidance train", "train guidance scheduler", "guidance network training", "cfg"]
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        d = DEFAULTS
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The model to train the network for (its weights stay frozen)."}),
+            "latents": ("LATENT", {"tooltip": "Training images through VAE Encode, all of one size."}),
+            "positive": ("CONDITIONING", {"tooltip": "One conditioning per latent (captions), or one for all."}),
+            "negative": ("CONDITIONING", {"tooltip": "The null prompt's conditioning (an empty prompt)."}),
+            "steps": ("INT", {"default": 50, "min": 2, "max": 1000,
+                              "tooltip": "Steps of the sampling grid the network is trained for (the paper: 50)."}),
+            "scheduler": ([AUTO] + list(comfy.samplers.SCHEDULER_NAMES), {
+                "default": AUTO,
+                "tooltip": "The grid's scheduler. auto: ddim_uniform for EPS and v models (the paper's DDIM "
+                           "grid), simple (the model's own schedule) for flow models."}),
+            "training_images": ("INT", {"default": d.training_images, "min": 1, "max": 10_000_000,
+                                        "tooltip": "Training examples in all (the reference: 20000)."}),
+            "batch_size": ("INT", {"default": d.batch_size, "min": 1, "max": 256,
+                                   "tooltip": "Examples per batch. Each is evaluated on its own, so memory does "
+                                              "not grow with it."}),
+            "gradient_accumulation": ("INT", {"default": d.gradient_accumulation, "min": 1, "max": 1024,
+                                              "tooltip": "Batches per optimizer step (the reference: 16)."}),
+            "learning_rate": ("FLOAT", {"default": d.learning_rate, "min": 1e-7, "max": 1.0, "step": 1e-5,
+                                        "round": 1e-7, "tooltip": "AdamW's learning rate."}),
+            "weight_decay": ("FLOAT", {"default": d.weight_decay, "min": 0.0, "max": 1.0, "step": 0.001,
+                                       "tooltip": "AdamW's weight decay."}),
+            "seed": ("INT", {"default": d.seed, "min": 0, "max": 0xffffffffffffffff,
+                             "tooltip": "The network's initial weights and every random draw of the training."}),
+            "delta_normalization": ("FLOAT", {"default": d.delta_normalization, "min": 0.01, "max": 1000.0,
+                                              "step": 0.1, "tooltip": "The network reads ||guidance direction|| "
+                                                                      "divided by this (the reference: 5)."}),
+            "prompt_noise": ("BOOLEAN", {"default": d.prompt_noise,
+                                         "tooltip": "CADS noise on the conditioning while training, as the "
+                                                    "reference (scale 0.025, rescaled)."}),
+            "name": ("STRING", {"default": "my_model_annealing",
+                                "tooltip": "File name (without .safetensors) in models/guidance_schedulers. "
+                                           "Never overwritten."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, name, **kwargs):
+        # the result is a file: once it is written (or removed), the same inputs must run again to say so
+        try:
+            path = output_path(FOLDER, name[0] if isinstance(name, list) else name)
+        except ValueError:
+            return "invalid name"
+        return os.path.getmtime(path) if os.path.exists(path) else "absent"
+
+    def train(self, model, latents, positive, negative, steps, scheduler, training_images, batch_size,
+              gradient_accumulation, learning_rate, weight_decay, seed, delta_normalization, prompt_noise, name):
+        (model, negative, steps, scheduler, training_images, batch_size, gradient_accumulation, learning_rate,
+         weight_decay, seed, delta_normalization, prompt_noise, name) = (
+            v[0] for v in (model, negative, steps, scheduler, training_images, batch_size, gradient_accumulation,
+                           learning_rate, weight_decay, seed, delta_normalization, prompt_noise, name))
+        settings = TrainingSettings(training_images, batch_size, gradient_accumulation, learning_rate, weight_decay,
+                                    seed, delta_normalization, bool(prompt_noise))
+        path = output_path(FOLDER, name)
+        if os.path.exists(path):
+            raise ValueError(f"name: {path} exists; choose another name (files are never overwritten)")
+        if history_of(model) is not None:
+            raise ValueError("model: this model carries a guidance schedule of this pack; train on the model "
+                             "itself (before any guidance node)")
+        grid, scheduler = training_grid(model.get_model_object("model_sampling"), steps, scheduler)
+        with torch.inference_mode(False):
+            x0 = _latents(latents).clone()
+            trained = train_network(model, x0, [_cloned(p) for p in _positives(positive, len(x0))],
+                                    _cloned(negative), grid, {"steps": steps, "scheduler": scheduler}, settings, path)
+        return {"ui": {"text": [f"wrote {os.path.basename(path)}"]},
+                "result": (os.path.basename(path), {"loss": list(trained.progress.losses)})}
+
+
+def timestep_scale(model) -> float:
+    """The network reads t / this. DDPM timesteps and flow's 1000 sigma run over 0..1000, as in the paper; other
+    models' own timesteps (EDM's log(sigma) / 4) are already of order 1."""
+    model_sampling = model.get_model_object("model_sampling")
+    on_1000 = timesteps_of(model_sampling) == "discrete_1000" or sigma_space_of(model_sampling) == FLOW_SPACE
+    return 1000.0 if on_1000 else 1.0
+
+
+def train_network(model, x0: torch.Tensor, positives: list, negative, grid: Grid, grid_settings: dict,
+                  settings: TrainingSettings, path: str, log_every: int = 0, after_update=None) -> Trainer:
+    """The node's work: trains on latents x0 (one conditioning per latent) for the sampling grid `grid`
+    (described by grid_settings in the file), checkpoints to PATH.resume (resuming from it when its settings
+    match) and writes the network to `path`. Tensors must not be inference tensors. after_update(trainer), if
+    given, runs after every optimizer step (the test beds measure a held-out loss there)."""
+    model_sampling = model.get_model_object("model_sampling")
+    space = FLOW if sigma_space_of(model_sampling) == FLOW_SPACE else EPS
+    trained_for = TrainedFor(model_family=model_family_of(model), prediction=prediction_of(model_sampling),
+                             latent_channels=int(x0.shape[1]), timesteps=timesteps_of(model_sampling),
+                             source=f"AnnealingGuidanceTrain ({os.path.basename(path)})")
+    fingerprint = {"latents": list(x0.shape), "latent_sum": round(float(x0.double().sum()), 6),
+                   "conditionings": len(positives)}
+    record = {**asdict(settings), **grid_settings, "trained_for": asdict(trained_for), "data": fingerprint}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        network = AnnealingNetwork(NetworkConfig(delta_embed_normalization=settings.delta_normalization,
+                                                 t_embed_normalization=timestep_scale(model)))
+    trainer = Trainer(network.train(), grid, space, settings, dataset_size=len(x0))
+    checkpoint = path.removesuffix(".safetensors") + ".resume"
+    if os.path.exists(checkpoint):
+        resume_from(trainer, checkpoint, record)
+    grid_sigmas = torch.tensor((*grid.sigmas, 0.0))
+    bar = comfy.utils.ProgressBar(settings.training_images)
+    bar.update_absolute(trainer.progress.images, settings.training_images)
+    written_at = trainer.progress.updates
+    try:
+        while not trainer.done:
+            for _ in range(settings.batch_size):
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                draw = trainer.draw(tuple(x0.shape))
+                positive = positives[draw.index]
+                if settings.prompt_noise:  # CADS's gamma on t / 1000: the DDPM index, or 1000 sigma for flow
+                    positive = _with_prompt_noise(positive, cads_gamma(grid.timesteps[draw.position]),
+                                                  trainer.generator)
+
+                def work(denoise, latent, draw=draw):
+                    trainer.add(denoise, trainer.example(draw, latent))
+                run_example(model, positive, negative, x0[draw.index:draw.index + 1], grid_sigmas, work)
+                bar.update_absolute(trainer.progress.images, settings.training_images)
+            updates = trainer.progress.updates
+            trainer.end_batch()
+            if after_update is not None and trainer.progress.updates > updates:
+                after_update(trainer)
+            if log_every and trainer.progress.updates % log_every == 0 and trainer.progress.images % \
+                    settings.images_per_update == 0:
+                recent = trainer.progress.losses[-settings.gradient_accumulation * log_every:]
+                log.info("Annealing training: %d / %d images, mean batch loss %.4g", trainer.progress.images,
+                         settings.training_images, sum(recent) / len(recent))
+            if trainer.progress.updates - written_at >= CHECKPOINT_EVERY and not trainer.done:
+                write_checkpoint(trainer, checkpoint, record)
+                written_at = trainer.progress.updates
+    except BaseException:  # interrupted (ComfyUI raises its own exception), out of memory, ...: keep the work
+        if trainer.progress.updates > 0:
+            write_checkpoint(trainer, checkpoint, record)
+            log.warning("Annealing training stopped after %d of %d images; %s keeps the state at optimizer step %d. "
+                        "Queue the same settings again to resume.", trainer.progress.images,
+                        settings.training_images, os.path.basename(checkpoint), trainer.progress.updates)
+        raise
+    network = AnnealingNetwork(trainer.network.config)
+    network.load_state_dict(trainer.network.state_dict())
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_scheduler(AnnealingScheduler(network.float().eval(), trained_for, path), path,
+                   training={**record, "final_loss": trainer.progress.losses[-1]})
+    if os.path.exists(checkpoint):
+        os.remove(checkpoint)
+    log.info("Annealing training: wrote %s (%d images, %d optimizer steps, last batch loss %.4g)", path,
+             trainer.progress.images, trainer.progress.updates, trainer.progress.losses[-1])
+    return trainer
+
+
+def write_checkpoint(trainer: Trainer, checkpoint: str, record: dict) -> None:
+    tensors, values = trainer.state()
+    os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
+    partial = checkpoint + ".partial"
+    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, partial,
+              metadata={"format": STATE_FORMAT, "settings": json.dumps(record), "values": json.dumps(values)})
+    os.replace(partial, checkpoint)  # a crash while writing never leaves a broken checkpoint
+
+
+def resume_from(trainer: Trainer, checkpoint: str, record: dict) -> None:
+    name = os.path.basename(checkpoint)
+    try:
+        with safe_open(checkpoint, framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if meta.get("format") != STATE_FORMAT:
+            raise ValueError("not a training state of this pack")
+        saved, values = json.loads(meta["settings"]), json.loads(meta["values"])
+    except Exception as e:  # noqa: BLE001  (any unreadable file: say which and what to do)
+        raise ValueError(f"name: {name} is not a readable training checkpoint ({str(e)[:120]}); remove it or "
+                         "choose another name") from None
+    differing = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k))
+    if differing:
+        raise ValueError(f"name: {name} is the checkpoint of a training with other {', '.join(differing)}; queue "
+                         "it with the same inputs to resume it, or choose another name")
+    trainer.load_state(tensors, values)
+    log.info("Annealing training: resuming from %s at %d images (optimizer step %d)", name,
+             trainer.progress.images, trainer.progress.updates)
+
