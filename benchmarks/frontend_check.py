@@ -7,7 +7,8 @@ protocol, and takes screenshots.
 1. an example workflow from the template folder, loaded into the editor (docs/screenshot_example.png
    with --readme);
    (and the template browser, on a first start, lists the examples in reading order);
-2. LinearAG Calibrate run from the editor on the tiny test model: the node shows its result;
+2. LinearAG Calibrate run from the editor on the tiny test model: the node shows its result (and so does
+   the annealing trainer);
 3. a prompt whose interval bounds select no step: the warning appears as a toast;
 and the annealing node, with no guidance network installed, names where to get one.
 It prints what it found and exits non-zero when a check fails. Needs Debian's chromium.
@@ -39,6 +40,16 @@ TEMPLATE_ORDER = re.findall(r'"([^"]+)"', re.search(r"const TEMPLATE_ORDER = \[(
                                                     (ROOT / "web" / "guidance_schedules.js").read_text(), re.S).group(1))
 
 CALIBRATION = calibration_prompt(f"frontend_{int(time.time())}")  # the tiny test model, from the editor
+
+TRAINING = {  # the annealing trainer on the tiny test model, from the editor: its result appears on the node
+    "1": {"class_type": "GSTestTinyModel", "inputs": {"model_type": "eps"}},
+    "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
+    "3": {"class_type": "AnnealingGuidanceTrain", "inputs": {
+        "model": ["1", 0], "latents": ["2", 0], "positive": ["1", 1], "negative": ["1", 2], "steps": 10,
+        "scheduler": "auto", "training_images": 4, "batch_size": 1, "gradient_accumulation": 2, "learning_rate": 1e-3,
+        "weight_decay": 0.01, "seed": 1, "delta_normalization": 5.0, "prompt_noise": True,
+        "name": f"frontend_{int(time.time())}"}},
+}
 
 NO_STEP = {
     "1": {"class_type": "GSTestTinyModel", "inputs": {"model_type": "eps"}},
@@ -177,6 +188,18 @@ async def check(url: str, out: Path) -> list[str]:
                 print("calibration result on the node:", text)
                 if "relative error" not in text:
                     failures.append("LinearAG Calibrate shows no result")
+
+                # 2b. the annealing trainer from the editor: the file it wrote appears on the node
+                await browser.js(f"{APP}.loadApiJson({json.dumps(TRAINING)}, 'training')")
+                await asyncio.sleep(1)
+                await browser.js(f"{APP}.queuePrompt(0, 1).then(() => true)")
+                trained = await browser.wait_for(
+                    f"(() => {{ const n = {APP}.graph._nodes.find(n => n.type === 'AnnealingGuidanceTrain');"
+                    " const w = n?.widgets?.find(w => w.name === 'result'); return w?.value || ''; })()", 120)
+                await browser.screenshot(out / "training.png")
+                print("training result on the node:", trained)
+                if "wrote frontend_" not in trained:
+                    failures.append("Annealing Guidance: Train Network shows no result")
 
                 # 3. a warning of the pack, as a toast
                 await browser.js(f"{APP}.loadApiJson({json.dumps(NO_STEP)}, 'no step')")

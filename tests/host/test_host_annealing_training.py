@@ -328,3 +328,71 @@ def test_train_then_sample_with_the_network_through_the_api(comfy_server):
     history = comfy_server.run_prompt(train)
     errors = [m[1] for m in history["status"]["messages"] if m[0] == "execution_error"]
     assert errors and "api_trained.safetensors exists; choose another name" in errors[0]["exception_message"]
+
+
+# --- gradient checkpointing --------------------------------------------------------------------------
+
+def small_unet():
+    """A real ComfyUI UNet (SD1.5's architecture, scaled down), random weights: blocks to checkpoint."""
+    import comfy.supported_models
+    config = comfy.supported_models.SD15({
+        "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+        "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 32, "num_res_blocks": [1, 1],
+        "transformer_depth": [1, 1], "channel_mult": [1, 2], "transformer_depth_middle": 1,
+        "use_linear_in_transformer": False, "context_dim": tiny_models.CONTEXT_DIM, "num_heads": 4,
+        "transformer_depth_output": [1, 1, 1, 1], "use_temporal_attention": False, "use_temporal_resblock": False,
+        "dtype": torch.float32})
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({}, device=torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.diffusion_model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_and_is_undone():
+    from guidance_schedules.nodes.annealing_train import checkpointed_blocks
+    from guidance_schedules.samplers.annealing_training import Example
+    model = small_unet()
+    unet = model.model.diffusion_model
+    network = AnnealingNetwork(NetworkConfig())
+    sigmas = torch.tensor([14.6, 3.0, 0.0])
+    x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    ms = model.get_model_object("model_sampling")
+
+    weights = {t.untyped_storage().data_ptr() for t in unet.parameters()}
+
+    def gradients():
+        found, saved = {}, {}
+
+        def pack(t):  # what autograd keeps for the backward pass, the weights left out
+            if t.untyped_storage().data_ptr() not in weights:
+                saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        def work(denoise, latent):
+            example = Example(latent, noise, sigmas[:1].double(), sigmas[1:2].double(),
+                              ms.timestep(sigmas[:1]).double(), torch.tensor([0.5], dtype=torch.float64))
+            network.zero_grad()
+            loss, _ = training_loss(network, denoise, example, EPS, LossBalance())
+            loss.backward()
+            found.update({n: p.grad.clone() for n, p in network.named_parameters()})
+        with torch.inference_mode(False), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            run_example(model, tiny_models.build_conditioning(1), tiny_models.build_conditioning(2), x0, sigmas, work)
+        found["kept bytes"] = sum(saved.values())
+        return found
+    plain = gradients()
+    with checkpointed_blocks(unet) as count:
+        # the layers the UNet calls one by one in its input and output blocks (and the middle block's transformer
+        # blocks): every one of them recomputes in the backward pass
+        layers = [layer for block in (*unet.input_blocks, *unet.output_blocks) for layer in block]
+        assert count >= len(layers) and all("forward" in vars(layer) for layer in layers)
+        checkpointed = gradients()
+    assert not any("forward" in vars(b) for b in unet.modules())  # the class's forward again
+    # the checkpointed layers' activations are not kept for the backward pass (their inputs are, by the checkpoint)
+    assert checkpointed.pop("kept bytes") < 0.5 * plain.pop("kept bytes")
+    for name, g in plain.items():
+        assert torch.allclose(checkpointed[name], g, rtol=1e-5, atol=1e-8), name
+    assert any(g.abs().max() > 0 for g in plain.values())
