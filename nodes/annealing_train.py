@@ -364,7 +364,13 @@ def resume_from(trainer: Trainer, checkpoint: str, record: dict) -> None:
     except Exception as e:  # noqa: BLE001  (any unreadable file: say which and what to do)
         raise ValueError(f"name: {name} is not a readable training checkpoint ({str(e)[:120]}); remove it or "
                          "choose another name") from None
-    differing = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k))
+    # The seed is the checkpoint's: the graph editor randomizes a seed widget after each queue by default, and
+    # the interrupted training's own draws are what its state continues.
+    differing = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k) and k != "seed")
+    if saved.get("seed") != record.get("seed"):
+        log.info("Annealing training: resuming %s with its own seed %s (not %s)", name, saved.get("seed"),
+                 record.get("seed"))
+        record["seed"] = saved.get("seed")
     if differing:
         raise ValueError(f"name: {name} is the checkpoint of a training with other {', '.join(differing)}; queue "
                          "it with the same inputs to resume it, or choose another name")

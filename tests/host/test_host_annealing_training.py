@@ -8,6 +8,7 @@ models with them.
 - Flow sampling: ComfyUI's euler_cfg_pp step on a flow model is the reference's re-noising step, checked
   from the recorded predictions and states of a real run.
 """
+import json
 from pathlib import Path
 
 import pytest
@@ -229,8 +230,13 @@ def test_an_interrupted_training_resumes_to_the_same_network(scheduler_folder, m
     # other settings under the same name are refused, naming them
     with pytest.raises(ValueError, match="checkpoint of a training with other learning_rate"):
         run_node(**train_inputs(name="interrupted", training_images=16, learning_rate=2e-3))
-    _, loss_map = run_node(**train_inputs(name="interrupted", training_images=16))["result"]
+    # queued again as the graph editor would after its seed widget randomized: the training continues with its own
+    _, loss_map = run_node(**train_inputs(name="interrupted", training_images=16, seed=12345))["result"]
     resumed = load_file(str(scheduler_folder / "interrupted.safetensors"))
+    assert load_scheduler(str(scheduler_folder / "interrupted.safetensors")).network is not None
+    from safetensors import safe_open
+    with safe_open(str(scheduler_folder / "interrupted.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["training"])["seed"] == 7
     assert not (scheduler_folder / "interrupted.resume").exists()
     assert len(loss_map["loss"]) == 8
     for key in straight:
