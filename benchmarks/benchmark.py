@@ -38,8 +38,16 @@ SDXL = {'use_checkpoint': False, 'image_size': 32, 'out_channels': 4, 'use_spati
         'use_temporal_attention': False, 'use_temporal_resblock': False}
 
 
+# SD3 medium as ComfyUI's model detection reads it from the checkpoint (MMDiT, 24 blocks of width 1536)
+SD3_MEDIUM = {"in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 24, "input_size": None,
+              "adm_in_channels": 2048, "num_patches": 36864, "pos_embed_max_size": 192,
+              "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 4096,
+                                                                                  "out_features": 1536}},
+              "pos_embed_scaling_factor": None, "x_block_self_attn_layers": []}
+
+
 def build(arch):
-    """(ModelPatcher, positive, negative) of the architecture, random weights, fp16 on a GPU."""
+    """(ModelPatcher, positive, negative) of the architecture (sd15, sdxl, sd3), random weights, fp16 on a GPU."""
     import torch
     import comfy.model_management as mm
     import comfy.model_patcher
@@ -48,9 +56,12 @@ def build(arch):
     if arch == "sd15":
         config = comfy.supported_models.SD15({**SD15, "dtype": dtype})
         context, pooled = 768, None
-    else:
+    elif arch == "sdxl":
         config = comfy.supported_models.SDXL({**SDXL, "dtype": dtype})
         context, pooled = 2048, 1280
+    else:
+        config = comfy.supported_models.SD3({**SD3_MEDIUM, "dtype": dtype})
+        context, pooled = 4096, 2048
     config.set_inference_dtype(dtype, None)
     model = config.get_model({}, device=mm.get_torch_device())
     g = torch.Generator().manual_seed(0)
@@ -62,7 +73,7 @@ def build(arch):
     def conditioning(seed):
         g = torch.Generator().manual_seed(seed)
         extra = {"pooled_output": torch.randn(1, pooled, generator=g)} if pooled else {}
-        return [[torch.randn(1, 77, context, generator=g), extra]]
+        return [[torch.randn(1, 154 if arch == "sd3" else 77, context, generator=g), extra]]
     return patcher, conditioning(1), conditioning(2)
 
 

@@ -182,14 +182,11 @@ def calibrate_linear_ag(model, sigmas):
     print("\nLinearAG calibration:", out["ui"]["text"][0].split(": ", 1)[1])
 
 
-def run_gmm(seeds, n, only=""):
+def gmm_rows(model, sigmas, methods, seeds, n, only=""):
+    """(label, stats) per method: n samples of class A per seed, measured against the true mixture."""
     from benchmarks.beds import gmm
-    from benchmarks.beds.comfy_models import gmm_model
-    from benchmarks.beds.digits import karras_sigmas
-    model, mixture = gmm_model(), gmm.default_mixture()
-    sigmas = karras_sigmas()
-    rows = []
-    for method in [m for m in gmm_methods() if only in m.label]:
+    mixture, rows = gmm.default_mixture(), []
+    for method in [m for m in methods if only in m.label]:
         runs = []
         for seed in seeds:
             x, evals = sample(model, method, [0] * n, 3, sigmas, seed, (2, 1, 1))
@@ -197,6 +194,13 @@ def run_gmm(seeds, n, only=""):
             runs.append({"evals/image": evals, **m})
         rows.append((method.label, summarise(runs)))
         print(".", end="", flush=True)
+    return rows
+
+
+def run_gmm(seeds, n, only=""):
+    from benchmarks.beds.comfy_models import gmm_model
+    from benchmarks.beds.digits import karras_sigmas
+    rows = gmm_rows(gmm_model(), karras_sigmas(), gmm_methods(), seeds, n, only)
     print_table(f"GMM bed, class A (4 modes, one beside class B), {n} samples, 32 Euler steps, {len(seeds)} seeds",
                 ["evals/image", "modes_covered", "min_mode_share", "sliced_w", "off_data", "mode_spread"], rows)
     return rows
@@ -206,19 +210,10 @@ def run_gmm_flow(seeds, n, only=""):
     """The GMM bed's exact denoiser as a flow model (32 steps of its simple schedule): CFG, CFG++ and annealing
     guidance with the network trained for it (benchmarks/beds/annealing_train.py --bed gmm_flow)."""
     import comfy.samplers
-    from benchmarks.beds import gmm
     from benchmarks.beds.comfy_models import gmm_flow_model
-    model, mixture = gmm_flow_model(), gmm.default_mixture()
+    model = gmm_flow_model()
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 32)
-    rows = []
-    for method in [m for m in gmm_flow_methods() if only in m.label]:
-        runs = []
-        for seed in seeds:
-            x, evals = sample(model, method, [0] * n, 3, sigmas, seed, (2, 1, 1))
-            m = gmm.measure(mixture, x.double(), 0, torch.Generator().manual_seed(seed))
-            runs.append({"evals/image": evals, **m})
-        rows.append((method.label, summarise(runs)))
-        print(".", end="", flush=True)
+    rows = gmm_rows(model, sigmas, gmm_flow_methods(), seeds, n, only)
     print_table(f"GMM bed as a flow model, class A, {n} samples, 32 steps (simple schedule), {len(seeds)} seeds",
                 ["evals/image", "in_class", "modes_covered", "min_mode_share", "sliced_w", "off_data"], rows)
     return rows

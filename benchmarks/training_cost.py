@@ -26,37 +26,11 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:  # the pack's root,
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import standalone  # noqa: E402  (at the pack's root)
 
-# SD3 medium as ComfyUI's model detection reads it from the checkpoint (MMDiT, 24 blocks of width 1536)
-SD3_MEDIUM = {"in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 24, "input_size": None,
-              "adm_in_channels": 2048, "num_patches": 36864, "pos_embed_max_size": 192,
-              "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 4096,
-                                                                                  "out_features": 1536}},
-              "pos_embed_scaling_factor": None, "x_block_self_attn_layers": []}
-
-
 def build(arch):
-    """(ModelPatcher, positive, negative, latent channels), random weights, fp16 on a GPU."""
-    import comfy.model_management as mm
-    import comfy.model_patcher
-    import comfy.supported_models
-    if arch == "sdxl":
-        from benchmark import build as build_unet
-        model, pos, neg = build_unet("sdxl")
-        return model, pos, neg, 4
-    dtype = torch.float16 if mm.should_use_fp16() else torch.float32
-    config = comfy.supported_models.SD3({**SD3_MEDIUM, "dtype": dtype})
-    config.set_inference_dtype(dtype, None)
-    model = config.get_model({}, device=mm.get_torch_device())
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.diffusion_model.parameters():
-            p.copy_((torch.randn(p.shape, generator=g) * 0.02).to(p.dtype))
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
-
-    def conditioning(seed):
-        g = torch.Generator().manual_seed(seed)
-        return [[torch.randn(1, 154, 4096, generator=g), {"pooled_output": torch.randn(1, 2048, generator=g)}]]
-    return patcher, conditioning(1), conditioning(2), 16
+    """(ModelPatcher, positive, negative, latent channels), random weights, fp16 on a GPU: benchmark.py's."""
+    from benchmark import build as build_model
+    model, pos, neg = build_model(arch)
+    return model, pos, neg, 16 if arch == "sd3" else 4
 
 
 class SavedForBackward:

@@ -2,27 +2,22 @@
 vectors (../shared/reference/annealing_training/), 4 steps each for EPS and flow models, from the
 released network and from random weights. The reference's toy denoiser is written out here:
 out(z, t) = tanh(0.9 z + 0.6 pattern t / 1000), one pattern per branch."""
-from pathlib import Path
 
 import pytest
+import reference
 import torch
 
 from guidance_schedules.samplers.annealing import AnnealingNetwork, NetworkConfig
 from guidance_schedules.samplers.annealing_training import (EPS, FLOW, Example, Grid, LossBalance, Trainer,
                                                             TrainingSettings, training_loss)
 
-PARITY = Path(__file__).resolve().parents[2] / "shared" / "reference" / "annealing_training" / "parity_training.safetensors"
 # the README's tolerances: relative, 1e-6 for EPS (float64), 1e-4 for flow (the reference runs it in float32)
 TOLERANCE = {EPS: 1e-6, FLOW: 1e-4}
 
 
 @pytest.fixture(scope="module")
 def parity():
-    if not PARITY.is_file():
-        from host_support import skip_or_fail
-        skip_or_fail(f"annealing training reference data not found in {PARITY.parent}")
-    from safetensors.torch import load_file
-    return load_file(str(PARITY))
+    return reference.require_training_reference()
 
 
 def ddpm_alphas_cumprod() -> torch.Tensor:

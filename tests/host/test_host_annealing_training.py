@@ -9,9 +9,9 @@ models with them.
   from the recorded predictions and states of a real run.
 """
 import json
-from pathlib import Path
 
 import pytest
+import reference
 import torch
 from safetensors.torch import load_file
 
@@ -31,7 +31,6 @@ from guidance_schedules.nodes.guidance import history_of
 from guidance_schedules.samplers.annealing import AnnealingNetwork, NetworkConfig, load_scheduler
 from guidance_schedules.samplers.annealing_training import EPS, FLOW, Example, LossBalance, training_loss
 
-PARITY = Path(__file__).resolve().parents[3] / "shared" / "reference" / "annealing_training" / "parity_training.safetensors"
 TOLERANCE = {EPS: 1e-6, FLOW: 1e-4}  # relative, the reference README's
 # ComfyUI's BaseModel._apply_model hands on model_output.float(): through a ComfyUI model the EPS toy's float64
 # outputs are rounded to float32, and the delta term (a difference of two close predictions) carries that
@@ -43,10 +42,7 @@ GRADIENT_TOLERANCE = {EPS: 3e-5, FLOW: 1e-4}
 
 @pytest.fixture(scope="module")
 def parity():
-    if not PARITY.is_file():
-        from host_support import skip_or_fail
-        skip_or_fail(f"annealing training reference data not found in {PARITY.parent}")
-    return load_file(str(PARITY))
+    return reference.require_training_reference()
 
 
 @pytest.fixture(autouse=True)
