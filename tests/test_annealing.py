@@ -121,6 +121,19 @@ def test_models_it_was_not_trained_for_are_refused():
         scheduler.check_compatible("eps", 16, "discrete_1000")
     with pytest.raises(ValueError, match="expects discrete_1000 timesteps"):
         scheduler.check_compatible("eps", 4, "continuous")
+    # an SD1.5 model has SDXL's prediction, channels and timesteps, but not its scales
+    with pytest.raises(ValueError, match="trained for sdxl models; this model is sd15.*Train Network"):
+        scheduler.check_compatible("eps", 4, "discrete_1000", "sd15")
+    scheduler.check_compatible("eps", 4, "discrete_1000", "sdxl")  # ComfyUI's SDXL config: SDXL and its fine-tunes
+    scheduler.check_compatible("eps", 4, "discrete_1000", "")  # a family ComfyUI did not recognise: not compared
+
+
+def test_on_flow_models_only_the_references_step_is_taken():
+    scheduler = load_scheduler(str(reference.CHECKPOINT))
+    run = RunInfo(sigmas=(1.0, 0.5, 0.0), sigma_space="flow", prediction="flow", timesteps="continuous",
+                  sampler="sample_dpmpp_2m_cfg_pp")
+    with pytest.raises(ValueError, match="flow model annealing guidance takes the reference's step.*got dpmpp_2m_cfg_pp"):
+        AnnealingSchedule(run, scheduler, 0.4)
 
 
 def test_samplers_that_do_not_renoise_with_the_uncond_are_refused():
