@@ -102,6 +102,20 @@ class Browser:
 APP = "(window.app ?? window.comfyAPI?.app?.app)"
 
 
+async def run_from_editor(browser, prompt: dict, node_type: str, screenshot: Path) -> str:
+    """Load an API prompt into the editor, queue it, and return the result text the pack's web extension puts
+    on the node of `node_type` once it ran."""
+    await browser.js(f"{APP}.loadApiJson({json.dumps(prompt)}, {json.dumps(node_type)})")
+    await asyncio.sleep(1)
+    await browser.js(f"{APP}.queuePrompt(0, 1).then(() => true)")
+    text = await browser.wait_for(
+        f"(() => {{ const n = {APP}.graph._nodes.find(n => n.type === {json.dumps(node_type)});"
+        " const w = n?.widgets?.find(w => w.name === 'result'); return w?.value || ''; })()", 120)
+    await asyncio.sleep(1)
+    await browser.screenshot(screenshot)
+    return text
+
+
 async def check(url: str, out: Path) -> list[str]:
     import aiohttp
     port = free_port()
@@ -176,27 +190,13 @@ async def check(url: str, out: Path) -> list[str]:
                     failures.append(f"the scheduler widget reads {scheduler!r}")
 
                 # 2. LinearAG Calibrate from the editor: its result appears on the node
-                await browser.js(f"{APP}.loadApiJson ? ({APP}.loadApiJson({json.dumps(CALIBRATION)}, 'calibration'), true)"
-                                 f" : false")
-                await asyncio.sleep(1)
-                await browser.js(f"{APP}.queuePrompt(0, 1).then(() => true)")
-                text = await browser.wait_for(
-                    f"(() => {{ const n = {APP}.graph._nodes.find(n => n.type === 'LinearAGCalibrate');"
-                    " const w = n?.widgets?.find(w => w.name === 'result'); return w?.value || ''; })()", 120)
-                await asyncio.sleep(1)
-                await browser.screenshot(out / "calibration.png")
+                text = await run_from_editor(browser, CALIBRATION, "LinearAGCalibrate", out / "calibration.png")
                 print("calibration result on the node:", text)
                 if "relative error" not in text:
                     failures.append("LinearAG Calibrate shows no result")
 
                 # 2b. the annealing trainer from the editor: the file it wrote appears on the node
-                await browser.js(f"{APP}.loadApiJson({json.dumps(TRAINING)}, 'training')")
-                await asyncio.sleep(1)
-                await browser.js(f"{APP}.queuePrompt(0, 1).then(() => true)")
-                trained = await browser.wait_for(
-                    f"(() => {{ const n = {APP}.graph._nodes.find(n => n.type === 'AnnealingGuidanceTrain');"
-                    " const w = n?.widgets?.find(w => w.name === 'result'); return w?.value || ''; })()", 120)
-                await browser.screenshot(out / "training.png")
+                trained = await run_from_editor(browser, TRAINING, "AnnealingGuidanceTrain", out / "training.png")
                 print("training result on the node:", trained)
                 if "wrote frontend_" not in trained:
                     failures.append("Annealing Guidance: Train Network shows no result")

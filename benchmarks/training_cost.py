@@ -14,6 +14,7 @@ it asserts nothing.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import tempfile
@@ -112,10 +113,10 @@ def train_images(model, pos, neg, x0, grid, scheduler, checkpointing):
     return statistics.median(seconds[1:]), (min(seconds[1:]), max(seconds[1:])), saved, peak
 
 
-def measure(arch, size, images):
+def measure(arch, built, size, images):
     from guidance_schedules.nodes.annealing_train import training_grid
     import comfy.model_management as mm
-    model, pos, neg, channels = build(arch)
+    model, pos, neg, channels = built
     mm.load_models_gpu([model])
     x0 = torch.randn(images + 1, channels, size // 8, size // 8)
     grid, scheduler = training_grid(model.get_model_object("model_sampling"), 50, "auto")
@@ -141,7 +142,14 @@ def main():
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmark.py's SDXL builder
     if not gpu:
         torch.set_num_threads(2)
-    rows = [measure(arch, size, args.images) for arch in args.arch for size in args.size]
+    import comfy.model_management  # after standalone.import_comfyui
+    rows = []
+    for arch in args.arch:  # one model at a time: SDXL and SD3 in float32 need 10 and 8 GB each
+        built = build(arch)
+        rows += [measure(arch, built, size, args.images) for size in args.size]
+        del built
+        comfy.model_management.unload_all_models()
+        gc.collect()
     print(f"\nAnnealing network training inside ComfyUI, batch 1, on {rows[0]['device']}; 'kept' is what autograd "
           "holds for the backward pass (the activations a training step adds), in the model's dtype")
     head = "| model (random weights) | image | s / CFG step | s / training image | kept | with gradient checkpointing: s | kept |"

@@ -26,8 +26,8 @@ import comfy.utils
 from ..samplers.annealing import AnnealingNetwork, AnnealingScheduler, NetworkConfig, TrainedFor, save_scheduler
 from ..samplers.annealing_training import EPS, FLOW, Grid, Trainer, TrainingSettings, cads_gamma, cads_noise
 from .annealing import FOLDER
-from .guidance import (CATEGORY, FLOW as FLOW_SPACE, history_of, model_family_of, output_path, prediction_of,
-                       sigma_space_of, timesteps_of)
+from .guidance import (CATEGORY, history_of, model_family_of, output_path, prediction_of, sigma_space_of,
+                       timesteps_of)
 
 log = logging.getLogger("guidance_schedules")
 
@@ -106,11 +106,16 @@ def run_example(model, positive, negative, x0: torch.Tensor, grid_sigmas: torch.
     guider.sample(torch.zeros_like(x0), x0, _OneExample(work), grid_sigmas, disable_pbar=True, seed=0)
 
 
+def training_space(model_sampling) -> str:
+    """The training loss's sampling space: flow for rectified-flow models, EPS for the others."""
+    return FLOW if sigma_space_of(model_sampling) == FLOW else EPS
+
+
 def training_grid(model_sampling, steps: int, scheduler: str) -> tuple[Grid, str]:
     """The sampling grid trained for, from ComfyUI's own scheduler (the final 0 left out): ddim_uniform for
     EPS-space models (the paper's DDIM grid), simple (the model's own schedule) for flow models."""
     if scheduler == AUTO:
-        scheduler = "simple" if sigma_space_of(model_sampling) == FLOW_SPACE else "ddim_uniform"
+        scheduler = "simple" if training_space(model_sampling) == FLOW else "ddim_uniform"
     sigmas = comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps).double()
     sigmas = sigmas[sigmas > 0]
     if len(sigmas) < 2:
@@ -263,7 +268,7 @@ def timestep_scale(model) -> float:
     """The network reads t / this. DDPM timesteps and flow's 1000 sigma run over 0..1000, as in the paper; other
     models' own timesteps (EDM's log(sigma) / 4) are already of order 1."""
     model_sampling = model.get_model_object("model_sampling")
-    on_1000 = timesteps_of(model_sampling) == "discrete_1000" or sigma_space_of(model_sampling) == FLOW_SPACE
+    on_1000 = timesteps_of(model_sampling) == "discrete_1000" or training_space(model_sampling) == FLOW
     return 1000.0 if on_1000 else 1.0
 
 
@@ -276,7 +281,7 @@ def train_network(model, x0: torch.Tensor, positives: list, negative, grid: Grid
     given, runs after every optimizer step (the test beds measure a held-out loss there); gradient_checkpointing
     recomputes the model's activations per block in the backward pass."""
     model_sampling = model.get_model_object("model_sampling")
-    space = FLOW if sigma_space_of(model_sampling) == FLOW_SPACE else EPS
+    space = training_space(model_sampling)
     trained_for = TrainedFor(model_family=model_family_of(model), prediction=prediction_of(model_sampling),
                              latent_channels=int(x0.shape[1]), timesteps=timesteps_of(model_sampling),
                              source=f"AnnealingGuidanceTrain ({os.path.basename(path)})")

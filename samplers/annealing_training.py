@@ -33,8 +33,9 @@ from typing import Callable
 import torch
 
 from .annealing import AnnealingNetwork
+from .schedule import FLOW  # the flow sampling space, x = (1 - sigma) x0 + sigma n, as schedule.py names it
 
-EPS, FLOW = "eps", "flow"  # the two sampling spaces: x = x0 + sigma n, and x = (1 - sigma) x0 + sigma n
+EPS = "eps"  # the EPS sampling space, x = x0 + sigma n (EPS, v-prediction, EDM models)
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -86,7 +87,6 @@ class Example:
 class Terms:
     eps: torch.Tensor  # (B,) mean((guided - target)^2) per sample, its gradient reaches the network through w
     delta: torch.Tensor  # (B,) mean(delta'^2) per sample, through w and the model's evaluation at x'
-    w: torch.Tensor  # (B,) the network's guidance scales
 
 
 def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -108,7 +108,7 @@ def example_terms(network: AnnealingNetwork, denoise: Denoise, example: Example,
     d_c_next, d_u_next = (d.to(x0.dtype) for d in denoise(x_next, example.next_sigma))
     delta_next = (d_c_next - d_u_next) / s_next
     eps = (((x0 - d_g) / s) ** 2).flatten(1).mean(dim=1)
-    return Terms(eps, (delta_next ** 2).flatten(1).mean(dim=1), w)
+    return Terms(eps, (delta_next ** 2).flatten(1).mean(dim=1))
 
 
 def weighted_terms(terms: Terms, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -89,12 +89,11 @@ def held_out_terms(network, model, held, negative, grid, space) -> tuple[float, 
 
 
 def train(name: str, images: int, seed: int = 0, out: Path | None = None):
-    from guidance_schedules.nodes.annealing_train import timestep_scale, train_network
-    from guidance_schedules.nodes.guidance import sigma_space_of
+    from guidance_schedules.nodes.annealing_train import timestep_scale, train_network, training_space
     from guidance_schedules.samplers.annealing import AnnealingNetwork, NetworkConfig, load_scheduler
-    from guidance_schedules.samplers.annealing_training import EPS, FLOW, TrainingSettings
+    from guidance_schedules.samplers.annealing_training import TrainingSettings
     model, x0, positives, negative, grid, grid_settings, held = bed(name)
-    space = FLOW if sigma_space_of(model.get_model_object("model_sampling")) == "flow" else EPS
+    space = training_space(model.get_model_object("model_sampling"))
     settings = TrainingSettings(training_images=images, seed=seed)
     with torch.random.fork_rng(devices=[]):  # the network the trainer starts from (train_network's initialisation)
         torch.manual_seed(settings.seed)
