@@ -23,7 +23,7 @@ def test_ci_runs_the_readme_test_command():
 def test_ci_tests_on_the_host_versions_the_readme_names():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     trees = re.search(r"^TREES=\((.*)\)$", ci, re.M).group(1).split()
-    assert trees == ["comfyui-0.3.64", "comfyui-0.8.0"]
+    assert trees == ["comfyui-0.3.64", "comfyui-0.8.0", "comfyui-0.33.0"]
     section = readme_tests_section()
     for tree in trees:
         assert "v" + tree.removeprefix("comfyui-") in section
