@@ -10,8 +10,9 @@ import folder_paths
 # imported under another name: `linear_ag` is the nodes' input
 from ..samplers import linear_ag as linear_ag_files
 from ..samplers.adaptive import AdaptiveSchedule, check_threshold
-from .guidance import (CATEGORY, GuidanceMethod, ScheduleGuider, ScheduleGuiderNode, SchedulePatchNode, file_state,
-                       output_path, patch_model, prediction_of, register_model_folder)
+from .files import file_state, output_file_key, output_path, register_model_folder, written_file_key, wrote_file
+from .guidance import CATEGORY, GuidanceMethod, ScheduleGuider, ScheduleGuiderNode, SchedulePatchNode, patch_model
+from .model_facts import prediction_of
 from .rehearsal import sampler_function_name
 
 log = logging.getLogger("guidance_schedules")
@@ -109,18 +110,13 @@ class LinearAGCalibrate:
 
     @classmethod
     def IS_CHANGED(cls, name, **kwargs):
-        # ComfyUI skips a node whose inputs are unchanged since its last run. This node's result is
-        # a file: when that file was removed (to calibrate again) or is there already, the same
-        # inputs must run again, to write it or to say that it exists.
-        try:
-            path = cls.output_path(name)
-        except ValueError:
-            return "invalid name"
-        return os.path.getmtime(path) if os.path.exists(path) else "absent"
+        # the result is a file: the same inputs run again once it was removed (to calibrate again) or replaced
+        return output_file_key(LINEAR_AG_FOLDER, name)
 
     def calibrate(self, model, positive, negative, cfg, sampler, sigmas, latent_image, runs, seed, name):
         from comfy_extras.nodes_custom_sampler import Noise_RandomNoise, SamplerCustomAdvanced
         path = self.output_path(name)
+        cache_key = written_file_key(path)
         if os.path.exists(path):
             raise ValueError(f"name: {path} exists; choose another name (files are never overwritten)")
         recorded: list[list] = []
@@ -142,6 +138,7 @@ class LinearAGCalibrate:
             model=type(model.model.model_config).__name__ + " " + model.model.model_type.name, cfg=float(cfg),
             runs=len(trajectories), prediction=prediction_of(model.get_model_object("model_sampling")))
         linear_ag_files.save(result, fitted_for, path)
+        wrote_file(path, cache_key)
         odd = result.relative_error[1::2]
         count = len(trajectories)
         text = (f"wrote {path}: {count} {'trajectory' if count == 1 else 'trajectories'} ({runs} "

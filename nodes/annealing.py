@@ -7,7 +7,8 @@ import os
 import folder_paths
 
 from ..samplers.annealing import DEFAULT_LAMBDA, AnnealingSchedule, check_lambda, load_scheduler
-from .guidance import GuidanceMethod, ScheduleGuiderNode, SchedulePatchNode, file_state, register_model_folder
+from .files import file_state, register_model_folder
+from .guidance import GuidanceMethod, ScheduleGuiderNode, SchedulePatchNode
 
 FOLDER = "guidance_schedulers"
 # what the scheduler combo shows when no network is installed (an empty combo reads "undefined")

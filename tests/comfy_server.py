@@ -24,6 +24,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cached_nodes(history: dict) -> set[str]:
+    """The nodes of a finished prompt that ComfyUI answered from its cache (ComfyUI's own report)."""
+    return {node for kind, data in history["status"]["messages"] if kind == "execution_cached"
+            for node in data.get("nodes", [])}
+
+
 class ComfyServer:
     def __init__(self, startup_timeout: float = 180.0):
         self.base = Path(tempfile.mkdtemp(prefix="gs-comfy-"))

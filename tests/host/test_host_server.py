@@ -2,6 +2,7 @@
 import urllib.request
 
 import host_support
+from comfy_server import cached_nodes
 from prompts import calibration_prompt
 import pytest
 import torch
@@ -180,15 +181,26 @@ def test_an_api_prompt_calibrates_linear_ag_and_runs_adaptive_guidance_with_it(s
     coefficients, fitted_for = calibrated_file.coefficients, calibrated_file.fitted_for
     assert (fitted_for.sampler, fitted_for.steps, fitted_for.runs) == ("sample_euler", 8, 4)
     before = path.read_bytes()
+    # Queued again while the file it wrote is there: answered from ComfyUI's cache, the result shown again.
+    again = server.run_prompt(calibration_prompt("gs_api_euler_8"))
+    assert again["status"]["status_str"] == "success" and "12" in cached_nodes(again), again["status"]
+    assert path.read_bytes() == before
+    # Removed right after the run that wrote it (to calibrate again): the same prompt runs again, on every
+    # host's cache policy, and writes the same fit (same inputs, same seed).
+    path.unlink()
+    rerun = server.run_prompt(calibration_prompt("gs_api_euler_8"))
+    assert rerun["status"]["status_str"] == "success" and "12" not in cached_nodes(rerun), rerun["status"]
+    refitted = linear_ag.load(str(path))
+    assert torch.equal(refitted.coefficients, coefficients) and refitted.fitted_for == fitted_for
+    # Removed and queued again once more: never mistaken for an earlier absence the cache remembers.
+    path.unlink()
+    assert "12" not in cached_nodes(server.run_prompt(calibration_prompt("gs_api_euler_8"))) and path.exists()
+    # Another file under the name (a user's copy): refused, saying so, and left as it is.
+    path.write_bytes(before)
     again = server.run_prompt(calibration_prompt("gs_api_euler_8"))
     errors = [m[1] for m in again["status"]["messages"] if m[0] == "execution_error"]
     assert errors and "exists; choose another name" in errors[0]["exception_message"]
     assert path.read_bytes() == before  # nothing a user saved is overwritten
-    path.unlink()  # removed to calibrate again: the same prompt must run again, not answer from ComfyUI's cache
-    rerun = server.run_prompt(calibration_prompt("gs_api_euler_8"))
-    assert rerun["status"]["status_str"] == "success", rerun["status"]
-    refitted = linear_ag.load(str(path))  # same inputs, same seed: the same fit
-    assert torch.equal(refitted.coefficients, coefficients) and refitted.fitted_for == fitted_for
 
     # The new file is offered without a restart, and both AG nodes sample with it, alike.
     combo = server.get("/object_info/AdaptiveGuidancePatch")["AdaptiveGuidancePatch"]["input"]["optional"]["linear_ag"]
