@@ -23,20 +23,17 @@ import contextlib
 import functools
 import logging
 import math
-import os
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-import comfy.model_sampling
 import comfy.samplers
-import folder_paths
 from comfy.patcher_extension import WrapperExecutor, WrappersMP
 
-from ..samplers.schedule import (EDM_SIGMA, FLOW, Evaluation, GuidanceSchedule, RunInfo, RunRecord,
-                                 ScheduleDriver)
+from ..samplers.schedule import Evaluation, GuidanceSchedule, RunInfo, RunRecord, ScheduleDriver
 from ..samplers.steps import StepTracker
+from .model_facts import model_family_of, noise_scale_of, prediction_of, sigma_space_of, timesteps_of
 from .rehearsal import rehearse_steps, sampler_function_name
 from .reports import report
 
@@ -103,36 +100,6 @@ class GuidanceRun:
         self.tracker = tracker
         self.driver = ScheduleDriver(schedule, RunRecord(steps=tracker.steps))
         self.warned = False
-
-
-def sigma_space_of(model_sampling) -> str:
-    if isinstance(model_sampling, comfy.model_sampling.CONST):
-        return FLOW
-    return EDM_SIGMA
-
-
-def prediction_of(model_sampling) -> str:
-    # Subclasses first: EDM < V_PREDICTION < EPS, IMG_TO_IMG < X0 < EPS.
-    for cls, name in ((comfy.model_sampling.CONST, "flow"), (comfy.model_sampling.EDM, "edm"),
-                      (comfy.model_sampling.V_PREDICTION, "v"), (comfy.model_sampling.X0, "x0"),
-                      (comfy.model_sampling.EPS, "eps")):
-        if isinstance(model_sampling, cls):
-            return name
-    return type(model_sampling).__name__
-
-
-def timesteps_of(model_sampling) -> str:
-    if isinstance(model_sampling, comfy.model_sampling.ModelSamplingDiscrete) and len(model_sampling.sigmas) == 1000:
-        return "discrete_1000"
-    return "continuous"
-
-
-def model_family_of(model) -> str:
-    """The model's family as ComfyUI detected it (its model config's class: sdxl, sd15, sd3, flux, ...)."""
-    base = getattr(getattr(model, "model_patcher", model), "model", None)
-    config = getattr(base, "model_config", None)
-    # BASE: the generic config of a model ComfyUI did not recognise (and of the test models): family unknown
-    return type(config).__name__.lower() if config is not None and type(config).__name__ != "BASE" else ""
 
 
 def patch_model(model, make_schedule: ScheduleFactory, describe: str, method: str = "", settings: dict | None = None,
@@ -293,48 +260,6 @@ class ScheduleGuiderNode(_MethodNode):
         return (ScheduleGuider(patch_model(model, make, describe, m.key, settings), positive, negative, cfg),)
 
 
-# --- model folders ---------------------------------------------------------------------------------
-
-def register_model_folder(name: str, extensions: set[str], *extra_paths: str) -> None:
-    """models/NAME (and extra_paths after it) as a ComfyUI model folder: listed in combos, found by
-    get_full_path, refreshed without a restart. Paths a user's extra_model_paths.yaml gave are kept."""
-    if name not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[name] = ([], set(extensions))
-    paths, known = folder_paths.folder_names_and_paths[name]
-    if not known:
-        folder_paths.folder_names_and_paths[name] = (paths, set(extensions))
-    for path in (os.path.join(folder_paths.models_dir, name), *extra_paths):
-        if path not in paths:
-            paths.append(path)
-
-
-MAX_NAME = 120  # characters of a file name the pack writes: file systems allow 255 bytes for the whole name
-
-
-def output_path(folder: str, name, extension: str = ".safetensors") -> str:
-    """Where a node writes the file a user named: the first folder ComfyUI lists for `folder` (models/FOLDER
-    unless extra_model_paths.yaml says otherwise). A name no file system takes is refused by name."""
-    stem = name.strip().removesuffix(extension) if isinstance(name, str) else ""
-    shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:60] + "..."
-    if not stem or len(stem) > MAX_NAME or any(ord(c) < 32 or c in '<>:"|?*' for c in stem) \
-            or os.path.isabs(stem) or ".." in stem.replace("\\", "/").split("/"):
-        raise ValueError(f"name: give a file name for models/{folder} of at most {MAX_NAME} characters, without "
-                         f"control characters, '..' or any of <>:\"|?* (subfolders with /), got {shown}")
-    return os.path.join(folder_paths.get_folder_paths(folder)[0], stem + extension)
-
-
-def file_state(path: str | None) -> str:
-    """What ComfyUI's cache key of a node that reads a file must follow: a file replaced under the same
-    name (another size or modification time) is read again by the next prompt."""
-    if path is None:
-        return "none"
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return "absent"
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
-
-
 # --- the wrappers ----------------------------------------------------------------------------------
 
 def _run_with_schedule(make_schedule: ScheduleFactory, history: RunHistory, executor, guider, sigmas, extra_args,
@@ -347,7 +272,7 @@ def _run_with_schedule(make_schedule: ScheduleFactory, history: RunHistory, exec
                    sigma_space=sigma_space_of(model_sampling), sampler=name,
                    prediction=prediction_of(model_sampling), timesteps=timesteps_of(model_sampling),
                    latent_shape=tuple(noise.shape) if noise is not None else (),
-                   model_family=model_family_of(guider.model_patcher))
+                   model_family=model_family_of(guider.model_patcher), noise_scale=noise_scale_of(model_sampling))
     if info.steps == 0:
         return executor(guider, sigmas, extra_args, *args, **kwargs)
     plan = rehearse_steps(sampler, guider, sigmas, extra_args, noise)

@@ -213,9 +213,10 @@ class Trainer:
     apart until then (g = g_eps + r g_delta), which gives exactly the gradient of the batch's loss."""
 
     def __init__(self, network: AnnealingNetwork, grid: Grid, space: str, settings: TrainingSettings,
-                 dataset_size: int):
+                 dataset_size: int, noise_scale: float = 1.0):
         self.network, self.grid, self.space, self.settings = network, grid, space, settings
         self.dataset_size = dataset_size
+        self.noise_scale = noise_scale  # std of the model's noise (a flow model's noise_scale; 1 for most)
         self.optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate,
                                            weight_decay=settings.weight_decay)
         self.balance = LossBalance()
@@ -245,7 +246,8 @@ class Trainer:
     def example(self, draw: Draw, x0: torch.Tensor) -> Example:
         def one(v):
             return torch.tensor([v], dtype=torch.float64, device=x0.device)
-        return Example(x0, draw.noise.to(device=x0.device, dtype=x0.dtype), one(self.grid.sigmas[draw.position]),
+        noise = self.noise_scale * draw.noise.to(device=x0.device, dtype=x0.dtype)
+        return Example(x0, noise, one(self.grid.sigmas[draw.position]),
                        one(self.grid.sigmas[draw.position + 1]), one(self.grid.timesteps[draw.position]), one(draw.lam))
 
     def add(self, denoise: Denoise, example: Example) -> None:

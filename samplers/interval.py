@@ -10,7 +10,8 @@ the comparison: the grid sigma 0.2809 counts as 0.28, which is not above sigma_l
 the paper. A bound typed with more decimals is compared more finely.
 
 Sigmas are EDM sigmas. For flow models the step's flow time t is converted to the EDM sigma of
-equal signal-to-noise ratio, t / (1 - t), i.e. the bounds mean t in (lo / (1 + lo), hi / (1 + hi)].
+equal signal-to-noise ratio, t / (1 - t), i.e. the bounds mean t in (lo / (1 + lo), hi / (1 + hi)]; where the
+model's noise has another scale s (ComfyUI 0.33's flow `noise_scale`), s t / (1 - t).
 The first step of a flow model (t = 1) is infinitely noisy and is guided only when sigma_hi is
 SIGMA_HI_UNBOUNDED.
 """
@@ -74,7 +75,7 @@ class GuidanceInterval:
 
     def guided_steps(self, run: RunInfo) -> list[bool]:
         """Per step of the run: guided or not, decided on the step's starting sigma."""
-        return [self.contains(edm_sigma(s, run.sigma_space)) for s in run.sigmas[:run.steps]]
+        return [self.contains(edm_sigma(s, run.sigma_space, run.noise_scale)) for s in run.sigmas[:run.steps]]
 
 
 class IntervalSchedule(GuidanceSchedule):
@@ -84,7 +85,7 @@ class IntervalSchedule(GuidanceSchedule):
         super().__init__(run)
         self.guided_steps = interval.guided_steps(run)
         if run.steps and not any(self.guided_steps):
-            first, last = edm_sigma(run.sigmas[0], run.sigma_space), edm_sigma(run.sigmas[run.steps - 1], run.sigma_space)
+            first, last = (edm_sigma(run.sigmas[i], run.sigma_space, run.noise_scale) for i in (0, run.steps - 1))
             log.warning("Guidance interval: sigma_lo=%g, sigma_hi=%g select none of this run's %d steps "
                         "(EDM sigmas %.4g .. %.4g); every step runs without guidance.",
                         interval.sigma_lo, interval.sigma_hi, run.steps, first, last)

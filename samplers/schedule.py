@@ -31,6 +31,7 @@ class RunInfo:
     timesteps: str = "discrete_1000"  # the model's timestep convention: discrete_1000 or continuous
     latent_shape: tuple[int, ...] = ()  # (batch, channels, ...) of the run's latent
     model_family: str = ""  # the model's family as ComfyUI detected it (sdxl, sd15, sd3, ...), "" if unknown
+    noise_scale: float = 1.0  # std of a flow model's noise (x = (1 - t) x0 + t * noise_scale * n); 1 elsewhere
 
     @property
     def steps(self) -> int:

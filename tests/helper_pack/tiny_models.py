@@ -8,6 +8,7 @@ import torch
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_patcher
+import comfy.model_sampling
 import comfy.supported_models_base
 
 MODEL_TYPES = {
@@ -16,6 +17,21 @@ MODEL_TYPES = {
     "flow": comfy.model_base.ModelType.FLOW,
     "edm": comfy.model_base.ModelType.EDM,
 }
+# Model types of newer hosts (ComfyUI 0.33): CogVideoX's v-prediction on the raw latent, the image-to-image flow
+# of WAN FlowRVS, audio-video flow sampling, and a flow model whose noise has a scale of its own. Each entry is
+# (ModelType name, sampling settings); only those the host has are offered.
+NEWER_MODEL_TYPES = {
+    "v_ddpm": ("V_PREDICTION_DDPM", {}),
+    "img2img_flow": ("IMG_TO_IMG_FLOW", {}),
+    "flow_av": ("FLOW_AV", {"shift": 3.0, "multiplier": 1000, "audio_shift": 1.5}),
+    "flow_noise_scale": ("FLOW", {"shift": 3.0, "multiplier": 1000, "noise_scale": 8.0}),
+}
+for _name, (_type, _settings) in NEWER_MODEL_TYPES.items():
+    if hasattr(comfy.model_base.ModelType, _type) and (
+            _name != "flow_noise_scale" or hasattr(comfy.model_sampling.ModelSamplingDiscreteFlow, "set_noise_scale")):
+        MODEL_TYPES[_name] = getattr(comfy.model_base.ModelType, _type)
+SAMPLING_SETTINGS = {name: settings for name, (_, settings) in NEWER_MODEL_TYPES.items()}
+SAMPLING_SETTINGS["flow"] = {"shift": 3.0, "multiplier": 1000}
 
 CHANNELS = 4
 CONTEXT_DIM = 8
@@ -36,11 +52,13 @@ class CountingDenoiser(torch.nn.Module):
         self.register_buffer("pattern", torch.randn(1, CHANNELS, 1, 1, generator=g))
         self.register_buffer("mix", torch.randn(CONTEXT_DIM, CHANNELS, generator=g) / CONTEXT_DIM ** 0.5)
         self.calls = []
+        self.input_stds = []  # the standard deviation of each call's input, as the model received it
 
     def forward(self, x, timesteps, context=None, transformer_options={}, **kwargs):
         chunks = list(transformer_options.get("cond_or_uncond", []))
         rows = x.shape[0] // max(len(chunks), 1)
         self.calls.append((float(timesteps.flatten()[0]), chunks, rows))
+        self.input_stds.append(float(x.detach().float().std()))
         t = (timesteps.float() / 1000.0).view(-1, 1, 1, 1)
         text = (context.mean(dim=1) @ self.mix).view(x.shape[0], CHANNELS, 1, 1)
         spatial = torch.linspace(-1, 1, x.shape[-1], device=x.device).view(1, 1, 1, -1)
@@ -48,6 +66,7 @@ class CountingDenoiser(torch.nn.Module):
 
     def reset(self):
         self.calls.clear()
+        self.input_stds.clear()
 
     def evaluations(self):
         """(conditional, unconditional) row-evaluations counted since the last reset."""
@@ -63,8 +82,8 @@ def build_model(model_type="eps"):
     """A ModelPatcher around CountingDenoiser with the given prediction type."""
     config = comfy.supported_models_base.BASE({"disable_unet_model_creation": True})
     config.latent_format = comfy.latent_formats.SD15()
-    if model_type == "flow":
-        config.sampling_settings = {"shift": 3.0, "multiplier": 1000}
+    if model_type in SAMPLING_SETTINGS:
+        config.sampling_settings = dict(SAMPLING_SETTINGS[model_type])
     base = comfy.model_base.BaseModel(config, model_type=MODEL_TYPES[model_type], device=torch.device("cpu"))
     base.diffusion_model = CountingDenoiser()
     return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))

@@ -17,7 +17,7 @@ NO_STEP = dict(sigma_lo=500.0, sigma_hi=900.0)
 
 
 def scheduler_for(model_type):
-    return "simple" if model_type == "flow" else "karras"
+    return "simple" if model_type.startswith("flow") else "karras"
 
 
 def latent(batch=1):
