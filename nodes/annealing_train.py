@@ -10,6 +10,7 @@ ComfyUI's schedulers, the files, the progress bar, interruption and resuming.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -26,8 +27,9 @@ import comfy.utils
 from ..samplers.annealing import AnnealingNetwork, AnnealingScheduler, NetworkConfig, TrainedFor, save_scheduler
 from ..samplers.annealing_training import EPS, FLOW, Grid, Trainer, TrainingSettings, cads_gamma, cads_noise
 from .annealing import FOLDER
-from .guidance import (CATEGORY, history_of, model_family_of, output_path, prediction_of, sigma_space_of,
-                       timesteps_of)
+from .files import output_file_key, output_path, written_file_key, wrote_file
+from .guidance import CATEGORY, history_of
+from .model_facts import model_family_of, noise_scale_of, prediction_of, sigma_space_of, timesteps_of
 
 log = logging.getLogger("guidance_schedules")
 
@@ -107,7 +109,11 @@ def run_example(model, positive, negative, x0: torch.Tensor, grid_sigmas: torch.
 
 
 def training_space(model_sampling) -> str:
-    """The training loss's sampling space: flow for rectified-flow models, EPS for the others."""
+    """The training loss's sampling space: flow for rectified-flow models, EPS for the others (x = x0 + sigma n:
+    EPS, v-prediction, EDM, x0 and CogVideoX's V_PREDICTION_DDPM models)."""
+    if prediction_of(model_sampling) == "x0_flow":
+        raise ValueError("model: an image-to-image flow model (ComfyUI's IMG_TO_IMG_FLOW) samples from a source image, "
+                         "not from noise; the annealing objective trains on noised latents, so it cannot train for it")
     return FLOW if sigma_space_of(model_sampling) == FLOW else EPS
 
 
@@ -232,12 +238,8 @@ class AnnealingGuidanceTrain:
 
     @classmethod
     def IS_CHANGED(cls, name, **kwargs):
-        # the result is a file: once it is written (or removed), the same inputs must run again to say so
-        try:
-            path = output_path(FOLDER, name[0] if isinstance(name, list) else name)
-        except ValueError:
-            return "invalid name"
-        return os.path.getmtime(path) if os.path.exists(path) else "absent"
+        # the result is a file: the same inputs run again once it was removed (to train again) or replaced
+        return output_file_key(FOLDER, name)
 
     def train(self, model, latents, positive, negative, steps, scheduler, training_images, batch_size,
               gradient_accumulation, learning_rate, weight_decay, seed, delta_normalization, prompt_noise, name,
@@ -249,6 +251,7 @@ class AnnealingGuidanceTrain:
         settings = TrainingSettings(training_images, batch_size, gradient_accumulation, learning_rate, weight_decay,
                                     seed, delta_normalization, bool(prompt_noise))
         path = output_path(FOLDER, name)
+        cache_key = written_file_key(path)
         if os.path.exists(path):
             raise ValueError(f"name: {path} exists; choose another name (files are never overwritten)")
         if history_of(model) is not None:
@@ -260,6 +263,7 @@ class AnnealingGuidanceTrain:
             trained = train_network(model, x0, [_cloned(p) for p in _positives(positive, len(x0))],
                                     _cloned(negative), grid, {"steps": steps, "scheduler": scheduler}, settings, path,
                                     gradient_checkpointing=bool(gradient_checkpointing[0]))
+        wrote_file(path, cache_key)
         return {"ui": {"text": [f"wrote {os.path.basename(path)}"]},
                 "result": (os.path.basename(path), {"loss": list(trained.progress.losses)})}
 
@@ -272,6 +276,28 @@ def timestep_scale(model) -> float:
     return 1000.0 if on_1000 else 1.0
 
 
+def trainable(model):
+    """The model to train through: one whose weights autograd can save for the backward pass (the gradient
+    reaches the network through the model's evaluation at x'). ComfyUI runs loader nodes under inference mode,
+    so a loaded model's weights are inference tensors, which autograd refuses to save. As core training does
+    (comfy_extras/nodes_train.py), a model that carries its loader's factory (ComfyUI 0.33's
+    cached_patcher_init, which also makes a dynamic-VRAM model a plain one) is loaded afresh outside inference
+    mode with clone(force_deepcopy=True); any other model's inference-mode weights are replaced in place by
+    ordinary tensors of the same values, as ComfyUI itself does when it moves such a model to a device
+    (comfy/ops.py). The model's values never change."""
+    if getattr(model, "cached_patcher_init", None) is not None and \
+            "force_deepcopy" in inspect.signature(model.clone).parameters:
+        return model.clone(force_deepcopy=True)
+    for module in model.model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None and param.is_inference():
+                module._parameters[name] = torch.nn.Parameter(param.clone(), requires_grad=param.requires_grad)
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None and buffer.is_inference():
+                module._buffers[name] = buffer.clone()
+    return model
+
+
 def train_network(model, x0: torch.Tensor, positives: list, negative, grid: Grid, grid_settings: dict,
                   settings: TrainingSettings, path: str, after_update=None,
                   gradient_checkpointing: bool = False) -> Trainer:
@@ -280,6 +306,7 @@ def train_network(model, x0: torch.Tensor, positives: list, negative, grid: Grid
     match) and writes the network to `path`. Tensors must not be inference tensors. after_update(trainer), if
     given, runs after every optimizer step (the test beds measure a held-out loss there); gradient_checkpointing
     recomputes the model's activations per block in the backward pass."""
+    model = trainable(model)
     model_sampling = model.get_model_object("model_sampling")
     space = training_space(model_sampling)
     trained_for = TrainedFor(model_family=model_family_of(model), prediction=prediction_of(model_sampling),
@@ -292,7 +319,10 @@ def train_network(model, x0: torch.Tensor, positives: list, negative, grid: Grid
         torch.manual_seed(settings.seed)
         network = AnnealingNetwork(NetworkConfig(delta_embed_normalization=settings.delta_normalization,
                                                  t_embed_normalization=timestep_scale(model)))
-    trainer = Trainer(network.train(), grid, space, settings, dataset_size=len(x0))
+    noise_scale = noise_scale_of(model_sampling)
+    if noise_scale != 1.0:  # recorded only where it differs, so checkpoints of earlier versions still resume
+        record["noise_scale"] = noise_scale
+    trainer = Trainer(network.train(), grid, space, settings, dataset_size=len(x0), noise_scale=noise_scale)
     checkpoint = path.removesuffix(".safetensors") + ".resume"
     if os.path.exists(checkpoint):
         resume_from(trainer, checkpoint, record)

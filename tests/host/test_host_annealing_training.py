@@ -10,6 +10,8 @@ models with them.
 """
 import json
 
+from comfy_server import cached_nodes
+
 import pytest
 import reference
 import torch
@@ -184,6 +186,41 @@ def test_the_model_gets_no_gradient_and_stays_unchanged():
     assert all(p.grad is None for p in model.model.parameters())
 
 
+def test_a_model_loaded_under_inference_mode_trains_and_keeps_its_values(scheduler_folder):
+    """ComfyUI runs loader nodes under inference mode: a loaded model's weights are inference tensors, which
+    autograd cannot save for the backward pass through the model (a real UNet saves its weights; the tiny
+    counting model does not)."""
+    with torch.inference_mode():  # as a loader node runs
+        model = small_unet()
+    assert next(model.model.parameters()).is_inference()
+    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    run_node(**train_inputs(model=model, latents={"samples": torch.randn(1, 4, 16, 16)}, training_images=2,
+                            batch_size=1, gradient_accumulation=1, name="loaded"))
+    assert (scheduler_folder / "loaded.safetensors").exists()
+    assert all(torch.equal(v, before[k]) for k, v in model.model.state_dict().items())
+
+
+def test_a_model_with_its_loaders_factory_trains_on_a_fresh_load():
+    """ComfyUI 0.33's loaders leave a factory on the model (cached_patcher_init); core training trains on
+    clone(force_deepcopy=True), a fresh load made outside inference mode, and so does the pack. Hosts whose
+    clone() has no force_deepcopy train on the model itself."""
+    import inspect
+    loads = []
+
+    def load(seed, disable_dynamic=False):
+        loads.append(disable_dynamic)
+        return small_unet()
+    with torch.inference_mode():
+        model = small_unet()
+    model.cached_patcher_init = (load, (0,))
+    run_node(**train_inputs(model=model, latents={"samples": torch.randn(1, 4, 16, 16)}, training_images=2,
+                            batch_size=1, gradient_accumulation=1, name="factory"))
+    fresh_load = "force_deepcopy" in inspect.signature(model.clone).parameters
+    assert loads == ([True] if fresh_load else [])
+    # the user's model is left as the loader made it
+    assert next(model.model.parameters()).is_inference() == fresh_load
+
+
 def test_an_existing_file_is_never_overwritten(scheduler_folder):
     (scheduler_folder / "taken.safetensors").write_bytes(b"a user's file")
     with pytest.raises(ValueError, match="name: .*taken.safetensors exists; choose another name"):
@@ -314,6 +351,22 @@ def test_train_then_sample_with_the_network_through_the_api(comfy_server):
     assert history["status"]["status_str"] == "success", history["status"]
     assert history["outputs"]["3"]["text"] == ["wrote api_trained.safetensors"]
     assert history["outputs"]["4"]["images"]  # ComfyUI's loss graph of the 4 batches
+    # The result is a file. Queued again right away while the file it wrote is there, the node is answered
+    # from ComfyUI's cache (after prompts that reuse its node id, a host's cache may have let it go: then it
+    # runs and refuses, as below). Removed right after the run that wrote it, the same prompt trains again
+    # (same seed: the same network), whatever the host's cache remembers. Replaced by another file under the
+    # name, training refuses to overwrite it, saying so.
+    path = comfy_server.base / "models" / "guidance_schedulers" / "api_trained.safetensors"
+    written, first_weights = path.read_bytes(), load_file(str(path))
+    history = comfy_server.run_prompt(train)
+    assert history["status"]["status_str"] == "success", history["status"]
+    assert path.read_bytes() == written and "3" in cached_nodes(history)
+    path.unlink()
+    history = comfy_server.run_prompt(train)
+    assert history["status"]["status_str"] == "success", history["status"]
+    assert "3" not in cached_nodes(history)
+    retrained = load_file(str(path))
+    assert all(torch.equal(v, first_weights[k]) for k, v in retrained.items()) and retrained.keys() == first_weights.keys()
     sample = {
         "1": {"class_type": "GSTestTinyModel", "inputs": {"model_type": "eps"}},
         "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
@@ -326,10 +379,11 @@ def test_train_then_sample_with_the_network_through_the_api(comfy_server):
     }
     history = comfy_server.run_prompt(sample)
     assert history["status"]["status_str"] == "success", history["status"]
-    # queued again under the same name, training refuses to overwrite the file, saying so
+    path.write_bytes(b"a user's own file")
     history = comfy_server.run_prompt(train)
     errors = [m[1] for m in history["status"]["messages"] if m[0] == "execution_error"]
     assert errors and "api_trained.safetensors exists; choose another name" in errors[0]["exception_message"]
+    assert path.read_bytes() == b"a user's own file"
 
 
 # --- gradient checkpointing --------------------------------------------------------------------------
