@@ -80,10 +80,12 @@ def test_four_training_steps_give_the_references_losses_and_gradients(parity, ki
             assert error <= gradient_tolerance, (step, name, float(error))
 
 
-def test_float32_model_outputs_alone_move_the_eps_gradients_beyond_1e_6(parity):
-    """Why the host test through a ComfyUI model holds EPS gradients to 3e-5: ComfyUI rounds every model output
-    to float32. The same rounding of the toy's outputs here, everything else float64, moves the gradients by
-    more than 1e-6 (and less than 3e-5), while the losses stay within 1e-6."""
+def test_float32_model_outputs_keep_the_eps_gradients_within_the_host_tests_tolerance(parity):
+    """The host test through a ComfyUI model holds EPS gradients to 3e-5, not 1e-6: ComfyUI rounds every model
+    output to float32. The same rounding of the toy's outputs here, everything else float64, keeps the losses
+    within 1e-6 and the gradients within 3e-5 of the reference. How far the rounding alone moves the gradients
+    depends on the vectors (1.09e-5 on the shared ones, 2e-8 on others made the same way): a figure for the
+    README, not an assertion."""
     prefix = "eps.official."
     network = AnnealingNetwork(NetworkConfig())
     network.load_state_dict({k[len(prefix + "param."):]: v for k, v in parity.items() if k.startswith(prefix + "param.")})
@@ -112,7 +114,7 @@ def test_float32_model_outputs_alone_move_the_eps_gradients_beyond_1e_6(parity):
         for name, p in network.named_parameters():
             expected = parity[f"{prefix}grad.{name}"][step].double()
             worst["gradient"] = max(worst["gradient"], float((p.grad.double() - expected).norm() / expected.norm()))
-    assert worst["loss"] <= 1e-6 and 1e-6 < worst["gradient"] <= 3e-5, worst
+    assert worst["loss"] <= 1e-6 and worst["gradient"] <= 3e-5, worst
 
 
 def test_the_loss_balance_follows_the_weighted_terms():

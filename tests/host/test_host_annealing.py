@@ -67,7 +67,6 @@ def test_replay_reproduces_the_official_trajectory(via, sample):
 def test_a_batch_gives_each_sample_its_own_scale_and_its_solo_result():
     batch, w_batch, (cond_evals, uncond_evals) = replay([0, 1, 2], 0.4, "guider")
     assert cond_evals == uncond_evals == 3 * 50  # the extra cost is the network alone: CFG's evaluations
-    assert (w_batch[0] - w_batch[1]).abs().max() > 1e-3
     for b in range(3):
         solo, w_solo, _ = replay([b], 0.4, "guider")
         assert (w_batch[b] - w_solo[0]).abs().max().item() <= 1e-6
