@@ -10,7 +10,8 @@ protocol, and takes screenshots.
 2. LinearAG Calibrate run from the editor on the tiny test model: the node shows its result (and so does
    the annealing trainer);
 3. a prompt whose interval bounds select no step: the warning appears as a toast;
-and the annealing node, with no guidance network installed, names where to get one.
+the node library shows every node of the pack beside the KSampler, with its search words where the host sends
+them; and the annealing node, with no guidance network installed, names where to get one.
 It prints what it found and exits non-zero when a check fails. Needs Debian's chromium.
 """
 from __future__ import annotations
@@ -38,6 +39,9 @@ TITLES = [p.stem for p in (ROOT / "workflows").glob("*.json")]
 # the reading order the pack's web extension gives the template browser
 TEMPLATE_ORDER = re.findall(r'"([^"]+)"', re.search(r"const TEMPLATE_ORDER = \[(.*?)\];",
                                                     (ROOT / "web" / "guidance_schedules.js").read_text(), re.S).group(1))
+
+# the pack's node ids, as nodes/__init__.py registers them
+PACK_NODES = re.findall(r'^    "(\w+)": ', (ROOT / "nodes" / "__init__.py").read_text().split("NODE_DISPLAY_NAME_MAPPINGS")[1], re.M)
 
 CALIBRATION = calibration_prompt(f"frontend_{int(time.time())}")  # the tiny test model, from the editor
 
@@ -143,9 +147,14 @@ async def check(url: str, out: Path) -> list[str]:
                 await asyncio.sleep(3)
 
                 # 0. a new user's first start opens the template browser: the pack's category, with its pictures
-                opened = await browser.js(
-                    "(() => { const e = Array.from(document.querySelectorAll('*')).find(e => e.children.length === 0"
-                    " && e.textContent.trim() === 'comfyui-guidance-schedules'); e?.click(); return !!e; })()")
+                # (it opens a few seconds after the editor: wait for the pack's entry in its list of extensions)
+                try:
+                    opened = await browser.wait_for(
+                        "(() => { const e = Array.from(document.querySelectorAll('*')).find(e => e.children.length === 0"
+                        " && e.textContent.trim() === 'comfyui-guidance-schedules'); e?.click(); return !!e; })()", 30)
+                except TimeoutError:
+                    opened = False
+                    print("template browser: not opened at the first start")
                 if opened:
                     await asyncio.sleep(3)
                     await browser.screenshot(out / "templates.png")
@@ -164,7 +173,24 @@ async def check(url: str, out: Path) -> list[str]:
                                      ".sort((a, b) => b.getBoundingClientRect().right - a.getBoundingClientRect().right"
                                      " || a.getBoundingClientRect().top - b.getBoundingClientRect().top)[0];"
                                      " b?.click(); return !!b; })()")
+                    await browser.js("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', bubbles: true}))"
+                                     " || true")  # the newer frontend's dialog closes on Escape
                     await asyncio.sleep(1)
+
+                # 0b. the node library: every node of the pack under the KSampler's own category (whatever
+                # the host calls it), with its search words where the host sends them (0.33 does)
+                library = await browser.js(
+                    "(() => { const t = LiteGraph.registered_node_types; return { ksampler: t.KSampler?.category,"
+                    f" nodes: Object.fromEntries({json.dumps(PACK_NODES)}.map(n => [n, {{category: t[n]?.category,"
+                    " title: t[n]?.title, aliases: t[n]?.nodeData?.search_aliases ?? null}]))}; })()")
+                expected = f"{library['ksampler']}/guidance schedules"
+                print(f"node library: KSampler under {library['ksampler']!r}; the pack's nodes:")
+                for name, node in library["nodes"].items():
+                    print(f"  {name}: {node['category']!r}, {node['title']!r}, search words {node['aliases']}")
+                    if node["category"] != expected and not str(node["category"]).startswith(expected + "/"):
+                        failures.append(f"{name} is under {node['category']!r}, not {expected!r}")
+                    if node["aliases"] is not None and not any("guidance" in a.lower() for a in node["aliases"]):
+                        failures.append(f"{name}'s search words {node['aliases']} lack 'guidance'")
 
                 # 1. an example from the pack's template folder, as the template browser loads it
                 example = await browser.js(
