@@ -3,16 +3,15 @@ LinearAG calibration node with its folder."""
 from __future__ import annotations
 
 import logging
-import os
 
 import folder_paths
 
 # imported under another name: `linear_ag` is the nodes' input
 from ..samplers import linear_ag as linear_ag_files
 from ..samplers.adaptive import AdaptiveSchedule, check_threshold
-from .files import file_state, output_file_key, output_path, register_model_folder, written_file_key, wrote_file
+from .files import file_state, new_output_path, output_file_key, register_model_folder, written_file_key, wrote_file
 from .guidance import CATEGORY, GuidanceMethod, ScheduleGuider, ScheduleGuiderNode, SchedulePatchNode, patch_model
-from .model_facts import prediction_of
+from .host_facts import prediction_of
 from .rehearsal import sampler_function_name
 
 log = logging.getLogger("guidance_schedules")
@@ -104,10 +103,6 @@ class LinearAGCalibrate:
                                 "tooltip": "File name (without .safetensors) in models/linear_ag."}),
         }}
 
-    @staticmethod
-    def output_path(name: str) -> str:
-        return output_path(LINEAR_AG_FOLDER, name)
-
     @classmethod
     def IS_CHANGED(cls, name, **kwargs):
         # the result is a file: the same inputs run again once it was removed (to calibrate again) or replaced
@@ -115,10 +110,8 @@ class LinearAGCalibrate:
 
     def calibrate(self, model, positive, negative, cfg, sampler, sigmas, latent_image, runs, seed, name):
         from comfy_extras.nodes_custom_sampler import Noise_RandomNoise, SamplerCustomAdvanced
-        path = self.output_path(name)
+        path = new_output_path(LINEAR_AG_FOLDER, name)
         cache_key = written_file_key(path)
-        if os.path.exists(path):
-            raise ValueError(f"name: {path} exists; choose another name (files are never overwritten)")
         recorded: list[list] = []
 
         def recording(run):

@@ -2,40 +2,37 @@
 in the manner of ComfyUI's own training nodes (comfy_extras/nodes_train.py): latents from VAE Encode,
 one conditioning per latent (a captioned folder) or one for all, a loss map for LossGraphNode.
 
-The objective and the loop are samplers/annealing_training.py. Here: the model's predictions through
-ComfyUI's own sampling machinery (a CFGGuider prepares the model and the conditioning exactly as for
-sampling; a stand-in Sampler then runs one training example instead of a sampling loop), the grid from
-ComfyUI's schedulers, the files, the progress bar, interruption and resuming.
+The objective, the loop, its checkpoints and CADS are samplers/annealing_training.py. Here, what touches
+ComfyUI: the model's predictions through ComfyUI's own sampling machinery (a CFGGuider prepares the model and
+the conditioning exactly as for sampling; a stand-in Sampler then runs one training example instead of a
+sampling loop), a model autograd can pass through, per-block checkpointing of its layers, the grid from
+ComfyUI's schedulers, the node's inputs and file, the progress bar and interruption.
 """
 from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import logging
 import os
 from dataclasses import asdict
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 import comfy.model_management
 import comfy.samplers
 import comfy.utils
 
 from ..samplers.annealing import AnnealingNetwork, AnnealingScheduler, NetworkConfig, TrainedFor, save_scheduler
-from ..samplers.annealing_training import EPS, FLOW, Grid, Trainer, TrainingSettings, cads_gamma, cads_noise
+from ..samplers.annealing_training import Grid, Trainer, TrainingSettings, resume, run_training
+from ..samplers.spaces import FLOW
 from .annealing import FOLDER
-from .files import output_file_key, output_path, written_file_key, wrote_file
+from .files import new_output_path, output_file_key, written_file_key, wrote_file
 from .guidance import CATEGORY, history_of
-from .model_facts import model_family_of, noise_scale_of, prediction_of, sigma_space_of, timesteps_of
+from .host_facts import model_family_of, noise_scale_of, prediction_of, sigma_space_of, timesteps_of
 
 log = logging.getLogger("guidance_schedules")
 
 AUTO = "auto"
-STATE_FORMAT = "guidance_schedules/annealing_training_state"
-CHECKPOINT_EVERY = 50  # optimizer steps between checkpoints written while training (about 800 images by default)
 DEFAULTS = TrainingSettings()
 
 
@@ -109,12 +106,12 @@ def run_example(model, positive, negative, x0: torch.Tensor, grid_sigmas: torch.
 
 
 def training_space(model_sampling) -> str:
-    """The training loss's sampling space: flow for rectified-flow models, EPS for the others (x = x0 + sigma n:
-    EPS, v-prediction, EDM, x0 and CogVideoX's V_PREDICTION_DDPM models)."""
+    """The training loss's sampling space, the model's sigma space: flow for rectified-flow models, EDM sigmas
+    (x = x0 + sigma n) for EPS, v-prediction, EDM, x0 and CogVideoX's V_PREDICTION_DDPM models."""
     if prediction_of(model_sampling) == "x0_flow":
         raise ValueError("model: an image-to-image flow model (ComfyUI's IMG_TO_IMG_FLOW) samples from a source image, "
                          "not from noise; the annealing objective trains on noised latents, so it cannot train for it")
-    return FLOW if sigma_space_of(model_sampling) == FLOW else EPS
+    return sigma_space_of(model_sampling)
 
 
 def training_grid(model_sampling, steps: int, scheduler: str) -> tuple[Grid, str]:
@@ -135,19 +132,6 @@ def _cloned(conditioning):
     and such tensors cannot take part in a graph."""
     return [[c.clone(), {k: v.clone() if torch.is_tensor(v) else v for k, v in extra.items()}]
             for c, extra in conditioning]
-
-
-def _with_prompt_noise(conditioning, gamma: float, generator: torch.Generator):
-    """CADS on the text embeddings and the pooled output, as the reference does it for the conditional prompt."""
-    out = []
-    for c, extra in conditioning:
-        c = cads_noise(c, gamma, torch.randn(c.shape, generator=generator).to(c))
-        extra = dict(extra)
-        if torch.is_tensor(extra.get("pooled_output")):
-            pooled = extra["pooled_output"]
-            extra["pooled_output"] = cads_noise(pooled, gamma, torch.randn(pooled.shape, generator=generator).to(pooled))
-        out.append([c, extra])
-    return out
 
 
 def _latents(latents: list) -> torch.Tensor:
@@ -250,10 +234,8 @@ class AnnealingGuidanceTrain:
                            learning_rate, weight_decay, seed, delta_normalization, prompt_noise, name))
         settings = TrainingSettings(training_images, batch_size, gradient_accumulation, learning_rate, weight_decay,
                                     seed, delta_normalization, bool(prompt_noise))
-        path = output_path(FOLDER, name)
+        path = new_output_path(FOLDER, name)
         cache_key = written_file_key(path)
-        if os.path.exists(path):
-            raise ValueError(f"name: {path} exists; choose another name (files are never overwritten)")
         if history_of(model) is not None:
             raise ValueError("model: this model carries a guidance schedule of this pack; train on the model "
                              "itself (before any guidance node)")
@@ -325,21 +307,22 @@ def train_network(model, x0: torch.Tensor, positives: list, negative, grid: Grid
     trainer = Trainer(network.train(), grid, space, settings, dataset_size=len(x0), noise_scale=noise_scale)
     checkpoint = path.removesuffix(".safetensors") + ".resume"
     if os.path.exists(checkpoint):
-        resume_from(trainer, checkpoint, record)
+        resume(trainer, checkpoint, record)
+    bar = comfy.utils.ProgressBar(settings.training_images)
+
+    def before_example(trainer: Trainer) -> None:
+        bar.update_absolute(trainer.progress.images, settings.training_images)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+    def evaluate(positive, negative, latent, work) -> None:
+        run_example(model, positive, negative, latent, grid_sigmas, work)
+    grid_sigmas = torch.tensor((*grid.sigmas, 0.0))
     blocks = checkpointed_blocks(model.model.diffusion_model) if gradient_checkpointing else contextlib.nullcontext()
-    try:
-        with blocks:
-            _train(trainer, model, x0, positives, negative, checkpoint, record, after_update)
-    except BaseException:  # interrupted (ComfyUI raises its own exception), out of memory, ...: keep the work
-        if trainer.progress.updates > 0:
-            write_checkpoint(trainer, checkpoint, record)
-            log.warning("Annealing training stopped after %d of %d images; %s keeps the state at optimizer step %d. "
-                        "Queue the same settings again to resume.", trainer.progress.images,
-                        settings.training_images, os.path.basename(checkpoint), trainer.progress.updates)
-        raise
+    with blocks:
+        run_training(trainer, x0, positives, negative, evaluate, checkpoint, record, before_example, after_update)
+    bar.update_absolute(trainer.progress.images, settings.training_images)
     network = AnnealingNetwork(trainer.network.config)
     network.load_state_dict(trainer.network.state_dict())
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     save_scheduler(AnnealingScheduler(network.float().eval(), trained_for, path), path,
                    training={**record, "final_loss": trainer.progress.losses[-1]})
     if os.path.exists(checkpoint):
@@ -347,69 +330,3 @@ def train_network(model, x0: torch.Tensor, positives: list, negative, grid: Grid
     log.info("Annealing training: wrote %s (%d images, %d optimizer steps, last batch loss %.4g)", path,
              trainer.progress.images, trainer.progress.updates, trainer.progress.losses[-1])
     return trainer
-
-
-def _train(trainer: Trainer, model, x0, positives, negative, checkpoint: str, record: dict, after_update) -> None:
-    """The loop: batch by batch until the trainer is done, with ComfyUI's progress bar and interruption, and a
-    checkpoint every CHECKPOINT_EVERY optimizer steps."""
-    settings, grid, written_at = trainer.settings, trainer.grid, trainer.progress.updates
-    bar = comfy.utils.ProgressBar(settings.training_images)
-    bar.update_absolute(trainer.progress.images, settings.training_images)
-    grid_sigmas = torch.tensor((*grid.sigmas, 0.0))
-    while not trainer.done:
-        for _ in range(settings.batch_size):
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            draw = trainer.draw(tuple(x0.shape))
-            positive = positives[draw.index]
-            if settings.prompt_noise:  # CADS's gamma on t / 1000: the DDPM index, or 1000 sigma for flow
-                positive = _with_prompt_noise(positive, cads_gamma(grid.timesteps[draw.position]),
-                                              trainer.generator)
-
-            def work(denoise, latent, draw=draw):
-                trainer.add(denoise, trainer.example(draw, latent))
-            run_example(model, positive, negative, x0[draw.index:draw.index + 1], grid_sigmas, work)
-            bar.update_absolute(trainer.progress.images, settings.training_images)
-        updates = trainer.progress.updates
-        trainer.end_batch()
-        if after_update is not None and trainer.progress.updates > updates:
-            after_update(trainer)
-        if trainer.progress.updates - written_at >= CHECKPOINT_EVERY and not trainer.done:
-            write_checkpoint(trainer, checkpoint, record)
-            written_at = trainer.progress.updates
-
-
-def write_checkpoint(trainer: Trainer, checkpoint: str, record: dict) -> None:
-    tensors, values = trainer.state()
-    os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
-    partial = checkpoint + ".partial"
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, partial,
-              metadata={"format": STATE_FORMAT, "settings": json.dumps(record), "values": json.dumps(values)})
-    os.replace(partial, checkpoint)  # a crash while writing never leaves a broken checkpoint
-
-
-def resume_from(trainer: Trainer, checkpoint: str, record: dict) -> None:
-    name = os.path.basename(checkpoint)
-    try:
-        with safe_open(checkpoint, framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        if meta.get("format") != STATE_FORMAT:
-            raise ValueError("not a training state of this pack")
-        saved, values = json.loads(meta["settings"]), json.loads(meta["values"])
-    except Exception as e:  # noqa: BLE001  (any unreadable file: say which and what to do)
-        raise ValueError(f"name: {name} is not a readable training checkpoint ({str(e)[:120]}); remove it or "
-                         "choose another name") from None
-    # The seed is the checkpoint's: the graph editor randomizes a seed widget after each queue by default, and
-    # the interrupted training's own draws are what its state continues.
-    differing = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k) and k != "seed")
-    if saved.get("seed") != record.get("seed"):
-        log.info("Annealing training: resuming %s with its own seed %s (not %s)", name, saved.get("seed"),
-                 record.get("seed"))
-        record["seed"] = saved.get("seed")
-    if differing:
-        raise ValueError(f"name: {name} is the checkpoint of a training with other {', '.join(differing)}; queue "
-                         "it with the same inputs to resume it, or choose another name")
-    trainer.load_state(tensors, values)
-    log.info("Annealing training: resuming from %s at %d images (optimizer step %d)", name,
-             trainer.progress.images, trainer.progress.updates)
-

@@ -42,6 +42,15 @@ def output_path(folder: str, name, extension: str = ".safetensors") -> str:
     return os.path.join(folder_paths.get_folder_paths(folder)[0], stem + extension)
 
 
+def new_output_path(folder: str, name) -> str:
+    """output_path, refused by name where a file is there already: files are never overwritten, and a node
+    says so before its work, not after."""
+    path = output_path(folder, name)
+    if os.path.exists(path):
+        raise ValueError(f"name: {path} exists; choose another name (files are never overwritten)")
+    return path
+
+
 def file_state(path: str | None) -> str:
     """What ComfyUI's cache key of a node that reads a file must follow: a file replaced under the same
     name (another size or modification time) or removed is read again by the next prompt."""

@@ -33,7 +33,8 @@ from comfy.patcher_extension import WrapperExecutor, WrappersMP
 
 from ..samplers.schedule import Evaluation, GuidanceSchedule, RunInfo, RunRecord, ScheduleDriver
 from ..samplers.steps import StepTracker
-from .model_facts import model_family_of, noise_scale_of, prediction_of, sigma_space_of, timesteps_of
+from .host_facts import (model_family_of, noise_scale_of, prediction_of, renoises_with_uncond, sigma_space_of,
+                         takes_flow_step, timesteps_of)
 from .rehearsal import rehearse_steps, sampler_function_name
 from .reports import report
 
@@ -133,7 +134,7 @@ def history_of(model) -> RunHistory | None:
 
 @contextlib.contextmanager
 def plain_value_errors():
-    """The pack's own ValueError subclasses (SchedulerFileError, CoefficientsFileError) as plain ValueErrors:
+    """The pack's own ValueError subclass (samplers.files.FileRefused) as a plain ValueError:
     ComfyUI shows an error's type by its module path, which for a custom node is a file path; the user
     should read the message."""
     try:
@@ -270,6 +271,7 @@ def _run_with_schedule(make_schedule: ScheduleFactory, history: RunHistory, exec
     noise = args[1] if len(args) > 1 else kwargs.get("noise")
     info = RunInfo(sigmas=tuple(float(s) for s in sigmas.flatten().tolist()),
                    sigma_space=sigma_space_of(model_sampling), sampler=name,
+                   renoises_with_uncond=renoises_with_uncond(name), takes_flow_step=takes_flow_step(name),
                    prediction=prediction_of(model_sampling), timesteps=timesteps_of(model_sampling),
                    latent_shape=tuple(noise.shape) if noise is not None else (),
                    model_family=model_family_of(guider.model_patcher), noise_scale=noise_scale_of(model_sampling))

@@ -21,18 +21,14 @@ import os
 from dataclasses import asdict, dataclass, field
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from .schedule import FLOW, Evaluation, Guidance, GuidanceSchedule, RunInfo
+from .files import FileRefused, checked_file, shown, write_new
+from .schedule import Evaluation, Guidance, GuidanceSchedule, RunInfo
+from .spaces import FLOW
 
 FORMAT = "guidance_schedules/annealing_scheduler"
 FORMAT_VERSION = "1"
 DEFAULT_LAMBDA = 0.4
-
-
-class SchedulerFileError(ValueError):
-    """A scheduler file that cannot be used: unreadable, wrong shapes, or trained for another model."""
 
 
 @dataclass(frozen=True)
@@ -155,27 +151,21 @@ SIZE_LIMITS = {"hidden_size": 4096, "n_layers": 64, "t_embed_dim": 64, "delta_em
 NONZERO = {"t_embed_normalization", "delta_embed_normalization"}  # divided by
 
 
-def _shown(value, limit: int = 60) -> str:
-    """A value for an error message, never long (a message ends up in the UI and the history)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def _network_from(state: dict, config: NetworkConfig, name: str) -> AnnealingNetwork:
     expected = config.expected_shapes()
     missing = sorted(set(expected) - set(state))
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise SchedulerFileError(f"{name} lacks the tensors {', '.join(missing[:3])}{more}: not an annealing scheduler "
-                                 "network of the configuration its metadata gives")
+        raise FileRefused(f"{name} lacks the tensors {', '.join(missing[:3])}{more}: not an annealing scheduler "
+                          "network of the configuration its metadata gives")
     for key, shape in expected.items():
         if not isinstance(state[key], torch.Tensor):
-            raise SchedulerFileError(f"{name}: {key} is not a tensor")
+            raise FileRefused(f"{name}: {key} is not a tensor")
         if tuple(state[key].shape) != shape:
-            raise SchedulerFileError(f"{name}: {key} has shape {tuple(state[key].shape)}, the configuration in the file "
-                                     f"needs {shape}")
+            raise FileRefused(f"{name}: {key} has shape {tuple(state[key].shape)}, the configuration in the file "
+                              f"needs {shape}")
         if not torch.isfinite(state[key]).all():
-            raise SchedulerFileError(f"{name}: {key} holds non-finite values")
+            raise FileRefused(f"{name}: {key} holds non-finite values")
     net = AnnealingNetwork(config)
     net.load_state_dict({k: state[k].to(torch.float32) for k in expected})
     return net.eval().requires_grad_(False)
@@ -185,7 +175,7 @@ def _known_fields(values, fields_of, what: str, name: str) -> list[tuple[str, ob
     """The (key, value) pairs of a metadata object that the dataclass `fields_of` has; other keys were
     written by a later version of the pack and are not needed to use the network."""
     if not isinstance(values, dict):
-        raise SchedulerFileError(f"{name}: {what} must be a JSON object, got {_shown(values)}")
+        raise FileRefused(f"{name}: {what} must be a JSON object, got {shown(values)}")
     return [(k, v) for k, v in values.items() if k in fields_of.__dataclass_fields__]
 
 
@@ -197,14 +187,14 @@ def _config_from(values, name: str) -> NetworkConfig:
             limit = SIZE_LIMITS[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or not float(value).is_integer() or not 1 <= value <= limit:
-                raise SchedulerFileError(f"{name}: network.{key} must be a whole number from 1 to {limit}, "
-                                         f"got {_shown(value)}")
+                raise FileRefused(f"{name}: network.{key} must be a whole number from 1 to {limit}, "
+                                  f"got {shown(value)}")
             fields[key] = int(value)
         else:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or (key in NONZERO and value == 0):
                 need = "a finite number other than 0" if key in NONZERO else "a finite number"
-                raise SchedulerFileError(f"{name}: network.{key} must be {need}, got {_shown(value)}")
+                raise FileRefused(f"{name}: network.{key} must be {need}, got {shown(value)}")
             fields[key] = float(value)
     return NetworkConfig(**fields)
 
@@ -215,10 +205,10 @@ def _trained_for_from(values, name: str) -> TrainedFor:
     for key, value in _known_fields(values, TrainedFor, "trained_for", name):
         if key == "latent_channels":
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
-                raise SchedulerFileError(f"{name}: trained_for.latent_channels must be a whole number from 1 to 1024, "
-                                         f"got {_shown(value)}")
+                raise FileRefused(f"{name}: trained_for.latent_channels must be a whole number from 1 to 1024, "
+                                  f"got {shown(value)}")
         elif not isinstance(value, str):
-            raise SchedulerFileError(f"{name}: trained_for.{key} must be a string, got {_shown(value)}")
+            raise FileRefused(f"{name}: trained_for.{key} must be a string, got {shown(value)}")
         fields[key] = value
     return TrainedFor(**fields)
 
@@ -227,33 +217,21 @@ def load_scheduler(path: str) -> AnnealingScheduler:
     """Load a scheduler network: the pack's safetensors format, or the official torch.save file."""
     name = os.path.basename(path)
     if not os.path.isfile(path):
-        raise SchedulerFileError(f"scheduler file not found: {path}")
+        raise FileRefused(f"scheduler file not found: {path}")
     if not path.endswith(".safetensors"):
         return load_official_checkpoint(path)
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            keys = set(f.keys())
-            if meta.get("format") != FORMAT:
-                raise SchedulerFileError(f"{name} is not an annealing scheduler file of this pack (metadata format is "
-                                         f"{_shown(meta.get('format'))}); convert official checkpoints with "
-                                         "scripts/convert_annealing_checkpoint.py")
-            if meta.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
-                raise SchedulerFileError(f"{name} has format_version {_shown(meta.get('format_version'))}; this "
-                                         f"version of the pack reads {FORMAT_VERSION}. Update the pack.")
-            try:
-                config = _config_from(json.loads(meta["network"]), name)
-                trained = _trained_for_from(json.loads(meta["trained_for"]), name)
-            except KeyError as e:
-                raise SchedulerFileError(f"{name}: the metadata lacks {e}") from None
-            except json.JSONDecodeError as e:
-                raise SchedulerFileError(f"{name}: the metadata is not valid JSON ({e})") from None
-            state = {k: f.get_tensor(k) for k in config.expected_shapes() if k in keys}
-    except SchedulerFileError:
-        raise
-    except (SafetensorError, OSError, ValueError) as e:
-        raise SchedulerFileError(f"{name} is not a readable safetensors file (truncated or corrupt?): "
-                                 f"{_shown(str(e), 200)}") from None
+    with checked_file(path, FORMAT, FORMAT_VERSION,
+                      "is not an annealing scheduler file of this pack; convert official checkpoints with "
+                      "scripts/convert_annealing_checkpoint.py") as (meta, f):
+        try:
+            config = _config_from(json.loads(meta["network"]), name)
+            trained = _trained_for_from(json.loads(meta["trained_for"]), name)
+        except KeyError as e:
+            raise FileRefused(f"{name}: the metadata lacks {e}") from None
+        except json.JSONDecodeError as e:
+            raise FileRefused(f"{name}: the metadata is not valid JSON ({e})") from None
+        keys = set(f.keys())
+        state = {k: f.get_tensor(k) for k in config.expected_shapes() if k in keys}
     return AnnealingScheduler(_network_from(state, config, name), trained, path)
 
 
@@ -264,33 +242,33 @@ def load_official_checkpoint(path: str) -> AnnealingScheduler:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # torch raises many kinds for a corrupt or unsafe pickle
         # not torch's own message: it advises weights_only=False, which would run the file's code
-        raise SchedulerFileError(f"{name} is not a plain weights checkpoint (unreadable, or holding objects whose "
-                                 "loading would run code) and is refused") from None
+        raise FileRefused(f"{name} is not a plain weights checkpoint (unreadable, or holding objects whose "
+                          "loading would run code) and is refused") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("guidance_scale_model"), dict):
-        raise SchedulerFileError(f"{name} is not an annealing guidance checkpoint (no 'guidance_scale_model' entry)")
+        raise FileRefused(f"{name} is not an annealing guidance checkpoint (no 'guidance_scale_model' entry)")
     config = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
     model_config = config.get("guidance_scale_model") if isinstance(config.get("guidance_scale_model"), dict) else {}
     if model_config.get("type", "scalar_mlp") != "scalar_mlp":
-        raise SchedulerFileError(f"{name}: network type {_shown(model_config.get('type'))} is not supported "
-                                 "(scalar_mlp is)")
+        raise FileRefused(f"{name}: network type {shown(model_config.get('type'))} is not supported "
+                          "(scalar_mlp is)")
     diffusion = config.get("diffusion") if isinstance(config.get("diffusion"), dict) else {}
     model_id = str(diffusion.get("model_id", ""))
     if model_id and "xl" not in model_id.lower():
-        raise SchedulerFileError(f"{name} was trained for {_shown(model_id)}; only SDXL checkpoints are recognised")
+        raise FileRefused(f"{name} was trained for {shown(model_id)}; only SDXL checkpoints are recognised")
     return AnnealingScheduler(_network_from(checkpoint["guidance_scale_model"], _config_from(model_config, name), name),
                               OFFICIAL_SDXL, path)
 
 
 def save_scheduler(scheduler: AnnealingScheduler, path: str, training: dict | None = None) -> None:
-    """Write the pack's safetensors format (weights + configuration + what it was trained for, and how
-    when `training` gives the settings; loading reads no more than the first three)."""
-    state = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in scheduler.network.state_dict().items()}
+    """Write the pack's safetensors format to a new file (FileExistsError where the name is taken): weights,
+    configuration, what it was trained for, and how when `training` gives the settings (loading reads no more
+    than the first three)."""
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
             "network": json.dumps(asdict(scheduler.network.config)),
             "trained_for": json.dumps(asdict(scheduler.trained_for))}
     if training is not None:
         meta["training"] = json.dumps(training)
-    save_file(state, path, metadata=meta)
+    write_new(path, {k: v.to(torch.float32) for k, v in scheduler.network.state_dict().items()}, meta)
 
 
 def convert_official_checkpoint(src: str, dst: str) -> AnnealingScheduler:
@@ -298,28 +276,8 @@ def convert_official_checkpoint(src: str, dst: str) -> AnnealingScheduler:
     if os.path.exists(dst):
         raise FileExistsError(f"{dst} exists; choose another name or remove it first")
     scheduler = load_official_checkpoint(src)
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)  # a fresh ComfyUI has no models/guidance_schedulers
-    save_scheduler(scheduler, dst)
+    save_scheduler(scheduler, dst)  # a fresh ComfyUI has no models/guidance_schedulers: it is made
     return scheduler
-
-
-# ComfyUI's samplers that re-noise with the unconditional prediction (CFG++), by their k-diffusion function's
-# name. A kept list rather than a name pattern: newer ComfyUI's cfgpp_ud10_ab is one without the suffix.
-CFGPP_SAMPLERS = frozenset({
-    "sample_euler_cfg_pp", "sample_euler_ancestral_cfg_pp", "sample_dpmpp_2s_ancestral_cfg_pp",
-    "sample_dpmpp_2m_cfg_pp", "sample_res_multistep_cfg_pp", "sample_res_multistep_ancestral_cfg_pp",
-    "sample_gradient_estimation_cfg_pp", "sample_cfgpp_ud10_ab",
-})
-
-
-# On flow models, the samplers whose step is the reference's (x' = (1 - s') D_guided + s' noise_uncond with
-# noise_uncond = (x - (1 - s) D_uncond) / s): ComfyUI's Euler CFG++ computes its step through the model's
-# alpha(sigma), which makes it exactly that (tests/host/test_host_annealing_training.py checks it).
-FLOW_STEP_SAMPLERS = frozenset({"sample_euler_cfg_pp", "sample_euler_ancestral_cfg_pp"})
-
-
-def renoises_with_uncond(sampler: str) -> bool:
-    return sampler in CFGPP_SAMPLERS
 
 
 class AnnealingSchedule(GuidanceSchedule):
@@ -330,17 +288,17 @@ class AnnealingSchedule(GuidanceSchedule):
 
     def __init__(self, run: RunInfo, scheduler: AnnealingScheduler, lam: float):
         super().__init__(run)
-        if not renoises_with_uncond(run.sampler):
+        sampler = run.sampler.removeprefix("sample_") or "an unknown sampler"
+        if not run.renoises_with_uncond:
             raise ValueError(
-                f"Annealing guidance needs a sampler that re-noises with the unconditional prediction (CFG++): the "
-                f"network's scales are in CFG++ units. Use euler_cfg_pp (the paper's DDIM) or another CFG++ sampler "
-                f"({', '.join(sorted(n.removeprefix('sample_') for n in CFGPP_SAMPLERS if n != 'sample_euler_cfg_pp'))}); "
-                f"got {run.sampler.removeprefix('sample_') or 'an unknown sampler'}.")
-        if run.sigma_space == FLOW and run.sampler not in FLOW_STEP_SAMPLERS:
+                "Annealing guidance needs a sampler that re-noises with the unconditional prediction (CFG++): the "
+                "network's scales are in CFG++ units. Use euler_cfg_pp (the paper's DDIM) or another CFG++ sampler "
+                f"(dpmpp_2m_cfg_pp, res_multistep_cfg_pp, ...); got {sampler}.")
+        if run.sigma_space == FLOW and not run.takes_flow_step:
             raise ValueError(
                 "On a flow model annealing guidance takes the reference's step: x0 from the guided prediction, the "
-                "noise from the unconditional one. ComfyUI's euler_cfg_pp (or euler_ancestral_cfg_pp) takes it; "
-                f"got {run.sampler.removeprefix('sample_') or 'an unknown sampler'}.")
+                f"noise from the unconditional one. ComfyUI's euler_cfg_pp (or euler_ancestral_cfg_pp) takes it; got "
+                f"{sampler}.")
         channels = run.latent_shape[1] if len(run.latent_shape) > 1 else scheduler.trained_for.latent_channels
         scheduler.check_compatible(run.prediction, channels, run.timesteps, run.model_family)
         self.scheduler = scheduler

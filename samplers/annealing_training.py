@@ -26,27 +26,22 @@ draws, a state that resumes exactly); nodes/annealing_train.py runs it inside Co
 """
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
 
 from .annealing import AnnealingNetwork
-from .schedule import FLOW  # the flow sampling space, x = (1 - sigma) x0 + sigma n, as schedule.py names it
+from .files import FileRefused, checked_file, write_replacing
+from .spaces import signal_scale
 
-EPS = "eps"  # the EPS sampling space, x = x0 + sigma n (EPS, v-prediction, EDM models)
+log = logging.getLogger("guidance_schedules")
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-def x0_scale(space: str, sigma: torch.Tensor) -> torch.Tensor:
-    """a(sigma) in x = a(sigma) x0 + sigma noise."""
-    if space == EPS:
-        return torch.ones_like(sigma)
-    if space == FLOW:
-        return 1 - sigma
-    raise ValueError(f"space must be {EPS!r} or {FLOW!r}, got {space!r}")
 
 
 @dataclass
@@ -96,15 +91,15 @@ def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def example_terms(network: AnnealingNetwork, denoise: Denoise, example: Example, space: str) -> Terms:
     x0, noise = example.x0, example.noise
     s, s_next = _per_sample(example.sigma, x0), _per_sample(example.next_sigma, x0)
-    x = x0_scale(space, s) * x0 + s * noise
+    x = signal_scale(space, s) * x0 + s * noise
     with torch.no_grad():
         d_c, d_u = (d.to(x0.dtype) for d in denoise(x, example.sigma))
     net_dtype = next(network.parameters()).dtype
     w = network(example.timestep.to(net_dtype), ((d_c - d_u) / s).flatten(1).norm(dim=1).to(net_dtype),
                 example.lam.to(net_dtype)).to(x0.dtype)
     d_g = d_u + _per_sample(w, x0) * (d_c - d_u)
-    noise_u = (x - x0_scale(space, s) * d_u) / s
-    x_next = x0_scale(space, s_next) * d_g + s_next * noise_u
+    noise_u = (x - signal_scale(space, s) * d_u) / s
+    x_next = signal_scale(space, s_next) * d_g + s_next * noise_u
     d_c_next, d_u_next = (d.to(x0.dtype) for d in denoise(x_next, example.next_sigma))
     delta_next = (d_c_next - d_u_next) / s_next
     eps = (((x0 - d_g) / s) ** 2).flatten(1).mean(dim=1)
@@ -115,16 +110,6 @@ def weighted_terms(terms: Terms, lam: torch.Tensor) -> tuple[torch.Tensor, torch
     """The batch's mean((1 - lambda) eps) and mean(lambda delta)."""
     lam = lam.to(terms.eps.dtype)
     return ((1 - lam) * terms.eps).mean(), (lam * terms.delta).mean()
-
-
-def training_loss(network: AnnealingNetwork, denoise: Denoise, example: Example, space: str,
-                  balance: LossBalance) -> tuple[torch.Tensor, Terms]:
-    """One batch's loss (updating `balance`); backward() on it reaches the network through w and through the
-    model's evaluation at x'."""
-    terms = example_terms(network, denoise, example, space)
-    eps_loss, delta_loss = weighted_terms(terms, example.lam)
-    r = balance.update(eps_loss.item(), delta_loss.item())
-    return eps_loss + r * delta_loss, terms
 
 
 # --- CADS prompt noise ------------------------------------------------------------------------------
@@ -147,6 +132,20 @@ def cads_noise(y: torch.Tensor, gamma: float, noise: torch.Tensor, noise_scale: 
     yn_mean, yn_std = y_noised.mean(dims, keepdim=True), y_noised.std(dims, keepdim=True) + 1e-6
     y_scaled = (y_noised - yn_mean) / yn_std * y_std + y_mean
     return psi * y_scaled + (1 - psi) * y_noised
+
+
+def conditioning_with_prompt_noise(conditioning: list, gamma: float, generator: torch.Generator) -> list:
+    """CADS on a ComfyUI CONDITIONING ([[embeddings, extras]]): on the text embeddings and the pooled output,
+    as the reference does it for the conditional prompt."""
+    out = []
+    for c, extra in conditioning:
+        c = cads_noise(c, gamma, torch.randn(c.shape, generator=generator).to(c))
+        extra = dict(extra)
+        if torch.is_tensor(extra.get("pooled_output")):
+            pooled = extra["pooled_output"]
+            extra["pooled_output"] = cads_noise(pooled, gamma, torch.randn(pooled.shape, generator=generator).to(pooled))
+        out.append([c, extra])
+    return out
 
 
 # --- the trainer ------------------------------------------------------------------------------------
@@ -262,18 +261,25 @@ class Trainer:
                             eps_loss.item() / b, delta_loss.item() / b))
         self.progress.images += 1
 
-    def end_batch(self) -> float:
-        """Closes the batch: r, the batch's loss and gradient; an optimizer step when the accumulation is full
-        or the training ends. Returns the batch's loss."""
+    def batch_gradient(self) -> tuple[float, list[torch.Tensor]]:
+        """Closes the batch's objective: its balance r (one update per batch), its loss and the loss's gradient
+        for each network parameter, g = g_eps + r g_delta over the batch's examples."""
         eps_loss = sum(e for _, _, e, _ in self._batch)
         delta_loss = sum(d for _, _, _, d in self._batch)
         r = self.balance.update(eps_loss, delta_loss)
-        for acc, *grads in zip(self._accumulated, *(e for e, _, _, _ in self._batch), *(d for _, d, _, _ in self._batch)):
-            n = len(self._batch)
-            acc += (sum(grads[:n]) + r * sum(grads[n:])) / self.settings.gradient_accumulation
+        n = len(self._batch)
+        gradient = [sum(grads[:n]) + r * sum(grads[n:])
+                    for grads in zip(*(e for e, _, _, _ in self._batch), *(d for _, d, _, _ in self._batch))]
         self._batch = []
+        return eps_loss + r * delta_loss, gradient
+
+    def end_batch(self) -> float:
+        """Closes the batch (batch_gradient) and accumulates its gradient; an optimizer step when the
+        accumulation is full or the training ends. Returns the batch's loss."""
+        loss, gradient = self.batch_gradient()
+        for acc, g in zip(self._accumulated, gradient):
+            acc += g / self.settings.gradient_accumulation
         self._batches_in_update += 1
-        loss = eps_loss + r * delta_loss
         self.progress.losses.append(loss)
         if self._batches_in_update == self.settings.gradient_accumulation or self.done:
             self._step()
@@ -323,3 +329,86 @@ class Trainer:
         self.balance = LossBalance(**values["balance"])
         self.progress = Progress(**values["progress"])
         self._at_update = self._snapshot()
+
+
+# --- checkpoints and the loop -------------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = "guidance_schedules/annealing_training_state"
+CHECKPOINT_EVERY = 50  # optimizer steps between checkpoints written while training (about 800 images by default)
+
+
+def write_checkpoint(trainer: Trainer, path: str, record: dict) -> None:
+    """The trainer's state at its last optimizer step, with the training's `record` (settings, grid, data), in
+    place of the previous checkpoint: atomically, so a crash never leaves a broken one."""
+    tensors, values = trainer.state()
+    write_replacing(path, tensors, {"format": CHECKPOINT_FORMAT, "settings": json.dumps(record),
+                                    "values": json.dumps(values)})
+
+
+def resume(trainer: Trainer, path: str, record: dict) -> None:
+    """Continue from a checkpoint of the same training: refused by name, with the settings that differ, when
+    its record differs from `record` but for the seed, which is the checkpoint's (the graph editor randomizes
+    a seed widget after each queue by default, and the interrupted training's own draws are what its state
+    continues): `record["seed"]` is set to it."""
+    name = os.path.basename(path)
+    try:
+        with checked_file(path, CHECKPOINT_FORMAT, None, "is not a training state of this pack") as (meta, f):
+            saved, values = json.loads(meta["settings"]), json.loads(meta["values"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (FileRefused, KeyError, json.JSONDecodeError) as e:
+        raise ValueError(f"name: {name} is not a readable training checkpoint ({str(e)[:120]}); remove it or "
+                         "choose another name") from None
+    differing = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k) and k != "seed")
+    if saved.get("seed") != record.get("seed"):
+        log.info("Annealing training: resuming %s with its own seed %s (not %s)", name, saved.get("seed"),
+                 record.get("seed"))
+        record["seed"] = saved.get("seed")
+    if differing:
+        raise ValueError(f"name: {name} is the checkpoint of a training with other {', '.join(differing)}; queue "
+                         "it with the same inputs to resume it, or choose another name")
+    trainer.load_state(tensors, values)
+    log.info("Annealing training: resuming from %s at %d images (optimizer step %d)", name,
+             trainer.progress.images, trainer.progress.updates)
+
+
+# evaluate(positive, negative, latent, work): runs work(denoise, latent in the model's space) with the model's
+# predictions for this conditioning (the glue's way to the model)
+Evaluate = Callable[[list, list, torch.Tensor, Callable[[Denoise, torch.Tensor], None]], None]
+
+
+def run_training(trainer: Trainer, x0: torch.Tensor, positives: list, negative: list, evaluate: Evaluate,
+                 checkpoint: str, record: dict, before_example: Callable[[Trainer], None] = lambda trainer: None,
+                 after_update: Callable[[Trainer], None] | None = None) -> None:
+    """Trains until the trainer is done: batch by batch, one example at a time (latent x0[i] with positives[i],
+    CADS prompt noise where the settings say so), a checkpoint every CHECKPOINT_EVERY optimizer steps. However
+    the loop stops (interrupted: before_example(trainer), called before each example, raises; out of memory; a
+    fault), the state at the last optimizer step is kept in `checkpoint`, and the same call resumes from it."""
+    settings, grid = trainer.settings, trainer.grid
+    written_at = trainer.progress.updates
+    try:
+        while not trainer.done:
+            for _ in range(settings.batch_size):
+                before_example(trainer)
+                draw = trainer.draw(tuple(x0.shape))
+                positive = positives[draw.index]
+                if settings.prompt_noise:  # CADS's gamma on t / 1000: the DDPM index, or 1000 sigma for flow
+                    positive = conditioning_with_prompt_noise(positive, cads_gamma(grid.timesteps[draw.position]),
+                                                              trainer.generator)
+
+                def work(denoise, latent, draw=draw):
+                    trainer.add(denoise, trainer.example(draw, latent))
+                evaluate(positive, negative, x0[draw.index:draw.index + 1], work)
+            updates = trainer.progress.updates
+            trainer.end_batch()
+            if after_update is not None and trainer.progress.updates > updates:
+                after_update(trainer)
+            if trainer.progress.updates - written_at >= CHECKPOINT_EVERY and not trainer.done:
+                write_checkpoint(trainer, checkpoint, record)
+                written_at = trainer.progress.updates
+    except BaseException:  # interrupted (ComfyUI raises its own exception), out of memory, ...: keep the work
+        if trainer.progress.updates > 0:
+            write_checkpoint(trainer, checkpoint, record)
+            log.warning("Annealing training stopped after %d of %d images; %s keeps the state at optimizer step %d. "
+                        "Queue the same settings again to resume.", trainer.progress.images,
+                        settings.training_images, os.path.basename(checkpoint), trainer.progress.updates)
+        raise

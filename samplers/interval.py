@@ -24,7 +24,7 @@ from decimal import Decimal
 
 import torch
 
-from .sigma_spaces import edm_sigma
+from .spaces import edm_sigma
 from .schedule import Evaluation, GuidanceSchedule, RunInfo, StepPlan
 
 log = logging.getLogger("guidance_schedules")

@@ -17,18 +17,13 @@ import os
 from dataclasses import dataclass
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
+from .files import FileRefused, checked_file, write_new
 from .schedule import GuidanceSchedule, RunInfo
 
 FORMAT = "guidance_schedules/linear_ag"
 FORMAT_VERSION = "1"
 N_TERMS = 4  # a, b, c, d
-
-
-class CoefficientsFileError(ValueError):
-    """A LinearAG file that cannot be used here: unreadable, or fitted for another setup."""
 
 
 def estimated_step(step: int) -> bool:
@@ -91,12 +86,10 @@ class FittedFor:
 
 
 def save(result: Fit, fitted_for: FittedFor, path: str) -> None:
-    if os.path.exists(path):
-        raise FileExistsError(f"{path} exists; choose another name or remove it first")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "fitted_for": json.dumps({**fitted_for.__dict__, "sigmas": list(fitted_for.sigmas)})}
-    save_file({"coefficients": result.coefficients.contiguous(), "relative_error": result.relative_error.contiguous()},
-              path, metadata=meta)
+    """Write the coefficients to a new file (FileExistsError where the name is taken)."""
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
+            "fitted_for": json.dumps({**fitted_for.__dict__, "sigmas": list(fitted_for.sigmas)})}
+    write_new(path, {"coefficients": result.coefficients, "relative_error": result.relative_error}, meta)
 
 
 def _fitted_for_from(meta: dict, name: str) -> FittedFor:
@@ -104,11 +97,11 @@ def _fitted_for_from(meta: dict, name: str) -> FittedFor:
     try:
         fitted = json.loads(meta["fitted_for"])
     except KeyError:
-        raise CoefficientsFileError(f"{name}: the metadata lacks 'fitted_for'") from None
+        raise FileRefused(f"{name}: the metadata lacks 'fitted_for'") from None
     except json.JSONDecodeError as e:
-        raise CoefficientsFileError(f"{name}: the metadata is not valid JSON ({e})") from None
+        raise FileRefused(f"{name}: the metadata is not valid JSON ({e})") from None
     if not isinstance(fitted, dict):
-        raise CoefficientsFileError(f"{name}: fitted_for must be a JSON object")
+        raise FileRefused(f"{name}: fitted_for must be a JSON object")
     problems = []
     steps, sigmas = fitted.get("steps"), fitted.get("sigmas")
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 10_000:
@@ -125,7 +118,7 @@ def _fitted_for_from(meta: dict, name: str) -> FittedFor:
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
         problems.append("runs must be a whole number >= 1")
     if problems:
-        raise CoefficientsFileError(f"{name}: fitted_for is not valid: {'; '.join(problems)}")
+        raise FileRefused(f"{name}: fitted_for is not valid: {'; '.join(problems)}")
     prediction = fitted.get("prediction", "")
     return FittedFor(sampler=fitted["sampler"], steps=steps, sigmas=tuple(float(v) for v in sigmas),
                      model=fitted["model"], cfg=float(cfg), runs=runs, prediction=prediction if isinstance(prediction, str) else "")
@@ -145,29 +138,17 @@ class LinearAGFile:
 
 def load(path: str) -> LinearAGFile:
     name = os.path.basename(path)
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise CoefficientsFileError(f"{name} is not a LinearAG coefficients file (make one with the "
-                                            "LinearAGCalibrate node)")
-            if meta.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
-                raise CoefficientsFileError(f"{name} has format_version {meta.get('format_version')!r:.40}; this "
-                                            f"version of the pack reads {FORMAT_VERSION}. Update the pack.")
-            fitted_for = _fitted_for_from(meta, name)
-            if "coefficients" not in f.keys():
-                raise CoefficientsFileError(f"{name} holds no coefficients (make one with the LinearAGCalibrate node)")
-            coefficients = f.get_tensor("coefficients")
-    except CoefficientsFileError:
-        raise
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CoefficientsFileError(f"{name} is not a readable safetensors file (truncated or corrupt?): "
-                                    f"{str(e)[:200]}") from None
+    with checked_file(path, FORMAT, FORMAT_VERSION,
+                      "is not a LinearAG coefficients file (make one with the LinearAGCalibrate node)") as (meta, f):
+        fitted_for = _fitted_for_from(meta, name)
+        if "coefficients" not in f.keys():
+            raise FileRefused(f"{name} holds no coefficients (make one with the LinearAGCalibrate node)")
+        coefficients = f.get_tensor("coefficients")
     if tuple(coefficients.shape) != (fitted_for.steps, N_TERMS):
-        raise CoefficientsFileError(f"{name}: coefficients of shape {tuple(coefficients.shape)} do not fit "
-                                    f"{fitted_for.steps} steps ({fitted_for.steps}, {N_TERMS} expected)")
+        raise FileRefused(f"{name}: coefficients of shape {tuple(coefficients.shape)} do not fit "
+                          f"{fitted_for.steps} steps ({fitted_for.steps}, {N_TERMS} expected)")
     if not torch.isfinite(coefficients).all():
-        raise CoefficientsFileError(f"{name} holds non-finite coefficients (inf or NaN): calibrate again")
+        raise FileRefused(f"{name} holds non-finite coefficients (inf or NaN): calibrate again")
     return LinearAGFile(name, coefficients.to(torch.float64), fitted_for)
 
 
@@ -176,20 +157,20 @@ def check_run(fitted_for: FittedFor, run: RunInfo, name: str = "the LinearAG fil
     model (the file's cfg is only a caution: AdaptiveSchedule says so in the log)."""
     sampler, steps = run.sampler, run.steps
     if sampler != fitted_for.sampler:
-        raise CoefficientsFileError(f"{name} was fitted for the sampler {fitted_for.sampler.removeprefix('sample_')}; "
-                                    f"this run uses {sampler.removeprefix('sample_')}. Calibrate again for it.")
+        raise FileRefused(f"{name} was fitted for the sampler {fitted_for.sampler.removeprefix('sample_')}; "
+                          f"this run uses {sampler.removeprefix('sample_')}. Calibrate again for it.")
     if steps != fitted_for.steps:
-        raise CoefficientsFileError(f"{name} was fitted for {fitted_for.steps} steps; this run has {steps}. "
-                                    "Calibrate again for it.")
+        raise FileRefused(f"{name} was fitted for {fitted_for.steps} steps; this run has {steps}. "
+                          "Calibrate again for it.")
     if fitted_for.sigmas and run.sigmas and not all(
             math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6) for a, b in zip(fitted_for.sigmas, run.sigmas)):
-        raise CoefficientsFileError(
+        raise FileRefused(
             f"{name} was fitted for the sigmas {_grid(fitted_for.sigmas)}; this run samples {_grid(run.sigmas)} (another "
             "scheduler, denoise or model sampling). Calibrate again for it.")
     fitted_prediction = fitted_for.prediction_type()
     if fitted_prediction and run.prediction and fitted_prediction != run.prediction:
-        raise CoefficientsFileError(f"{name} was fitted for a model with {fitted_prediction} prediction; this "
-                                    f"model has {run.prediction} prediction. Calibrate again for it.")
+        raise FileRefused(f"{name} was fitted for a model with {fitted_prediction} prediction; this "
+                          f"model has {run.prediction} prediction. Calibrate again for it.")
 
 
 def _grid(sigmas) -> str:

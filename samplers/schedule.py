@@ -15,9 +15,8 @@ from typing import Callable
 
 import torch
 
-# Prediction families, as the glue reads them off ComfyUI's model_sampling object.
-EDM_SIGMA = "edm"  # EPS, v-prediction, EDM, x0: x = x0 + sigma * noise
-FLOW = "flow"  # rectified flow (SD3, Flux, ...): x = (1 - t) * x0 + t * noise, "sigma" is t
+from .spaces import EDM_SIGMA
+
 
 
 @dataclass(frozen=True)
@@ -25,9 +24,11 @@ class RunInfo:
     """What a schedule may know about a sampling run before it starts."""
 
     sigmas: tuple[float, ...]  # the run's sigma grid, last entry included (usually 0)
-    sigma_space: str = EDM_SIGMA  # EDM_SIGMA or FLOW
-    sampler: str = ""  # name of the k-diffusion function (sample_euler, ...)
-    prediction: str = "eps"  # what the model predicts: eps, v, edm, x0, flow
+    sigma_space: str = EDM_SIGMA  # EDM_SIGMA or FLOW (spaces.py)
+    sampler: str = ""  # name of the k-diffusion function (sample_euler, ...), for messages and files
+    renoises_with_uncond: bool = False  # the sampler re-noises with the unconditional prediction (CFG++)
+    takes_flow_step: bool = False  # on a flow model, the sampler's step is the annealing reference's
+    prediction: str = "eps"  # what the model predicts (spaces.PREDICTION_SPACE)
     timesteps: str = "discrete_1000"  # the model's timestep convention: discrete_1000 or continuous
     latent_shape: tuple[int, ...] = ()  # (batch, channels, ...) of the run's latent
     model_family: str = ""  # the model's family as ComfyUI detected it (sdxl, sd15, sd3, ...), "" if unknown

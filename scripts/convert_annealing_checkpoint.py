@@ -24,10 +24,11 @@ def main():
     sys.path.insert(0, str(PACK_ROOT))
     import standalone
     standalone.import_pack()  # samplers/ without ComfyUI
-    from guidance_schedules.samplers.annealing import SchedulerFileError, convert_official_checkpoint
+    from guidance_schedules.samplers.annealing import convert_official_checkpoint
+    from guidance_schedules.samplers.files import FileRefused
     try:
         scheduler = convert_official_checkpoint(args.checkpoint, args.output)
-    except (SchedulerFileError, FileExistsError) as e:
+    except (FileRefused, FileExistsError) as e:
         sys.exit(f"error: {e}")
     print(f"wrote {args.output}: {scheduler.network.config}, trained for {scheduler.trained_for.model_family}")
 

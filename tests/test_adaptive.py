@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from guidance_schedules.samplers import linear_ag
+from guidance_schedules.samplers.files import FileRefused
 from guidance_schedules.samplers.adaptive import AdaptiveSchedule
 from guidance_schedules.samplers.schedule import Evaluation, RunInfo, RunRecord, ScheduleDriver
 
@@ -96,5 +97,5 @@ def test_linear_ag_estimates_odd_steps_from_the_previous_real_step():
 
 
 def test_linear_ag_for_another_run_is_refused():
-    with pytest.raises(linear_ag.CoefficientsFileError, match="fitted for 8 steps; this run has 4"):
+    with pytest.raises(FileRefused, match="fitted for 8 steps; this run has 4"):
         AdaptiveSchedule(RunInfo(sigmas=(3.0, 2.0, 1.0, 0.5, 0.0), sampler="sample_euler"), 0.995, linear([1, 0, 0, 0]))

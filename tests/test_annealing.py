@@ -7,8 +7,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import reference
-from guidance_schedules.samplers.annealing import (FORMAT, AnnealingSchedule, NetworkConfig, SchedulerFileError,
-                                                   check_lambda, convert_official_checkpoint, load_scheduler)
+from guidance_schedules.samplers.annealing import (FORMAT, AnnealingSchedule, NetworkConfig, check_lambda,
+                                                   convert_official_checkpoint, load_scheduler)
+from guidance_schedules.samplers.files import FileRefused
 from guidance_schedules.samplers.schedule import Evaluation, RunInfo
 
 PARITY = reference.require_reference()
@@ -28,7 +29,8 @@ def test_official_network_reproduces_the_reference_scales():
 def test_the_schedule_computes_delta_from_denoised_predictions(tmp_path):
     # In ComfyUI's sampler space D = x - sigma * eps, so (D_c - D_u) / sigma = eps_u - eps_c.
     scheduler = load_scheduler(str(reference.CHECKPOINT))
-    schedule = AnnealingSchedule(RunInfo(sigmas=(14.6, 0.0), sampler="sample_euler_cfg_pp"), scheduler, 0.4)
+    schedule = AnnealingSchedule(RunInfo(sigmas=(14.6, 0.0), sampler="sample_euler_cfg_pp", renoises_with_uncond=True,
+                                       takes_flow_step=True), scheduler, 0.4)
     sigma, x = 3.0, torch.randn(64, 4, 16, 16, dtype=torch.float64)
     cond, uncond = x - sigma * PARITY["mlp.eps_cond"], x - sigma * PARITY["mlp.eps_uncond"]
     for i in range(0, 64, 16):
@@ -72,7 +74,7 @@ def converted(tmp_path):
 def test_truncated_file_gets_a_clear_error(tmp_path, converted):
     bad = tmp_path / "truncated.safetensors"
     bad.write_bytes(converted.read_bytes()[:5000])
-    with pytest.raises(SchedulerFileError, match="truncated.safetensors is not a readable safetensors file"):
+    with pytest.raises(FileRefused, match="truncated.safetensors is not a readable safetensors file"):
         load_scheduler(str(bad))
 
 
@@ -82,21 +84,21 @@ def test_wrong_shapes_get_a_clear_error(tmp_path, converted):
     state["combined_head.2.weight"] = torch.zeros(64, 128)
     bad = tmp_path / "shapes.safetensors"
     save_file(state, str(bad), metadata=meta)
-    with pytest.raises(SchedulerFileError, match=r"combined_head.2.weight has shape \(64, 128\).*needs \(128, 128\)"):
+    with pytest.raises(FileRefused, match=r"combined_head.2.weight has shape \(64, 128\).*needs \(128, 128\)"):
         load_scheduler(str(bad))
 
 
 def test_other_safetensors_files_are_refused(tmp_path):
     other = tmp_path / "lora.safetensors"
     save_file({"x": torch.zeros(2)}, str(other))
-    with pytest.raises(SchedulerFileError, match="not an annealing scheduler file"):
+    with pytest.raises(FileRefused, match="not an annealing scheduler file"):
         load_scheduler(str(other))
 
 
 def test_corrupt_or_unsafe_checkpoints_are_refused(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x80\x04not a pickle")
-    with pytest.raises(SchedulerFileError, match="not a plain weights checkpoint.*refused") as refused:
+    with pytest.raises(FileRefused, match="not a plain weights checkpoint.*refused") as refused:
         load_scheduler(str(junk))
     assert "weights_only" not in str(refused.value)  # never torch's advice to load it unsafely
 
@@ -105,10 +107,10 @@ def test_corrupt_or_unsafe_checkpoints_are_refused(tmp_path):
             return (print, ("arbitrary code",))
     evil = tmp_path / "evil.pt"
     torch.save({"guidance_scale_model": Evil()}, str(evil))
-    with pytest.raises(SchedulerFileError, match="not a plain weights checkpoint.*refused") as refused:
+    with pytest.raises(FileRefused, match="not a plain weights checkpoint.*refused") as refused:
         load_scheduler(str(evil))
     assert "weights_only" not in str(refused.value)
-    with pytest.raises(SchedulerFileError, match="not found"):
+    with pytest.raises(FileRefused, match="not found"):
         load_scheduler(str(tmp_path / "missing.safetensors"))
 
 
@@ -131,18 +133,19 @@ def test_models_it_was_not_trained_for_are_refused():
 def test_on_flow_models_only_the_references_step_is_taken():
     scheduler = load_scheduler(str(reference.CHECKPOINT))
     run = RunInfo(sigmas=(1.0, 0.5, 0.0), sigma_space="flow", prediction="flow", timesteps="continuous",
-                  sampler="sample_dpmpp_2m_cfg_pp")
+                  sampler="sample_dpmpp_2m_cfg_pp", renoises_with_uncond=True)  # a CFG++ sampler with another step
     with pytest.raises(ValueError, match="flow model annealing guidance takes the reference's step.*got dpmpp_2m_cfg_pp"):
         AnnealingSchedule(run, scheduler, 0.4)
 
 
 def test_samplers_that_do_not_renoise_with_the_uncond_are_refused():
+    """Which of ComfyUI's samplers re-noise with the unconditional prediction is the glue's knowledge
+    (nodes/host_facts.py, tested in tests/host/test_host_annealing.py); the schedule is told."""
     scheduler = load_scheduler(str(reference.CHECKPOINT))
     with pytest.raises(ValueError, match="CFG\\+\\+.*got euler"):
         AnnealingSchedule(RunInfo(sigmas=(1.0, 0.0), sampler="sample_euler"), scheduler, 0.4)
-    AnnealingSchedule(RunInfo(sigmas=(1.0, 0.0), sampler="sample_dpmpp_2m_cfg_pp"), scheduler, 0.4)
-    # newer ComfyUI's CFG++ sampler without the suffix is one; a name with the suffix is not enough
-    AnnealingSchedule(RunInfo(sigmas=(1.0, 0.0), sampler="sample_cfgpp_ud10_ab"), scheduler, 0.4)
+    AnnealingSchedule(RunInfo(sigmas=(1.0, 0.0), sampler="sample_dpmpp_2m_cfg_pp", renoises_with_uncond=True),
+                      scheduler, 0.4)
     with pytest.raises(ValueError, match="CFG\\+\\+.*got my_sampler_cfg_pp"):
         AnnealingSchedule(RunInfo(sigmas=(1.0, 0.0), sampler="sample_my_sampler_cfg_pp"), scheduler, 0.4)
 
@@ -192,6 +195,6 @@ def test_bad_metadata_is_refused_by_file_and_field_before_anything_is_allocated(
     converted = tmp_path / "ok.safetensors"
     convert_official_checkpoint(str(reference.CHECKPOINT), str(converted))
     bad = rewritten(converted, tmp_path, "bad.safetensors", **changes)
-    with pytest.raises(SchedulerFileError, match=message) as refused:
+    with pytest.raises(FileRefused, match=message) as refused:
         load_scheduler(str(bad))
     assert str(refused.value).startswith("bad.safetensors") and len(str(refused.value)) < 300

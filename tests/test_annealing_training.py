@@ -8,11 +8,29 @@ import reference
 import torch
 
 from guidance_schedules.samplers.annealing import AnnealingNetwork, NetworkConfig
-from guidance_schedules.samplers.annealing_training import (EPS, FLOW, Example, Grid, LossBalance, Trainer,
-                                                            TrainingSettings, training_loss)
+from guidance_schedules.samplers.annealing_training import (Example, Grid, LossBalance, Trainer, TrainingSettings,
+                                                            example_terms, weighted_terms)
+from guidance_schedules.samplers.spaces import EDM_SIGMA, FLOW
 
+EPS = "eps"  # the reference's EPS model (its vectors' prefix); trained in EDM sigmas
+SPACE = {EPS: EDM_SIGMA, FLOW: FLOW}
 # the README's tolerances: relative, 1e-6 for EPS (float64), 1e-4 for flow (the reference runs it in float32)
 TOLERANCE = {EPS: 1e-6, FLOW: 1e-4}
+
+
+def one_example_trainer(network, space, grid_timesteps=(2.0, 1.0)):
+    """A Trainer for one example per batch and optimizer step, for examples the test gives (`add`) and the
+    batch's loss and gradient (`batch_gradient`): the path the node trains through. The grid only bounds draws,
+    which these tests do not make."""
+    return Trainer(network, Grid(tuple(grid_timesteps), tuple(grid_timesteps)), space,
+                   TrainingSettings(batch_size=1, gradient_accumulation=1), dataset_size=1)
+
+
+def batch_loss(network, denoise, example, space, balance):
+    """A batch's loss written out from the objective's terms and the balance, as the reference's calc_loss:
+    mean((1 - lambda) eps) + r mean(lambda delta)."""
+    eps_loss, delta_loss = weighted_terms(example_terms(network, denoise, example, space), example.lam)
+    return eps_loss + balance.update(eps_loss.item(), delta_loss.item()) * delta_loss
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +71,8 @@ def test_four_training_steps_give_the_references_losses_and_gradients(parity, ki
     network.load_state_dict({k[len(prefix + "param."):]: v for k, v in parity.items() if k.startswith(prefix + "param.")})
     network = network.to(dtype)
     grid = [float(t) for t in parity[prefix + "grid"]]
-    balance = LossBalance()  # carried from step to step, fresh before the first, as in the reference's run
-    for step in range(4):
+    trainer = one_example_trainer(network, SPACE[kind])  # its balance is carried from step to step, fresh before
+    for step in range(4):                                  # the first, as in the reference's run
         def tensor(name):
             return parity[prefix + name][step].to(dtype).reshape(1, 4, 8, 8)
         denoise, ddpm_sigmas = toy_denoiser(kind, {"cond": tensor("pattern_cond"), "uncond": tensor("pattern_uncond")},
@@ -65,18 +83,17 @@ def test_four_training_steps_give_the_references_losses_and_gradients(parity, ki
         example = Example(tensor("x0"), tensor("noise"), torch.tensor([sigma(t)], dtype=torch.float64),
                           torch.tensor([sigma(t_next)], dtype=torch.float64), torch.tensor([t], dtype=torch.float64),
                           torch.tensor([float(parity[prefix + "lambda"][step])], dtype=torch.float64))
-        network.zero_grad()
-        loss, _ = training_loss(network, denoise, example, kind, balance)
-        loss.backward()
+        trainer.add(denoise, example)
+        loss, gradient = trainer.batch_gradient()
         reference = float(parity[prefix + "loss"][step])
-        assert abs(loss.item() - reference) <= TOLERANCE[kind] * abs(reference), (step, loss.item(), reference)
+        assert abs(loss - reference) <= TOLERANCE[kind] * abs(reference), (step, loss, reference)
         # Open question (issue 13): from random weights the EPS gradients differ from the reference's by up to
         # 1.14e-6 (relative norm; losses within 2e-7), while from the released weights everything agrees to
         # 1e-15. Until the cause is found the gradient check there allows 2e-6.
         gradient_tolerance = 2e-6 if (kind, init) == (EPS, "random") else TOLERANCE[kind]
-        for name, p in network.named_parameters():
+        for (name, _), g in zip(network.named_parameters(), gradient):
             expected = parity[f"{prefix}grad.{name}"][step].double()
-            error = (p.grad.double() - expected).norm() / expected.norm().clamp_min(1e-30)
+            error = (g.double() - expected).norm() / expected.norm().clamp_min(1e-30)
             assert error <= gradient_tolerance, (step, name, float(error))
 
 
@@ -91,7 +108,7 @@ def test_float32_model_outputs_keep_the_eps_gradients_within_the_host_tests_tole
     network.load_state_dict({k[len(prefix + "param."):]: v for k, v in parity.items() if k.startswith(prefix + "param.")})
     network = network.double()
     grid = [float(t) for t in parity[prefix + "grid"]]
-    balance, worst = LossBalance(), {"loss": 0.0, "gradient": 0.0}
+    trainer, worst = one_example_trainer(network, EDM_SIGMA), {"loss": 0.0, "gradient": 0.0}
     for step in range(4):
         def tensor(name):
             return parity[prefix + name][step].double().reshape(1, 4, 8, 8)
@@ -106,14 +123,13 @@ def test_float32_model_outputs_keep_the_eps_gradients_within_the_host_tests_tole
                           torch.tensor([float(ddpm_sigmas[int(grid[grid.index(t) + 1])])], dtype=torch.float64),
                           torch.tensor([t], dtype=torch.float64),
                           torch.tensor([float(parity[prefix + "lambda"][step])], dtype=torch.float64))
-        network.zero_grad()
-        loss, _ = training_loss(network, denoise, example, EPS, balance)
-        loss.backward()
+        trainer.add(denoise, example)
+        loss, gradient = trainer.batch_gradient()
         reference = float(parity[prefix + "loss"][step])
-        worst["loss"] = max(worst["loss"], abs(loss.item() - reference) / reference)
-        for name, p in network.named_parameters():
+        worst["loss"] = max(worst["loss"], abs(loss - reference) / reference)
+        for (name, _), g in zip(network.named_parameters(), gradient):
             expected = parity[f"{prefix}grad.{name}"][step].double()
-            worst["gradient"] = max(worst["gradient"], float((p.grad.double() - expected).norm() / expected.norm()))
+            worst["gradient"] = max(worst["gradient"], float((g.double() - expected).norm() / expected.norm()))
     assert worst["loss"] <= 1e-6 and worst["gradient"] <= 3e-5, worst
 
 
@@ -152,22 +168,21 @@ def test_a_batch_evaluated_example_by_example_has_the_gradient_of_the_batchs_los
     balance r is known; the result must be the gradient of the whole batch's loss."""
     denoise, grid, data = small_problem()
     settings = TrainingSettings(batch_size=3, gradient_accumulation=1, training_images=3, seed=5)
-    trainer = Trainer(network64(), grid, EPS, settings, dataset_size=len(data))
+    trainer = Trainer(network64(), grid, EDM_SIGMA, settings, dataset_size=len(data))
     examples = []
     for _ in range(3):
         draw = trainer.draw(tuple(data.shape))
         example = trainer.example(draw, data[draw.index:draw.index + 1])
         examples.append(example)
         trainer.add(denoise, example)
-    trainer._step = lambda: None  # look at the gradient before the optimizer uses it
-    loss = trainer.end_batch()
+    loss, gradient = trainer.batch_gradient()
     batch = Example(*(torch.cat([getattr(e, f) for e in examples]) for f in Example.__dataclass_fields__))
     reference = network64()
-    whole, _ = training_loss(reference, denoise, batch, EPS, LossBalance())
+    whole = batch_loss(reference, denoise, batch, EDM_SIGMA, LossBalance())
     whole.backward()
     assert loss == pytest.approx(whole.item(), rel=1e-12)
-    for p, (name, q) in zip(trainer._accumulated, reference.named_parameters()):
-        assert torch.allclose(p, q.grad, rtol=1e-10, atol=1e-14), name
+    for g, (name, q) in zip(gradient, reference.named_parameters()):
+        assert torch.allclose(g, q.grad, rtol=1e-10, atol=1e-14), name
 
 
 def train(trainer, data, denoise, stop_after_updates=None):
@@ -183,15 +198,15 @@ def train(trainer, data, denoise, stop_after_updates=None):
 def test_a_resumed_training_ends_where_the_uninterrupted_one_does():
     denoise, grid, data = small_problem()
     settings = TrainingSettings(batch_size=2, gradient_accumulation=2, training_images=20, seed=11)
-    straight = Trainer(network64(), grid, EPS, settings, len(data))
+    straight = Trainer(network64(), grid, EDM_SIGMA, settings, len(data))
     train(straight, data, denoise)
-    first = Trainer(network64(), grid, EPS, settings, len(data))
+    first = Trainer(network64(), grid, EDM_SIGMA, settings, len(data))
     train(first, data, denoise, stop_after_updates=2)
     for _ in range(3):  # half an update more, then "interrupted": the checkpoint is the state at update 2
         draw = first.draw(tuple(data.shape))
         first.add(denoise, first.example(draw, data[draw.index:draw.index + 1]))
     tensors, values = first.state()
-    resumed = Trainer(network64(seed=99), grid, EPS, settings, len(data))  # other weights: all come from the state
+    resumed = Trainer(network64(seed=99), grid, EDM_SIGMA, settings, len(data))  # other weights: all come from the state
     resumed.load_state(tensors, values)
     assert resumed.progress.images == 8 and resumed.progress.updates == 2
     train(resumed, data, denoise)
@@ -214,8 +229,8 @@ def test_training_lowers_the_loss_on_held_out_examples():
 
     def held_out_loss(network):
         balance = LossBalance(eps_ema=1.0, delta_ema=1.0)  # a fixed r = 1: comparable before and after
-        return sum(training_loss(network, denoise, e, EPS, balance)[0].item() for e in held_out)
-    trainer = Trainer(network64(), grid, EPS, TrainingSettings(training_images=400, batch_size=4,
+        return sum(batch_loss(network, denoise, e, EDM_SIGMA, balance).item() for e in held_out)
+    trainer = Trainer(network64(), grid, EDM_SIGMA, TrainingSettings(training_images=400, batch_size=4,
                                                                gradient_accumulation=1, seed=2), len(data))
     before = held_out_loss(trainer.network)
     train(trainer, data, denoise)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from guidance_schedules.samplers.interval import GuidanceInterval, IntervalSchedule, written_decimals
-from guidance_schedules.samplers.schedule import FLOW, Evaluation, RunInfo, RunRecord, ScheduleDriver
+from guidance_schedules.samplers.schedule import Evaluation, RunInfo, RunRecord, ScheduleDriver
+from guidance_schedules.samplers.spaces import FLOW
 
 
 def karras(n, sigma_min, sigma_max, rho):

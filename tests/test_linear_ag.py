@@ -4,6 +4,7 @@ import torch
 from safetensors.torch import save_file
 
 from guidance_schedules.samplers import linear_ag
+from guidance_schedules.samplers.files import FileRefused
 
 
 def synthetic_runs(coefficients, runs=5, steps=6, shape=(2, 4, 4), seed=0):
@@ -57,14 +58,14 @@ def run(sampler="sample_euler", sigmas=(14.6, 7.0, 3.0, 1.0, 0.3, 0.1, 0.0), pre
 
 def test_a_file_for_another_sampler_step_count_grid_or_model_is_refused():
     linear_ag.check_run(fitted_for(), run())
-    with pytest.raises(linear_ag.CoefficientsFileError, match="fitted for the sampler euler; this run uses dpmpp_2m"):
+    with pytest.raises(FileRefused, match="fitted for the sampler euler; this run uses dpmpp_2m"):
         linear_ag.check_run(fitted_for(), run("sample_dpmpp_2m"))
-    with pytest.raises(linear_ag.CoefficientsFileError, match="fitted for 6 steps; this run has 20"):
+    with pytest.raises(FileRefused, match="fitted for 6 steps; this run has 20"):
         linear_ag.check_run(fitted_for(), run(sigmas=[float(20 - i) for i in range(21)]))
-    with pytest.raises(linear_ag.CoefficientsFileError, match="fitted for the sigmas 14.6, 7, 3, ... 0.1, 0; this run "
+    with pytest.raises(FileRefused, match="fitted for the sigmas 14.6, 7, 3, ... 0.1, 0; this run "
                                                               "samples 10, 7, 3"):
         linear_ag.check_run(fitted_for(), run(sigmas=(10.0, 7.0, 3.0, 1.0, 0.3, 0.1, 0.0)))
-    with pytest.raises(linear_ag.CoefficientsFileError, match="fitted for a model with eps prediction; this model has v prediction"):
+    with pytest.raises(FileRefused, match="fitted for a model with eps prediction; this model has v prediction"):
         linear_ag.check_run(fitted_for(), run(prediction="v"))
     # a file that names its prediction type only in `model` (written before the field existed)
     assert fitted_for(model="SDXL V_PREDICTION").prediction_type() == "v"
@@ -73,11 +74,11 @@ def test_a_file_for_another_sampler_step_count_grid_or_model_is_refused():
 def test_corrupt_and_foreign_files_are_refused(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00\x01garbage")
-    with pytest.raises(linear_ag.CoefficientsFileError, match="not a readable safetensors file"):
+    with pytest.raises(FileRefused, match="not a readable safetensors file"):
         linear_ag.load(str(bad))
     other = tmp_path / "other.safetensors"
     save_file({"coefficients": torch.zeros(3, 4)}, str(other))
-    with pytest.raises(linear_ag.CoefficientsFileError, match="not a LinearAG coefficients file"):
+    with pytest.raises(FileRefused, match="not a LinearAG coefficients file"):
         linear_ag.load(str(other))
 
 
@@ -95,11 +96,11 @@ def test_bad_coefficients_or_metadata_are_refused_with_what_is_wrong(tmp_path):
         return str(out)
     infinite = result.coefficients.clone()
     infinite[1, 0] = float("inf")
-    with pytest.raises(linear_ag.CoefficientsFileError, match="inf.safetensors holds non-finite coefficients"):
+    with pytest.raises(FileRefused, match="inf.safetensors holds non-finite coefficients"):
         linear_ag.load(variant("inf.safetensors", infinite))
-    with pytest.raises(linear_ag.CoefficientsFileError, match=r"shape \(3, 4\) do not fit 6 steps"):
+    with pytest.raises(FileRefused, match=r"shape \(3, 4\) do not fit 6 steps"):
         linear_ag.load(variant("shape.safetensors", torch.zeros(3, 4, dtype=torch.float64)))
-    with pytest.raises(linear_ag.CoefficientsFileError, match="steps must be a whole number"):
+    with pytest.raises(FileRefused, match="steps must be a whole number"):
         linear_ag.load(variant("steps.safetensors", fitted_for='{"steps": "six"}'))
-    with pytest.raises(linear_ag.CoefficientsFileError, match="format_version '9'"):
+    with pytest.raises(FileRefused, match="format_version '9'"):
         linear_ag.load(variant("version.safetensors", format_version="9"))

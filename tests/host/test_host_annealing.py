@@ -175,3 +175,17 @@ def test_the_plot_shows_the_run_that_made_its_samples_or_says_what_is_wired_wron
 def test_plot_ticks_are_round_and_cover_the_data(lo, hi, ticks):
     from guidance_schedules.nodes.plot import nice_ticks
     assert nice_ticks(lo, hi) == pytest.approx(ticks)
+
+
+def test_the_cfgpp_samplers_are_named_by_their_functions():
+    """CFG++ samplers are a kept list of ComfyUI's k-diffusion functions, not a name pattern: newer ComfyUI's
+    cfgpp_ud10_ab has no _cfg_pp suffix, and a suffix alone is not enough. Only Euler CFG++ takes the
+    reference's step on flow models."""
+    import comfy.k_diffusion.sampling
+    from guidance_schedules.nodes.host_facts import CFGPP_SAMPLERS, renoises_with_uncond, takes_flow_step
+    assert renoises_with_uncond("sample_dpmpp_2m_cfg_pp") and renoises_with_uncond("sample_cfgpp_ud10_ab")
+    assert not renoises_with_uncond("sample_euler") and not renoises_with_uncond("sample_my_sampler_cfg_pp")
+    assert takes_flow_step("sample_euler_cfg_pp") and not takes_flow_step("sample_dpmpp_2m_cfg_pp")
+    # every k-diffusion function of this host named as CFG++ is on the list
+    hosts = {name for name in dir(comfy.k_diffusion.sampling) if name.startswith("sample_") and "cfg_pp" in name}
+    assert hosts <= CFGPP_SAMPLERS, sorted(hosts - CFGPP_SAMPLERS)

@@ -31,7 +31,18 @@ from guidance_schedules.nodes.annealing import AnnealingGuidancePatch
 from guidance_schedules.nodes.annealing_train import AnnealingGuidanceTrain, run_example
 from guidance_schedules.nodes.guidance import history_of
 from guidance_schedules.samplers.annealing import AnnealingNetwork, NetworkConfig, load_scheduler
-from guidance_schedules.samplers.annealing_training import EPS, FLOW, Example, LossBalance, training_loss
+from guidance_schedules.samplers.annealing_training import Example, Grid, Trainer, TrainingSettings
+from guidance_schedules.samplers.spaces import EDM_SIGMA, FLOW
+
+EPS = "eps"  # the reference's EPS model (its vectors' prefix); trained in EDM sigmas
+SPACE = {EPS: EDM_SIGMA, FLOW: FLOW}
+
+
+def one_example_trainer(network, space):
+    """A Trainer for one given example per batch (`add`) and the batch's loss and gradient (`batch_gradient`): the
+    path the node trains through. Its grid only bounds draws, which these tests do not make."""
+    return Trainer(network, Grid((2.0, 1.0), (2.0, 1.0)), space, TrainingSettings(batch_size=1, gradient_accumulation=1),
+                   dataset_size=1)
 
 TOLERANCE = {EPS: 1e-6, FLOW: 1e-4}  # relative, the reference README's
 # ComfyUI's BaseModel._apply_model hands on model_output.float(): through a ComfyUI model the EPS toy's float64
@@ -99,7 +110,7 @@ def test_the_nodes_path_gives_the_references_losses_and_gradients(parity, kind, 
     model = toy_comfy_model(kind, dtype)
     model_sampling = model.get_model_object("model_sampling")
     grid = [float(t) for t in parity[prefix + "grid"]]
-    balance = LossBalance()
+    trainer = one_example_trainer(network, SPACE[kind])  # its loss balance carried from step to step
     worst = {"loss": 0.0, "gradient": 0.0}
     for step in range(4):
         def tensor(name):
@@ -114,18 +125,16 @@ def test_the_nodes_path_gives_the_references_losses_and_gradients(parity, kind, 
             example = Example(x0.to(dtype), tensor("noise"), torch.tensor([sigma(t)], dtype=torch.float64),
                               torch.tensor([sigma(t_next)], dtype=torch.float64), torch.tensor([t], dtype=torch.float64),
                               torch.tensor([float(parity[prefix + "lambda"][step])], dtype=torch.float64))
-            network.zero_grad()
-            loss, _ = training_loss(network, denoise, example, kind, balance)
-            loss.backward()
-            found["loss"] = loss.item()
+            trainer.add(denoise, example)
+            found["loss"], found["gradient"] = trainer.batch_gradient()
         with torch.inference_mode(False):
             run_example(model, conditioning(tensor("pattern_cond")), conditioning(tensor("pattern_uncond")),
                         tensor("x0"), torch.tensor([sigma(t), sigma(t_next), 0.0]), work)
         reference = float(parity[prefix + "loss"][step])
         worst["loss"] = max(worst["loss"], abs(found["loss"] - reference) / abs(reference))
-        for name, p in network.named_parameters():
+        for (name, _), g in zip(network.named_parameters(), found["gradient"]):
             expected = parity[f"{prefix}grad.{name}"][step].double()
-            worst["gradient"] = max(worst["gradient"], float((p.grad.double() - expected).norm() / expected.norm()))
+            worst["gradient"] = max(worst["gradient"], float((g.double() - expected).norm() / expected.norm()))
     print(kind, init, worst)
     assert worst["loss"] <= TOLERANCE[kind], worst
     assert worst["gradient"] <= GRADIENT_TOLERANCE[kind], worst
@@ -431,10 +440,9 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_is_undone():
         def work(denoise, latent):
             example = Example(latent, noise, sigmas[:1].double(), sigmas[1:2].double(),
                               ms.timestep(sigmas[:1]).double(), torch.tensor([0.5], dtype=torch.float64))
-            network.zero_grad()
-            loss, _ = training_loss(network, denoise, example, EPS, LossBalance())
-            loss.backward()
-            found.update({n: p.grad.clone() for n, p in network.named_parameters()})
+            trainer = one_example_trainer(network, EDM_SIGMA)
+            trainer.add(denoise, example)
+            found.update({n: g for (n, _), g in zip(network.named_parameters(), trainer.batch_gradient()[1])})
         with torch.inference_mode(False), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             run_example(model, tiny_models.build_conditioning(1), tiny_models.build_conditioning(2), x0, sigmas, work)
         found["kept bytes"] = sum(saved.values())

@@ -10,7 +10,8 @@ import comfy.samplers
 import tiny_models
 from guidance_schedules.nodes.adaptive import AdaptiveGuidancePatch
 from guidance_schedules.samplers.interval import GuidanceInterval
-from guidance_schedules.samplers.schedule import EDM_SIGMA, FLOW, RunInfo
+from guidance_schedules.samplers.schedule import RunInfo
+from guidance_schedules.samplers.spaces import EDM_SIGMA, FLOW
 from host_sampling import EVERY_STEP, NO_STEP, STEPS, ksampler, patched, scheduler_for
 
 MODELS = {model_type: tiny_models.build_model(model_type) for model_type in ("eps", "flow")}

@@ -19,9 +19,9 @@ from guidance_schedules.nodes import annealing as annealing_nodes
 from guidance_schedules.nodes.adaptive import AdaptiveGuidancePatch
 from guidance_schedules.nodes.annealing import AnnealingGuidancePatch
 from guidance_schedules.nodes.annealing_train import AnnealingGuidanceTrain
-from guidance_schedules.nodes.model_facts import noise_scale_of, prediction_of, sigma_space_of
+from guidance_schedules.nodes.host_facts import noise_scale_of, prediction_of, sigma_space_of
 from guidance_schedules.samplers.annealing import load_scheduler
-from guidance_schedules.samplers.sigma_spaces import edm_sigma
+from guidance_schedules.samplers.spaces import edm_sigma
 from host_sampling import STEPS, ksampler, patched, sigmas_of
 
 NEWER = [t for t in tiny_models.NEWER_MODEL_TYPES if t in tiny_models.MODEL_TYPES]

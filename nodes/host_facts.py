@@ -1,0 +1,79 @@
+"""What the pack reads off ComfyUI: a model's sigma space, what it predicts, its timesteps, its family and
+the scale of its noise, and what a sampler does with the unconditional prediction. One table maps ComfyUI's
+model sampling classes to the pack's names (samplers/spaces.py); a class that a newer ComfyUI adds needs one
+line here, and so does a new CFG++ sampler below. The pure layer (samplers/) gets the answers, never
+ComfyUI's names.
+"""
+from __future__ import annotations
+
+import comfy.model_sampling
+
+from ..samplers import spaces
+from ..samplers.spaces import FLOW
+
+# (ComfyUI's class, the pack's name for what it predicts: spaces.PREDICTION_SPACE), most derived class first:
+# the first isinstance match wins (EDM < V_PREDICTION < EPS, IMG_TO_IMG < X0 < EPS, IMG_TO_IMG_FLOW < CONST).
+# Classes a host does not have are left out. A class not listed is named by its own name and sampled in EDM
+# sigmas, as ComfyUI's EPS-like noise_scaling does (x = x0 + sigma noise).
+_PREDICTIONS = [(getattr(comfy.model_sampling, cls, None), name) for cls, name in (
+    ("IMG_TO_IMG_FLOW", "x0_flow"),  # ComfyUI 0.33: flow from a source image, x0 predicted
+    ("CONST", "flow"),  # rectified flow: SD3, Flux, ...
+    ("V_PREDICTION_DDPM", "v_ddpm"),  # ComfyUI 0.33 (CogVideoX): v on the raw x = x0 + sigma noise
+    ("EDM", "edm"),
+    ("V_PREDICTION", "v"),
+    ("X0", "x0"),  # and IMG_TO_IMG
+    ("EPS", "eps"),
+)]
+_PREDICTIONS = [row for row in _PREDICTIONS if row[0] is not None]
+
+
+def prediction_of(model_sampling) -> str:
+    return next((name for cls, name in _PREDICTIONS if isinstance(model_sampling, cls)), type(model_sampling).__name__)
+
+
+def sigma_space_of(model_sampling) -> str:
+    return spaces.sigma_space_of(prediction_of(model_sampling))
+
+
+def noise_scale_of(model_sampling) -> float:
+    """The standard deviation of a flow model's noise (ComfyUI 0.33's `noise_scale`: x = (1 - t) x0 + t s n);
+    1 for every other model."""
+    return float(getattr(model_sampling, "noise_scale", 1.0)) if sigma_space_of(model_sampling) == FLOW else 1.0
+
+
+def timesteps_of(model_sampling) -> str:
+    if isinstance(model_sampling, comfy.model_sampling.ModelSamplingDiscrete) and len(model_sampling.sigmas) == 1000:
+        return "discrete_1000"
+    return "continuous"
+
+
+def model_family_of(model) -> str:
+    """The model's family as ComfyUI detected it (its model config's class: sdxl, sd15, sd3, flux, ...)."""
+    base = getattr(getattr(model, "model_patcher", model), "model", None)
+    config = getattr(base, "model_config", None)
+    # BASE: the generic config of a model ComfyUI did not recognise (and of the test models): family unknown
+    return type(config).__name__.lower() if config is not None and type(config).__name__ != "BASE" else ""
+
+
+# ComfyUI's samplers that re-noise with the unconditional prediction (CFG++), by their k-diffusion function's
+# name. A kept list rather than a name pattern: newer ComfyUI's cfgpp_ud10_ab is one without the suffix.
+CFGPP_SAMPLERS = frozenset({
+    "sample_euler_cfg_pp", "sample_euler_ancestral_cfg_pp", "sample_dpmpp_2s_ancestral_cfg_pp",
+    "sample_dpmpp_2m_cfg_pp", "sample_res_multistep_cfg_pp", "sample_res_multistep_ancestral_cfg_pp",
+    "sample_gradient_estimation_cfg_pp", "sample_cfgpp_ud10_ab",
+})
+
+# On flow models, the samplers whose step is the annealing reference's (x' = (1 - s') D_guided + s' noise_uncond
+# with noise_uncond = (x - (1 - s) D_uncond) / s): ComfyUI's Euler CFG++ computes its step through the model's
+# alpha(sigma), which makes it exactly that (tests/host/test_host_annealing_training.py checks it).
+FLOW_STEP_SAMPLERS = frozenset({"sample_euler_cfg_pp", "sample_euler_ancestral_cfg_pp"})
+
+
+def renoises_with_uncond(sampler: str) -> bool:
+    """Does the sampler (its k-diffusion function's name) re-noise with the unconditional prediction (CFG++)?"""
+    return sampler in CFGPP_SAMPLERS
+
+
+def takes_flow_step(sampler: str) -> bool:
+    """On a flow model, is the sampler's step the annealing reference's?"""
+    return sampler in FLOW_STEP_SAMPLERS

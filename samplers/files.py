@@ -1,0 +1,93 @@
+"""The pack's safetensors files: reading a checked header, and writing without overwriting, atomically.
+
+Every file the pack writes (LinearAG coefficients, scheduler networks, training checkpoints) is safetensors
+with a `format` (and `format_version`) in its metadata. `checked_file` opens one and refuses, naming the
+file, what is unreadable or of another format; `write_new` writes a file that must not exist yet and
+`write_replacing` one that may (a checkpoint): both write into a temporary file in the same folder first,
+so a crash or a full disk never leaves a half-written file under the final name, whatever the safetensors
+version (0.4.5 writes in place).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+
+class FileRefused(ValueError):
+    """A file of the pack that cannot be used here: unreadable, of another format, or made for another setup.
+    The message names the file and says what to do."""
+
+
+def shown(value, limit: int = 60) -> str:
+    """A value for an error message, never long (a message ends up in the UI and the history)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+@contextlib.contextmanager
+def checked_file(path: str, fmt: str, version: str | None, not_this_format: str):
+    """Open the safetensors file at `path`: yields (metadata, handle). Refuses with FileRefused an unreadable
+    file, one whose metadata `format` is not `fmt` (the message: NAME + `not_this_format`, which says what
+    the file should be and how to make one), and one of another `format_version` (when `version` is given;
+    files without one are taken as `version`)."""
+    name = os.path.basename(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != fmt:
+                raise FileRefused(f"{name} {not_this_format}")
+            if version is not None and meta.get("format_version", version) != version:
+                raise FileRefused(f"{name} has format_version {shown(meta.get('format_version'))}; this version "
+                                  f"of the pack reads {version}. Update the pack.")
+            yield meta, f
+    except FileRefused:
+        raise
+    except (SafetensorError, OSError, ValueError) as e:
+        raise FileRefused(f"{name} is not a readable safetensors file (truncated or corrupt?): "
+                          f"{shown(str(e), 200)}") from None
+
+
+def _written_beside(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """The file, written completely into a temporary file in `path`'s folder (created if needed): its path."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=".gs-", suffix=".partial", dir=folder)
+    os.close(handle)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, partial, metadata=metadata)
+    except BaseException:
+        os.remove(partial)
+        raise
+    return partial
+
+
+def write_new(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a file that does not exist yet. Raises FileExistsError, and writes nothing, where a file already
+    has the name, also one that appeared while this one was being written: the finished file is linked under
+    its name, which fails if the name is taken (where the file system has no hard links, a check just before
+    the rename)."""
+    if os.path.exists(path):
+        raise FileExistsError(f"{path} exists; files are never overwritten")
+    partial = _written_beside(path, tensors, metadata)
+    try:
+        try:
+            os.link(partial, path)
+        except FileExistsError:
+            raise FileExistsError(f"{path} appeared while it was being written; it is left as it is") from None
+        except OSError:  # no hard links on this file system (FAT, some network shares)
+            if os.path.exists(path):
+                raise FileExistsError(f"{path} appeared while it was being written; it is left as it is") from None
+            os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def write_replacing(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a file that replaces the one under its name (a training checkpoint), atomically."""
+    os.replace(_written_beside(path, tensors, metadata), path)
