@@ -9,8 +9,9 @@ import folder_paths
 # imported under another name: `linear_ag` is the nodes' input
 from ..samplers import linear_ag as linear_ag_files
 from ..samplers.adaptive import AdaptiveSchedule, check_threshold
-from .files import file_state, new_output_path, output_file_key, register_model_folder, written_file_key, wrote_file
-from .guidance import CATEGORY, GuidanceMethod, ScheduleGuider, ScheduleGuiderNode, SchedulePatchNode, patch_model
+from .files import new_output_path, output_file_key, register_model_folder, written_file_key, wrote_file
+from .guidance import patch_model
+from .method_nodes import CATEGORY, GuidanceMethod, ScheduleGuider, ScheduleGuiderNode, SchedulePatchNode
 from .host_facts import prediction_of
 from .rehearsal import sampler_function_name
 
@@ -39,10 +40,6 @@ def linear_ag_path(name) -> str | None:
     return path
 
 
-def linear_ag_file_state(linear_ag=NONE, **_):
-    return file_state(folder_paths.get_full_path(LINEAR_AG_FOLDER, linear_ag) if linear_ag not in (None, NONE) else None)
-
-
 def threshold_input():
     return {"threshold": ("FLOAT", {
         "default": DEFAULT_THRESHOLD, "min": -1.0, "max": 2.0, "step": 0.001, "round": False,
@@ -65,7 +62,7 @@ ADAPTIVE = GuidanceMethod(
     summary="each sample is guided until its conditional and unconditional predictions agree (cosine similarity >= "
             "threshold), then continues with the conditional prediction alone, without the unconditional pass.",
     inputs=threshold_input, optional_inputs=linear_ag_input, schedule=adaptive_schedule,
-    file_state=linear_ag_file_state, cfg_tooltip="Guidance weight while a sample is guided.",
+    file_input=("linear_ag", LINEAR_AG_FOLDER), cfg_tooltip="Guidance weight while a sample is guided.",
     patch_note="The KSampler's cfg is the weight while a sample is guided.")
 
 

@@ -8,7 +8,7 @@ import folder_paths
 
 from ..samplers.annealing import DEFAULT_LAMBDA, AnnealingSchedule, check_lambda, load_scheduler
 from .files import file_state, register_model_folder
-from .guidance import GuidanceMethod, ScheduleGuiderNode, SchedulePatchNode
+from .method_nodes import GuidanceMethod, ScheduleGuiderNode, SchedulePatchNode
 
 FOLDER = "guidance_schedulers"
 # what the scheduler combo shows when no network is installed (an empty combo reads "undefined")
@@ -34,10 +34,6 @@ def load_scheduler_file(name: str):
     return _load_cached(path, file_state(path))
 
 
-def scheduler_file_state(scheduler=None, **_):
-    return file_state(folder_paths.get_full_path(FOLDER, scheduler) if isinstance(scheduler, str) else None)
-
-
 def annealing_schedule(scheduler, **settings):
     lam = check_lambda(settings["lambda"])
     network = load_scheduler_file(scheduler)
@@ -61,7 +57,7 @@ ANNEALING = GuidanceMethod(
     title="Annealing guidance (Yehezkel et al. 2025)",
     summary="a small network picks the guidance scale of every step and sample from the timestep, the size of the "
             "guidance direction and lambda. Needs a CFG++ sampler (euler_cfg_pp, the paper's DDIM).",
-    inputs=annealing_inputs, schedule=annealing_schedule, file_state=scheduler_file_state,
+    inputs=annealing_inputs, schedule=annealing_schedule, file_input=("scheduler", FOLDER),
     patch_note="The KSampler's cfg is not used.")
 
 

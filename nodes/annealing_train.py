@@ -27,7 +27,8 @@ from ..samplers.annealing_training import Grid, Trainer, TrainingSettings, resum
 from ..samplers.spaces import FLOW
 from .annealing import FOLDER
 from .files import new_output_path, output_file_key, written_file_key, wrote_file
-from .guidance import CATEGORY, history_of
+from .guidance import history_of
+from .method_nodes import CATEGORY
 from .host_facts import model_family_of, noise_scale_of, prediction_of, sigma_space_of, timesteps_of
 
 log = logging.getLogger("guidance_schedules")

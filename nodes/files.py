@@ -63,6 +63,11 @@ def file_state(path: str | None) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
+def input_file_state(folder: str, name) -> str:
+    """file_state of the file a node's input names in a model folder ("none" where it names none)."""
+    return file_state(folder_paths.get_full_path(folder, name) if isinstance(name, str) else None)
+
+
 # path -> (the key the run that wrote the file was cached under, the file's state right after writing)
 _written: dict[str, tuple[str, str]] = {}
 # path -> how many files this process wrote there: a file written, removed and asked for again gets a

@@ -1,5 +1,4 @@
-"""The one mechanism that runs any guidance schedule inside ComfyUI's sampling, and the node pair every
-method is made of.
+"""The one mechanism that runs any guidance schedule inside ComfyUI's sampling.
 
 `patch_model` adds two wrappers to a clone of the MODEL:
 - SAMPLER_SAMPLE (once per sampling run): rehearses the run to attribute its evaluations to steps
@@ -13,9 +12,7 @@ method is made of.
   working. Other PREDICT_NOISE wrappers inside ours still run: only the final stock computation is
   replaced.
 
-A method is a `GuidanceMethod` (its inputs and how they make a schedule); `SchedulePatchNode` and
-`ScheduleGuiderNode` turn it into its two nodes. The guider is a plain CFGGuider over a patched
-model, so the KSampler path (patch) and the SamplerCustomAdvanced path (guider) run the same code.
+The nodes that use it (a method's node pair) are nodes/method_nodes.py.
 """
 from __future__ import annotations
 
@@ -23,7 +20,6 @@ import contextlib
 import functools
 import logging
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -41,14 +37,6 @@ from .reports import report
 log = logging.getLogger("guidance_schedules")
 
 
-def _host_sampling_category() -> str:
-    """The KSampler's own menu category ('sampling' up to ComfyUI 0.8, 'model/sampling' in newer ones)."""
-    import nodes as comfy_nodes  # ComfyUI's nodes.py (this pack's own nodes/ is only imported relatively)
-    category = getattr(getattr(comfy_nodes, "KSampler", None), "CATEGORY", None)
-    return category if isinstance(category, str) and category else "sampling"
-
-
-CATEGORY = f"{_host_sampling_category()}/guidance schedules"  # every node of the pack, beside the KSampler
 WRAPPER_KEY = "guidance_schedules"
 RUN_KEY = "guidance_schedules_run"  # model_options entry holding the current run's state
 HISTORY_KEY = "guidance_schedules_history"  # ModelPatcher attachment: what the last run did
@@ -132,6 +120,14 @@ def history_of(model) -> RunHistory | None:
     return getattr(patcher, "attachments", {}).get(HISTORY_KEY)
 
 
+def check_cfg(cfg) -> float:
+    """The guidance weight, refused with its name when it is no number >= 0 (NaN or a negative value
+    reaches a sampler through a link or the API, where the widget's range is not enforced)."""
+    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or cfg < 0:
+        raise ValueError(f"cfg must be a finite number >= 0 (1 = no guidance), got {cfg!r}")
+    return float(cfg)
+
+
 @contextlib.contextmanager
 def plain_value_errors():
     """The pack's own ValueError subclass (samplers.files.FileRefused) as a plain ValueError:
@@ -143,122 +139,6 @@ def plain_value_errors():
         if type(e) is ValueError:
             raise
         raise ValueError(str(e)) from None
-
-
-def check_cfg(cfg) -> float:
-    """The guidance weight, refused with its name when it is no number >= 0 (NaN or a negative value
-    reaches a sampler through a link or the API, where the widget's range is not enforced)."""
-    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or cfg < 0:
-        raise ValueError(f"cfg must be a finite number >= 0 (1 = no guidance), got {cfg!r}")
-    return float(cfg)
-
-
-class ScheduleGuider(comfy.samplers.CFGGuider):
-    """The GUIDER the pack's guider nodes output: stock CFGGuider behaviour over a patched model."""
-
-    def __init__(self, model, positive, negative, cfg):
-        super().__init__(model)
-        self.set_conds(positive, negative)
-        self.set_cfg(check_cfg(cfg))
-
-
-# --- the node pair of a method ---------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class GuidanceMethod:
-    """What a method's two nodes are made of: a MODEL patch for the KSampler and a GUIDER for
-    SamplerCustomAdvanced, with the same inputs and the same schedule."""
-
-    key: str  # "interval": the method's name in the API's run records
-    title: str  # "Guidance interval (Kynkaeaenniemi et al. 2024)"
-    summary: str  # what it does, for both nodes' descriptions
-    inputs: Callable[[], dict]  # the method's own inputs, by name, as INPUT_TYPES gives them
-    schedule: Callable[..., tuple[ScheduleFactory, str]]  # the inputs' values -> (schedule factory, log name)
-    optional_inputs: Callable[[], dict] = dict
-    cfg_tooltip: str | None = None  # the guider's cfg input; None: the method sets the scale, the guider has none
-    patch_note: str = ""  # what the patch's description adds (what becomes of the KSampler's cfg)
-    file_state: Callable[..., str] | None = None  # where the inputs name a file: its state, for ComfyUI's cache
-    model_tooltip: str = "The model to sample with this guidance."
-
-
-def _settings(names: list[str], args: tuple, kwargs: dict) -> dict:
-    """Input values by name; ComfyUI passes keywords, Python callers may pass them in input order."""
-    if len(args) > len(names):
-        raise TypeError(f"too many inputs: {args!r}")
-    return {**dict(zip(names, args)), **kwargs}
-
-
-class _MethodNode:
-    METHOD: GuidanceMethod
-    CATEGORY = CATEGORY
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        method = cls.__dict__.get("METHOD")
-        if method is None:
-            return
-        cls.DESCRIPTION = cls.describe(method)
-        # words a user types into the node search (frontends that read SEARCH_ALIASES; the display names
-        # carry the main ones for those that do not)
-        cls.SEARCH_ALIASES = ["guidance", "cfg", "classifier-free guidance", method.key, method.title.split(" (")[0]]
-        if method.file_state is not None:
-            # ComfyUI re-runs a node whose IS_CHANGED value changed: a file replaced under the same name
-            cls.IS_CHANGED = classmethod(lambda node_cls, **inputs: node_cls.METHOD.file_state(**inputs))
-
-
-class SchedulePatchNode(_MethodNode):
-    """MODEL -> MODEL: the method for the stock KSampler."""
-
-    RETURN_TYPES = ("MODEL",)
-    FUNCTION = "patch"
-
-    @staticmethod
-    def describe(m: GuidanceMethod) -> str:
-        return f"{m.title} for the stock KSampler: {m.summary} {m.patch_note}".strip()
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        m = cls.METHOD
-        return {"required": {"model": ("MODEL", {"tooltip": m.model_tooltip}), **m.inputs()},
-                "optional": m.optional_inputs()}
-
-    def patch(self, model, *args, **kwargs):
-        m = self.METHOD
-        settings = _settings([*m.inputs(), *m.optional_inputs()], args, kwargs)
-        with plain_value_errors():
-            make, describe = m.schedule(**settings)
-        return (patch_model(model, make, describe, m.key, settings),)
-
-
-class ScheduleGuiderNode(_MethodNode):
-    """-> GUIDER: the method for SamplerCustomAdvanced (a CFGGuider over the patched model)."""
-
-    RETURN_TYPES = ("GUIDER",)
-    FUNCTION = "get_guider"
-
-    @staticmethod
-    def describe(m: GuidanceMethod) -> str:
-        return f"{m.title} as a GUIDER for SamplerCustomAdvanced: {m.summary}"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        m = cls.METHOD
-        inputs = {"model": ("MODEL", {"tooltip": m.model_tooltip}), "positive": ("CONDITIONING",),
-                  "negative": ("CONDITIONING",)}
-        if m.cfg_tooltip:
-            inputs["cfg"] = ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
-                                       "tooltip": m.cfg_tooltip})
-        return {"required": {**inputs, **m.inputs()}, "optional": m.optional_inputs()}
-
-    def get_guider(self, model, positive, negative, *args, **kwargs):
-        m = self.METHOD
-        names = (["cfg"] if m.cfg_tooltip else []) + [*m.inputs(), *m.optional_inputs()]
-        settings = _settings(names, args, kwargs)
-        # without a cfg input the method sets the scale; 1 only matters for ComfyUI's cfg == 1 shortcut
-        cfg = settings.pop("cfg", 1.0)
-        with plain_value_errors():
-            make, describe = m.schedule(**settings)
-        return (ScheduleGuider(patch_model(model, make, describe, m.key, settings), positive, negative, cfg),)
 
 
 # --- the wrappers ----------------------------------------------------------------------------------
@@ -323,7 +203,15 @@ def _predict_noise_with_schedule(executor, x, timestep, model_options={}, seed=N
 
 
 def _guided_prediction(guider, run: GuidanceRun, x, timestep, model_options={}, seed=None):
-    """comfy.samplers.sampling_function with a per-sample choice of the unconditional pass and weight."""
+    """comfy.samplers.sampling_function with a per-sample choice of the unconditional pass and weight.
+
+    It mirrors the host's sampling_function, identical in ComfyUI 0.3.64, 0.8.0 and 0.33.0: the cfg == 1
+    shortcut (here the driver's, per sample), `sampler_calc_cond_batch_function` or calc_cond_batch for
+    [positive, negative or None], the `sampler_pre_cfg_function`s, then cfg_function (sampler_cfg_function and
+    the post-CFG functions). A host that changes sampling_function must change this too; what holds it equal
+    to stock on every host in CI is tests/host/test_host_every_sampler.py (every sampler of the host, every
+    step guided: the stock results and pass counts) with tests/host/test_host_composition.py (pre-CFG,
+    post-CFG and cfg patches of the host composed in both orders)."""
     model = guider.inner_model
     positive, negative = guider.conds.get("positive"), guider.conds.get("negative")
     sigma = timestep.max()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..samplers.interval import PAPER_SDXL, SIGMA_HI_UNBOUNDED, GuidanceInterval, IntervalSchedule
-from .guidance import GuidanceMethod, ScheduleGuiderNode, SchedulePatchNode
+from .method_nodes import GuidanceMethod, ScheduleGuiderNode, SchedulePatchNode
 
 SIGMA_LO, SIGMA_HI = PAPER_SDXL
 

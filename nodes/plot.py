@@ -8,7 +8,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..samplers.schedule import RunRecord
-from .guidance import CATEGORY, history_of
+from .guidance import history_of
+from .method_nodes import CATEGORY
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127)]

@@ -60,6 +60,7 @@ class AdaptiveSchedule(GuidanceSchedule):
         self.cfg_noted = False
         self.previous: tuple[int, torch.Tensor, torch.Tensor] | None = None  # last real step's (step, D_c, D_u)
         self.estimated_steps = 0
+        self.estimating_step: int | None = None  # the step whose unconditional prediction is estimated
 
     def plan_step(self, ev: Evaluation) -> StepPlan:
         if self.stopped is None:
@@ -69,6 +70,7 @@ class AdaptiveSchedule(GuidanceSchedule):
         estimated = (self.linear is not None and linear_ag.estimated_step(ev.step) and bool(guided.any())
                      and self.previous is not None and self.previous[0] == ev.step - 1)
         self.estimated_steps += int(estimated)
+        self.estimating_step = ev.step if estimated else None
         return StepPlan(guided=guided, estimated=estimated)
 
     def estimate_uncond(self, ev: Evaluation, cond: torch.Tensor) -> torch.Tensor:
@@ -80,10 +82,9 @@ class AdaptiveSchedule(GuidanceSchedule):
         _, prev_cond, prev_uncond = self.previous
         return linear_ag.estimate(self.linear.coefficients, ev.step, cond, prev_cond, prev_uncond)
 
-    def guide(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor, candidates: torch.Tensor,
-              estimated: bool) -> Guidance:
+    def guide(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor, candidates: torch.Tensor) -> Guidance:
         guided = candidates
-        if ev.first_of_step and not estimated:
+        if ev.first_of_step and self.estimating_step != ev.step:  # gamma is measured on real passes only
             self.previous = (ev.step, cond, uncond)
             crossing = candidates & (self.similarity_of(ev, cond, uncond) >= self.threshold)
             for b in torch.nonzero(crossing).flatten().tolist():

@@ -304,8 +304,7 @@ class AnnealingSchedule(GuidanceSchedule):
         self.scheduler = scheduler
         self.lam = check_lambda(lam)
 
-    def guide(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor, candidates: torch.Tensor,
-              estimated: bool) -> Guidance:
+    def guide(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor, candidates: torch.Tensor) -> Guidance:
         # delta = eps_u - eps_c = (D_c - D_u) / sigma in ComfyUI's sampler space (EPS models).
         delta_norm = (cond - uncond).flatten(1).cpu().to(torch.float64).norm(dim=1) / ev.sigma
         b = ev.batch_size

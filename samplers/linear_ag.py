@@ -188,7 +188,7 @@ class CalibrationSchedule(GuidanceSchedule):
         super().__init__(run)
         self.record = record
 
-    def guide(self, ev, cond, uncond, candidates, estimated):
+    def guide(self, ev, cond, uncond, candidates):
         if ev.first_of_step:
             self.record.append((cond.detach().to("cpu", torch.float32), uncond.detach().to("cpu", torch.float32)))
-        return super().guide(ev, cond, uncond, candidates, estimated)
+        return super().guide(ev, cond, uncond, candidates)

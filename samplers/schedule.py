@@ -81,8 +81,9 @@ class GuidanceSchedule:
       and whether their unconditional prediction is estimated instead of run;
     - the model: the unconditional pass runs, for the whole batch, when a guided sample needs it and
       ComfyUI's cfg == 1 shortcut does not apply to this evaluation;
-    - estimate_uncond(ev, cond), when the plan says so, in place of the pass;
-    - guide(ev, cond, uncond, candidates, estimated): the weights, and which candidates are guided.
+    - estimate_uncond(ev, cond), when the plan says so, in place of the pass (the schedule that planned
+      the estimate knows, in guide, that this step's unconditional prediction is one);
+    - guide(ev, cond, uncond, candidates): the weights, and which candidates are guided.
     Samples that are not guided are treated exactly as if they had been sampled alone with the pass
     skipped: their unconditional slot holds the conditional prediction and their weight is irrelevant.
     """
@@ -101,8 +102,7 @@ class GuidanceSchedule:
         """The unconditional prediction where the step's plan has it estimated."""
         raise NotImplementedError(f"{type(self).__name__} plans estimated steps but cannot estimate")
 
-    def guide(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor, candidates: torch.Tensor,
-              estimated: bool) -> Guidance:
+    def guide(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor, candidates: torch.Tensor) -> Guidance:
         """Once the predictions are in: the weight per sample, and which of the candidates (the guided
         samples whose unconditional prediction was run or estimated) are guided."""
         return Guidance(torch.full((ev.batch_size,), float(ev.cond_scale), dtype=torch.float64), candidates)
@@ -204,34 +204,43 @@ class ScheduleDriver:
 
     def evaluate(self, ev: Evaluation, predict: Callable[[bool], tuple[torch.Tensor, torch.Tensor]],
                  uncond_available: bool = True) -> GuidedPrediction:
-        """One model evaluation. predict(run_uncond) runs the model and returns (cond, uncond); without
-        the pass its second item is ignored. uncond_available is False when there is no negative
-        conditioning to run."""
+        """One model evaluation, in the order a sampler's step takes it: the step's plan, the model's passes,
+        the weights, the record. predict(run_uncond) runs the model and returns (cond, uncond); without the
+        pass its second item is ignored. uncond_available is False when there is no negative conditioning."""
         plan = self.step_plan(ev)
-        # The cfg == 1 shortcut holds per evaluation: another node may change cfg within a step.
-        shortcut = (self.schedule.follows_cfg1_shortcut and ev.skip_uncond_at_weight_one
-                    and math.isclose(ev.cond_scale, 1.0))
-        candidates = plan.guided & (not shortcut)
-        estimated = plan.estimated and bool(candidates.any())
-        needs_pass = candidates & (not estimated) & uncond_available
+        guidable = plan.guided & self.guidance_applies(ev)
+        estimate = plan.estimated and bool(guidable.any())
+        needs_pass = guidable & (not estimate) & uncond_available
         ran_uncond = bool(needs_pass.any())
         cond, uncond = predict(ran_uncond)
-        if estimated:
+        if estimate:
             uncond = self.schedule.estimate_uncond(ev, cond)
-        elif not ran_uncond:
-            candidates = needs_pass
-        if bool(candidates.any()):
-            guidance = self.schedule.guide(ev, cond, uncond, candidates, estimated)
-            weight, guided = guidance.weight, guidance.guided & candidates
-        else:
-            uncond, weight, guided = cond, torch.ones(ev.batch_size, dtype=torch.float64), candidates
-        if ev.first_of_step:
-            # a method may stop guiding samples at the step's first evaluation (AG's crossing): the
-            # step's other evaluations follow
-            self.plan = (ev.step, StepPlan(guided=plan.guided & (guided | ~candidates), estimated=plan.estimated))
-        self.record.add(ev, needs_pass, guided, weight, ran_uncond, estimated)
+        with_uncond = guidable if estimate or ran_uncond else needs_pass  # the samples whose uncond is at hand
+        weight, guided = self.weights(ev, cond, uncond, with_uncond)
+        self.keep_for_the_step(ev, plan, with_uncond, guided)
+        self.record.add(ev, needs_pass, guided, weight, ran_uncond, estimate)
         return GuidedPrediction(cond, unguided_to_cond(cond, uncond, guided), scale_argument(weight, guided, like=cond),
                                 ran_uncond)
+
+    def guidance_applies(self, ev: Evaluation) -> bool:
+        """False where ComfyUI's cfg == 1 shortcut holds: per evaluation, since another node may change cfg
+        within a step."""
+        return not (self.schedule.follows_cfg1_shortcut and ev.skip_uncond_at_weight_one
+                    and math.isclose(ev.cond_scale, 1.0))
+
+    def weights(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor,
+                candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, guided) per sample: the schedule's, among the candidates; no sample guided without one."""
+        if not bool(candidates.any()):
+            return torch.ones(ev.batch_size, dtype=torch.float64), candidates
+        guidance = self.schedule.guide(ev, cond, uncond, candidates)
+        return guidance.weight, guidance.guided & candidates
+
+    def keep_for_the_step(self, ev: Evaluation, plan: StepPlan, candidates: torch.Tensor, guided: torch.Tensor):
+        """A method may stop guiding samples at a step's first evaluation (AG's crossing): the step's other
+        evaluations (Heun's correction) follow that decision."""
+        if ev.first_of_step:
+            self.plan = (ev.step, StepPlan(guided=plan.guided & (guided | ~candidates), estimated=plan.estimated))
 
 
 def unguided_to_cond(cond: torch.Tensor, uncond: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ def test_the_schedule_computes_delta_from_denoised_predictions(tmp_path):
         ev = Evaluation(step=0, first_of_step=True, sigma=sigma, batch_size=1, cond_scale=1.0,
                         model_timestep=float(PARITY["mlp.t"][i]))
         schedule.lam = float(PARITY["mlp.lambda"][i])
-        w = schedule.guide(ev, cond[i:i + 1], uncond[i:i + 1], torch.ones(1, dtype=torch.bool), False).weight
+        w = schedule.guide(ev, cond[i:i + 1], uncond[i:i + 1], torch.ones(1, dtype=torch.bool)).weight
         assert abs(float(w[0]) - float(PARITY["mlp.w"][i])) <= 1e-6
 
 

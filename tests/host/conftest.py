@@ -37,3 +37,15 @@ def the_host_tree_stays_untouched():
     written = [str(p) for p in host_support.COMFYUI_ROOT.rglob("*")
                if "__pycache__" not in p.parts and p.is_file() and p.stat().st_mtime >= start]
     assert not written, f"the host tests wrote into the ComfyUI tree: {written[:5]}"
+
+
+@pytest.fixture
+def scheduler_folder(tmp_path, monkeypatch):
+    """A fresh models/guidance_schedulers for a test, first in ComfyUI's list: where the training node writes."""
+    import folder_paths
+    from guidance_schedules.nodes import annealing as annealing_nodes
+    folder = tmp_path / "guidance_schedulers"
+    folder.mkdir()
+    paths, extensions = folder_paths.folder_names_and_paths[annealing_nodes.FOLDER]
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, annealing_nodes.FOLDER, ([str(folder), *paths], extensions))
+    return folder

@@ -23,10 +23,8 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.samplers
 import comfy.supported_models_base
-import folder_paths
 import nodes as comfy_nodes
 import tiny_models
-from guidance_schedules.nodes import annealing as annealing_nodes
 from guidance_schedules.nodes.annealing import AnnealingGuidancePatch
 from guidance_schedules.nodes.annealing_train import AnnealingGuidanceTrain, run_example
 from guidance_schedules.nodes.guidance import history_of
@@ -58,14 +56,7 @@ def parity():
     return reference.require_training_reference()
 
 
-@pytest.fixture(autouse=True)
-def scheduler_folder(tmp_path, monkeypatch):
-    """A fresh models/guidance_schedulers for each test, first in ComfyUI's list: where the node writes."""
-    folder = tmp_path / "guidance_schedulers"
-    folder.mkdir()
-    paths, extensions = folder_paths.folder_names_and_paths[annealing_nodes.FOLDER]
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, annealing_nodes.FOLDER, ([str(folder), *paths], extensions))
-    return folder
+pytestmark = pytest.mark.usefixtures("scheduler_folder")  # every test writes into a fresh folder (conftest.py)
 
 
 # --- parity through a ComfyUI model ----------------------------------------------------------------

@@ -12,10 +12,8 @@ import torch
 
 import comfy.model_sampling
 import comfy.samplers
-import folder_paths
 import nodes as comfy_nodes
 import tiny_models
-from guidance_schedules.nodes import annealing as annealing_nodes
 from guidance_schedules.nodes.adaptive import AdaptiveGuidancePatch
 from guidance_schedules.nodes.annealing import AnnealingGuidancePatch
 from guidance_schedules.nodes.annealing_train import AnnealingGuidanceTrain
@@ -92,15 +90,6 @@ def test_adaptive_guidance_below_minus_one_is_cond_only_after_the_first_step(new
 
 
 # --- annealing: networks and training -------------------------------------------------------------------
-
-@pytest.fixture
-def scheduler_folder(tmp_path, monkeypatch):
-    folder = tmp_path / "guidance_schedulers"
-    folder.mkdir()
-    paths, extensions = folder_paths.folder_names_and_paths[annealing_nodes.FOLDER]
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, annealing_nodes.FOLDER, ([str(folder), *paths], extensions))
-    return folder
-
 
 def train(model, name, latents):
     inputs = dict(model=model, latents={"samples": latents}, positive=tiny_models.build_conditioning(1),
