@@ -3,13 +3,15 @@ LinearAG calibration node with its folder."""
 from __future__ import annotations
 
 import logging
+import os
 
 import folder_paths
 
 # imported under another name: `linear_ag` is the nodes' input
 from ..samplers import linear_ag as linear_ag_files
 from ..samplers.adaptive import AdaptiveSchedule, check_threshold
-from .files import new_output_path, output_file_key, register_model_folder, written_file_key, wrote_file
+from .files import (new_output_path, output_file_key, register_model_folder, write_under_a_free_name,
+                    written_file_key, wrote_file)
 from .guidance import patch_model
 from .method_nodes import CATEGORY, GuidanceMethod, ScheduleGuider, ScheduleGuiderNode, SchedulePatchNode
 from .host_facts import prediction_of
@@ -127,11 +129,13 @@ class LinearAGCalibrate:
             sigmas=tuple(float(s) for s in sigmas.flatten().tolist()),
             model=type(model.model.model_config).__name__ + " " + model.model.model_type.name, cfg=float(cfg),
             runs=len(trajectories), prediction=prediction_of(model.get_model_object("model_sampling")))
-        linear_ag_files.save(result, fitted_for, path)
-        wrote_file(path, cache_key)
+        written = write_under_a_free_name(path, lambda p: linear_ag_files.save(result, fitted_for, p))
+        if written == path:
+            wrote_file(path, cache_key)
         odd = result.relative_error[1::2]
         count = len(trajectories)
-        text = (f"wrote {path}: {count} {'trajectory' if count == 1 else 'trajectories'} ({runs} "
+        kept = "" if written == path else f" ({os.path.basename(path)} appeared meanwhile and was kept)"
+        text = (f"wrote {written}{kept}: {count} {'trajectory' if count == 1 else 'trajectories'} ({runs} "
                 f"{'run' if runs == 1 else 'runs'} of {count // runs} latents), {fitted_for.steps} steps; relative error "
                 f"of the estimate {float(odd.min()):.3f} .. {float(odd.max()):.3f} (0 = exact, 1 = as far as the "
                 "cond prediction)")

@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import math
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from typing import NamedTuple
 
 import torch
 
@@ -23,11 +25,12 @@ import comfy.samplers
 import comfy.utils
 
 from ..samplers.annealing import AnnealingNetwork, AnnealingScheduler, NetworkConfig, TrainedFor, save_scheduler
-from ..samplers.annealing_training import Grid, Trainer, TrainingSettings, resume, run_training
+from ..samplers.annealing_training import (Grid, Trainer, TrainingSettings, resume, run_training,
+                                           tensor_fingerprint, write_checkpoint)
 from ..samplers.spaces import FLOW
 from .annealing import FOLDER
-from .files import new_output_path, output_file_key, written_file_key, wrote_file
-from .guidance import history_of
+from .files import new_output_path, output_file_key, write_under_a_free_name, written_file_key, wrote_file
+from .guidance import history_of, plain_value_errors
 from .method_nodes import CATEGORY
 from .host_facts import model_family_of, noise_scale_of, prediction_of, sigma_space_of, timesteps_of
 
@@ -143,20 +146,71 @@ def _latents(latents: list) -> torch.Tensor:
     if len(shapes) > 1:
         raise ValueError(f"latents: all training latents need one size; got {len(shapes)} sizes "
                          f"({', '.join('x'.join(map(str, s)) for s in shapes[:4])}). Resize the images to one size.")
-    return torch.cat([s.to(torch.float32) for s in samples])
+    x0 = torch.cat([s.to(torch.float32) for s in samples])
+    if len(x0) == 0:
+        raise ValueError("latents: there are no training latents (a batch of 0); connect VAE Encode of your images")
+    if not bool(torch.isfinite(x0).all()):
+        raise ValueError("latents: the training latents hold NaN or infinite values; encode the images again")
+    return x0
 
 
 def _positives(positive: list, count: int) -> list:
+    if any(len(p) == 0 for p in positive):
+        log.warning("Annealing training: positive holds an empty conditioning; those examples train without a prompt")
     if len(positive) == 1 and count > 1 and len(positive[0]) == count:
         # one CONDITIONING holding one entry per image: what ComfyUI 0.3's LoadImageTextSetFromFolderNode gives,
         # and how its TrainLoraNode reads it
         return [[entry] for entry in positive[0]]
     if len(positive) == 1:
+        if len(positive[0]) > 1:
+            log.warning("Annealing training: positive is one conditioning of %d entries for %d latents, so every "
+                        "image trains with all of them (ComfyUI combines a conditioning's entries); give one entry "
+                        "per latent, or one conditioning per latent", len(positive[0]), count)
         return positive * count
     if len(positive) != count:
         raise ValueError(f"positive: give one conditioning for all {count} latents or one per latent; got "
                          f"{len(positive)}")
     return positive
+
+
+def _negative(negative: list):
+    if len(negative) > 1:
+        log.warning("Annealing training: %d negative conditionings were given; the first is the null prompt of "
+                    "every example", len(negative))
+    if len(negative[0]) == 0:
+        log.warning("Annealing training: negative is an empty conditioning; connect CLIP Text Encode of an empty "
+                    "prompt")
+    return negative[0]
+
+
+def _warn_about_the_images(settings: TrainingSettings) -> None:
+    trained = math.ceil(settings.training_images / settings.batch_size) * settings.batch_size
+    if trained != settings.training_images:
+        log.warning("Annealing training: training_images %d is not a whole number of batches of %d; %d images are "
+                    "trained", settings.training_images, settings.batch_size, trained)
+    if settings.training_images < settings.images_per_update:
+        log.warning("Annealing training: training_images %d is fewer than one optimizer step (batch_size x "
+                    "gradient_accumulation = %d): the network takes one step", settings.training_images,
+                    settings.images_per_update)
+
+
+def _conditioning_tensors(conditionings: list):
+    for conditioning in conditionings:
+        for c, extra in conditioning:
+            yield c
+            if torch.is_tensor(extra.get("pooled_output")):
+                yield extra["pooled_output"]
+
+
+def model_fingerprint(model) -> str:
+    """The model's identity for a resume: a sample of its diffusion model's weights (the first values of up to
+    16 tensors spread over its state) and the weight patches on it (LoRAs: their keys and strengths)."""
+    state = model.model.diffusion_model.state_dict()
+    keys = sorted(state)
+    sample = [state[k].flatten()[:4096] for k in keys[::max(1, len(keys) // 16)]]
+    patches = sorted((k, float(p[0]), float(p[2])) for k, entries in getattr(model, "patches", {}).items()
+                     for p in entries if len(p) > 2 and isinstance(p[0], (int, float)) and isinstance(p[2], (int, float)))
+    return tensor_fingerprint(sample) + ":" + tensor_fingerprint([torch.tensor([hash(repr(patches)) % 2 ** 31])])
 
 
 class AnnealingGuidanceTrain:
@@ -229,9 +283,10 @@ class AnnealingGuidanceTrain:
     def train(self, model, latents, positive, negative, steps, scheduler, training_images, batch_size,
               gradient_accumulation, learning_rate, weight_decay, seed, delta_normalization, prompt_noise, name,
               gradient_checkpointing=(False,)):
-        (model, negative, steps, scheduler, training_images, batch_size, gradient_accumulation, learning_rate,
+        negative = _negative(negative)
+        (model, steps, scheduler, training_images, batch_size, gradient_accumulation, learning_rate,
          weight_decay, seed, delta_normalization, prompt_noise, name) = (
-            v[0] for v in (model, negative, steps, scheduler, training_images, batch_size, gradient_accumulation,
+            v[0] for v in (model, steps, scheduler, training_images, batch_size, gradient_accumulation,
                            learning_rate, weight_decay, seed, delta_normalization, prompt_noise, name))
         settings = TrainingSettings(training_images, batch_size, gradient_accumulation, learning_rate, weight_decay,
                                     seed, delta_normalization, bool(prompt_noise))
@@ -241,14 +296,19 @@ class AnnealingGuidanceTrain:
             raise ValueError("model: this model carries a guidance schedule of this pack; train on the model "
                              "itself (before any guidance node)")
         grid, scheduler = training_grid(model.get_model_object("model_sampling"), steps, scheduler)
-        with torch.inference_mode(False):
-            x0 = _latents(latents).clone()
-            trained = train_network(model, x0, [_cloned(p) for p in _positives(positive, len(x0))],
-                                    _cloned(negative), grid, {"steps": steps, "scheduler": scheduler}, settings, path,
+        x0 = _latents(latents)
+        positives = _positives(positive, len(x0))
+        _warn_about_the_images(settings)
+        with torch.inference_mode(False), plain_value_errors():
+            trained = train_network(model, x0.clone(), [_cloned(p) for p in positives], _cloned(negative), grid,
+                                    {"steps": steps, "scheduler": scheduler}, settings, path,
                                     gradient_checkpointing=bool(gradient_checkpointing[0]))
-        wrote_file(path, cache_key)
-        return {"ui": {"text": [f"wrote {os.path.basename(path)}"]},
-                "result": (os.path.basename(path), {"loss": list(trained.progress.losses)})}
+        if trained.path == path:
+            wrote_file(path, cache_key)
+        name = os.path.basename(trained.path)
+        return {"ui": {"text": [f"wrote {name}" + ("" if trained.path == path else
+                                                   f" ({os.path.basename(path)} appeared meanwhile and was kept)")]},
+                "result": (name, {"loss": list(trained.trainer.progress.losses)})}
 
 
 def timestep_scale(model) -> float:
@@ -281,12 +341,37 @@ def trainable(model):
     return model
 
 
+@contextlib.contextmanager
+def outputs_with_gradient(diffusion_model: torch.nn.Module):
+    """Refuses a model whose output carries no gradient where its input does (it runs without autograd, or
+    detaches its output): the loss's delta term reaches the network only through the model's evaluation at x',
+    so the network would learn half its objective. Watched at every evaluation; costs a flag check."""
+    def check(module, args, output):
+        x = args[0] if args else None
+        if torch.is_tensor(x) and x.requires_grad and torch.is_tensor(output) and not output.requires_grad:
+            raise ValueError("model: its predictions carry no gradient (it runs without autograd, or detaches its "
+                             "output), so the network would train on half its objective; train on the model as "
+                             "ComfyUI loads it")
+    handle = diffusion_model.register_forward_hook(check)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class Trained(NamedTuple):
+    trainer: Trainer
+    path: str  # the file written: the path asked for, or a free name beside it where a file took it meanwhile
+
+
 def train_network(model, x0: torch.Tensor, positives: list, negative, grid: Grid, grid_settings: dict,
                   settings: TrainingSettings, path: str, after_update=None,
-                  gradient_checkpointing: bool = False) -> Trainer:
+                  gradient_checkpointing: bool = False) -> Trained:
     """The node's work: trains on latents x0 (one conditioning per latent) for the sampling grid `grid`
     (described by grid_settings in the file), checkpoints to PATH.resume (resuming from it when its settings
-    match) and writes the network to `path`. Tensors must not be inference tensors. after_update(trainer), if
+    match) and writes the network to `path` (never over a file that appeared there meanwhile: then under a free name
+    beside it; where the write fails, the trained state stays in the checkpoint). Tensors must not be inference
+    tensors. after_update(trainer), if
     given, runs after every optimizer step (the test beds measure a held-out loss there); gradient_checkpointing
     recomputes the model's activations per block in the backward pass."""
     model = trainable(model)
@@ -297,7 +382,9 @@ def train_network(model, x0: torch.Tensor, positives: list, negative, grid: Grid
                              source=f"AnnealingGuidanceTrain ({os.path.basename(path)})")
     fingerprint = {"latents": list(x0.shape), "latent_sum": round(float(x0.double().sum()), 6),
                    "conditionings": len(positives)}
-    record = {**asdict(settings), **grid_settings, "trained_for": asdict(trained_for), "data": fingerprint}
+    record = {**asdict(settings), **grid_settings, "trained_for": asdict(trained_for), "data": fingerprint,
+              "positive": tensor_fingerprint(_conditioning_tensors(positives)),
+              "negative": tensor_fingerprint(_conditioning_tensors([negative])), "model": model_fingerprint(model)}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         network = AnnealingNetwork(NetworkConfig(delta_embed_normalization=settings.delta_normalization,
@@ -319,15 +406,26 @@ def train_network(model, x0: torch.Tensor, positives: list, negative, grid: Grid
         run_example(model, positive, negative, latent, grid_sigmas, work)
     grid_sigmas = torch.tensor((*grid.sigmas, 0.0))
     blocks = checkpointed_blocks(model.model.diffusion_model) if gradient_checkpointing else contextlib.nullcontext()
-    with blocks:
+    with blocks, outputs_with_gradient(model.model.diffusion_model):
         run_training(trainer, x0, positives, negative, evaluate, checkpoint, record, before_example, after_update)
     bar.update_absolute(trainer.progress.images, settings.training_images)
     network = AnnealingNetwork(trainer.network.config)
     network.load_state_dict(trainer.network.state_dict())
-    save_scheduler(AnnealingScheduler(network.float().eval(), trained_for, path), path,
-                   training={**record, "final_loss": trainer.progress.losses[-1]})
+    network = network.float().eval()
+    training = {**record, "final_loss": trainer.progress.losses[-1]}
+
+    def write(p: str) -> None:
+        save_scheduler(AnnealingScheduler(network, replace(trained_for, source=f"AnnealingGuidanceTrain "
+                                                                               f"({os.path.basename(p)})"), p),
+                       p, training=training)
+    try:
+        path = write_under_a_free_name(path, write)
+    except OSError as e:  # a full disk, a file system that refuses the name: the work stays in the checkpoint
+        write_checkpoint(trainer, checkpoint, record)
+        raise ValueError(f"name: could not write {os.path.basename(path)} ({e.strerror or e}); the trained network "
+                         f"is kept in {os.path.basename(checkpoint)}: queue the same settings again to write it") from None
     if os.path.exists(checkpoint):
         os.remove(checkpoint)
     log.info("Annealing training: wrote %s (%d images, %d optimizer steps, last batch loss %.4g)", path,
              trainer.progress.images, trainer.progress.updates, trainer.progress.losses[-1])
-    return trainer
+    return Trained(trainer, path)

@@ -9,9 +9,12 @@ wrote is there unchanged, and a file removed or replaced since makes the same pr
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import folder_paths
+
+log = logging.getLogger("guidance_schedules")
 
 
 def register_model_folder(name: str, extensions: set[str], *extra_paths: str) -> None:
@@ -27,19 +30,41 @@ def register_model_folder(name: str, extensions: set[str], *extra_paths: str) ->
             paths.append(path)
 
 
-MAX_NAME = 120  # characters of a file name the pack writes: file systems allow 255 bytes for the whole name
+MAX_NAME = 120  # characters of a name: more is a sentence, not a file name
+LONGEST_SUFFIX = ".safetensors"  # the longest ending the pack adds to a name (NAME.safetensors, NAME.resume)
+
+
+def _name_max(folder: str) -> int:
+    """The longest file name, in bytes, the file system under `folder` (or its nearest existing parent) takes."""
+    while folder and not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    try:
+        return int(os.pathconf(folder or ".", "PC_NAME_MAX"))
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows): NTFS and FAT32 take 255
+        return 255
 
 
 def output_path(folder: str, name, extension: str = ".safetensors") -> str:
     """Where a node writes the file a user named: the first folder ComfyUI lists for `folder` (models/FOLDER
-    unless extra_model_paths.yaml says otherwise). A name no file system takes is refused by name."""
+    unless extra_model_paths.yaml says otherwise). A name no file system takes, or that would make a hidden
+    file, is refused by name before any work: at most MAX_NAME characters, each part (subfolders with /) within
+    the file system's limit in bytes, not starting with a dot."""
     stem = name.strip().removesuffix(extension) if isinstance(name, str) else ""
     shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:60] + "..."
+    parts = stem.replace("\\", "/").split("/")
     if not stem or len(stem) > MAX_NAME or any(ord(c) < 32 or c in '<>:"|?*' for c in stem) \
-            or os.path.isabs(stem) or ".." in stem.replace("\\", "/").split("/"):
+            or os.path.isabs(stem) or any(not part or part.startswith(".") for part in parts):
         raise ValueError(f"name: give a file name for models/{folder} of at most {MAX_NAME} characters, without "
-                         f"control characters, '..' or any of <>:\"|?* (subfolders with /), got {shown}")
-    return os.path.join(folder_paths.get_folder_paths(folder)[0], stem + extension)
+                         f"control characters or any of <>:\"|?*, whose parts (subfolders with /) are not empty "
+                         f"and do not start with a dot, got {shown}")
+    root = folder_paths.get_folder_paths(folder)[0]
+    limit = _name_max(root)
+    longest = max(len(part.encode("utf-8")) for part in parts[:-1] + [parts[-1] + LONGEST_SUFFIX])
+    if longest > limit:
+        raise ValueError(f"name: {shown} is too long for the file system of models/{folder}: a file or folder name "
+                         f"there takes {limit} bytes, this one needs {longest} (in UTF-8 a CJK character or an "
+                         "emoji takes 3 or 4 bytes); choose a shorter name")
+    return os.path.join(root, stem + extension)
 
 
 def new_output_path(folder: str, name) -> str:
@@ -49,6 +74,27 @@ def new_output_path(folder: str, name) -> str:
     if os.path.exists(path):
         raise ValueError(f"name: {path} exists; choose another name (files are never overwritten)")
     return path
+
+
+def write_under_a_free_name(path: str, write) -> str:
+    """write(p) for `path`, or, where a file took that name meanwhile (another server sharing the models folder, a
+    user's copy), for the first free NAME_2, NAME_3, ...: never overwrites, never loses the work. write(p) must
+    raise FileExistsError, writing nothing, where p exists (samplers/files.py's write_new does). The path
+    written; a warning (log and toast) where it is not `path`."""
+    stem, extension = os.path.splitext(path)
+    candidate, number = path, 1
+    while True:
+        try:
+            write(candidate)
+        except FileExistsError:
+            number += 1
+            candidate = f"{stem}_{number}{extension}"
+            continue
+        if candidate != path:
+            log.warning("%s appeared while this node worked (another server sharing the models folder, or a copy); "
+                        "it is left as it is, and the result was written as %s", os.path.basename(path),
+                        os.path.basename(candidate))
+        return candidate
 
 
 def file_state(path: str | None) -> str:

@@ -88,21 +88,36 @@ def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
 
 
+class NonFiniteTraining(ValueError):
+    """A value of the training was NaN or infinite: the training stops there and keeps nothing of it."""
+
+
+def _finite(what: str, *tensors: torch.Tensor) -> None:
+    if not all(bool(torch.isfinite(t).all()) for t in tensors):
+        raise NonFiniteTraining(f"{what} are not finite (NaN or infinite); the training stopped there and wrote "
+                                "nothing. Check the model (a model that returns NaN at this noise level), the "
+                                "latents and the settings.")
+
+
 def example_terms(network: AnnealingNetwork, denoise: Denoise, example: Example, space: str) -> Terms:
     x0, noise = example.x0, example.noise
     s, s_next = _per_sample(example.sigma, x0), _per_sample(example.next_sigma, x0)
     x = signal_scale(space, s) * x0 + s * noise
     with torch.no_grad():
         d_c, d_u = (d.to(x0.dtype) for d in denoise(x, example.sigma))
+    _finite(f"the model's predictions at sigma {float(example.sigma[0]):.4g}", d_c, d_u)
     net_dtype = next(network.parameters()).dtype
     w = network(example.timestep.to(net_dtype), ((d_c - d_u) / s).flatten(1).norm(dim=1).to(net_dtype),
                 example.lam.to(net_dtype)).to(x0.dtype)
+    _finite("the network's guidance weights", w)
     d_g = d_u + _per_sample(w, x0) * (d_c - d_u)
     noise_u = (x - signal_scale(space, s) * d_u) / s
     x_next = signal_scale(space, s_next) * d_g + s_next * noise_u
     d_c_next, d_u_next = (d.to(x0.dtype) for d in denoise(x_next, example.next_sigma))
+    _finite(f"the model's predictions at sigma {float(example.next_sigma[0]):.4g}", d_c_next, d_u_next)
     delta_next = (d_c_next - d_u_next) / s_next
     eps = (((x0 - d_g) / s) ** 2).flatten(1).mean(dim=1)
+    _finite("the loss terms", eps, delta_next)
     return Terms(eps, (delta_next ** 2).flatten(1).mean(dim=1))
 
 
@@ -164,6 +179,23 @@ class TrainingSettings:
     delta_normalization: float = 5.0
     prompt_noise: bool = True
     gradient_clip: float = 1.0
+
+    def __post_init__(self):
+        """Each setting checked by its name (the node's input): ComfyUI's API takes NaN and numbers outside a
+        widget's range."""
+        whole = {"training_images": 10_000_000, "batch_size": 256, "gradient_accumulation": 1024}
+        for name, most in whole.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+                raise ValueError(f"{name} must be a whole number from 1 to {most}, got {value!r}")
+        positive = {"learning_rate": (0.0, 1.0), "delta_normalization": (0.0, 1000.0), "gradient_clip": (0.0, math.inf)}
+        for name, (low, high) in {**positive, "weight_decay": (0.0, 1.0)}.items():
+            value = getattr(self, name)
+            low_ok = value > low if name in positive else value >= low
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not low_ok or value > high:
+                relation = ">" if name in positive else ">="
+                raise ValueError(f"{name} must be a finite number {relation} {low:g} and at most {high:g}, got {value!r}")
 
     @property
     def images_per_update(self) -> int:
@@ -331,9 +363,22 @@ class Trainer:
         self._at_update = self._snapshot()
 
 
+def tensor_fingerprint(tensors) -> str:
+    """A short digest of tensors' shapes and values (the conditioning a training ran on, a sample of a model's
+    weights), recorded with a training so that a resume on other ones is refused."""
+    import hashlib
+    digest = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().to("cpu", torch.float32).contiguous()
+        digest.update(repr(tuple(t.shape)).encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 # --- checkpoints and the loop -------------------------------------------------------------------------
 
 CHECKPOINT_FORMAT = "guidance_schedules/annealing_training_state"
+FINGERPRINTS = ("positive", "negative", "model")  # what a record identifies by a digest (tensor_fingerprint)
 CHECKPOINT_EVERY = 50  # optimizer steps between checkpoints written while training (about 800 images by default)
 
 
@@ -358,7 +403,13 @@ def resume(trainer: Trainer, path: str, record: dict) -> None:
     except (FileRefused, KeyError, json.JSONDecodeError) as e:
         raise ValueError(f"name: {name} is not a readable training checkpoint ({str(e)[:120]}); remove it or "
                          "choose another name") from None
-    differing = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k) and k != "seed")
+    # a checkpoint of an earlier version of the pack lacks the fingerprints of the conditioning and the model
+    unchecked = [k for k in FINGERPRINTS if k in record and k not in saved]
+    if unchecked:
+        log.warning("Annealing training: %s was written by an earlier version of the pack and does not record its "
+                    "%s; resuming without checking them", name, " or ".join(unchecked))
+    differing = sorted(k for k in set(saved) | set(record)
+                       if saved.get(k) != record.get(k) and k != "seed" and k not in unchecked)
     if saved.get("seed") != record.get("seed"):
         log.info("Annealing training: resuming %s with its own seed %s (not %s)", name, saved.get("seed"),
                  record.get("seed"))
@@ -405,6 +456,8 @@ def run_training(trainer: Trainer, x0: torch.Tensor, positives: list, negative: 
             if trainer.progress.updates - written_at >= CHECKPOINT_EVERY and not trainer.done:
                 write_checkpoint(trainer, checkpoint, record)
                 written_at = trainer.progress.updates
+    except NonFiniteTraining:
+        raise  # nothing of a training that went non-finite is kept (an earlier checkpoint stays as it was)
     except BaseException:  # interrupted (ComfyUI raises its own exception), out of memory, ...: keep the work
         if trainer.progress.updates > 0:
             write_checkpoint(trainer, checkpoint, record)

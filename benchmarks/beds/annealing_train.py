@@ -108,7 +108,7 @@ def train(name: str, images: int, seed: int = 0, out: Path | None = None):
     out.unlink(missing_ok=True)  # this script owns its output file
     start = time.time()
     trainer = train_network(model, x0, positives, negative, grid, grid_settings, settings, str(out),
-                            after_update=measure)
+                            after_update=measure).trainer
     seconds = time.time() - start
     after = held_out_terms(load_scheduler(str(out)).network.float(), model, held, negative, grid, space)
     assert abs(after[0] - curve[-1][1][0]) < 1e-4 * max(after[0], 1e-9)  # the file holds the trained network

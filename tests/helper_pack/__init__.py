@@ -1,6 +1,6 @@
 """Test-only ComfyUI node pack: a tiny MODEL and its CONDITIONING, so that the server test can
 queue real prompts without downloading weights. Never installed for users."""
-from .tiny_models import MODEL_TYPES, build_conditioning, build_model
+from .tiny_models import MODEL_TYPES, build_conditioning, build_faulty_model, build_model
 
 
 class GSTestTinyModel:
@@ -90,5 +90,39 @@ class GSTestDigitsSheet:
         return (picture[None, :, :, None].expand(-1, -1, -1, 3).contiguous(),)
 
 
-NODE_CLASS_MAPPINGS = {"GSTestTinyModel": GSTestTinyModel, "GSTestLatentToImage": GSTestLatentToImage,
+class GSTestFaultyModel:
+    """The tiny model with a fault: its predictions NaN, or without gradient."""
+    CATEGORY = "_for_testing/guidance_schedules"
+    RETURN_TYPES = ("MODEL", "CONDITIONING", "CONDITIONING")
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"fault": (["returns_nan", "no_gradient"],)}}
+
+    def build(self, fault):
+        return build_faulty_model(fault), build_conditioning(1), build_conditioning(2)
+
+
+class GSTestLatent:
+    """A tiny model's latent of any batch size, zero included (EmptyLatentImage takes 1 at least), all zeros or
+    holding a NaN."""
+    CATEGORY = "_for_testing/guidance_schedules"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"batch_size": ("INT", {"default": 1, "min": 0, "max": 64}),
+                             "fill": (["zeros", "nan"],)}}
+
+    def build(self, batch_size, fill):
+        import torch
+        samples = torch.zeros(batch_size, 4, 8, 8)
+        if fill == "nan" and batch_size:
+            samples[0, 0, 0, 0] = float("nan")
+        return ({"samples": samples},)
+
+
+NODE_CLASS_MAPPINGS = {"GSTestFaultyModel": GSTestFaultyModel, "GSTestLatent": GSTestLatent,"GSTestTinyModel": GSTestTinyModel, "GSTestLatentToImage": GSTestLatentToImage,
                        "GSTestDigitsBed": GSTestDigitsBed, "GSTestDigitsSheet": GSTestDigitsSheet}

@@ -129,3 +129,24 @@ def build_pattern_model(pattern_cond, pattern_uncond):
     base = comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.EPS, device=torch.device("cpu"))
     base.diffusion_model = PatternDenoiser(pattern_cond, pattern_uncond)
     return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+class FaultyDenoiser(CountingDenoiser):
+    """CountingDenoiser with a fault: "returns_nan" (every output NaN) or "no_gradient" (its output detached, as a
+    model run without autograd gives it)."""
+
+    def __init__(self, fault):
+        super().__init__()
+        self.fault = fault
+
+    def forward(self, x, timesteps, context=None, transformer_options={}, **kwargs):
+        out = super().forward(x, timesteps, context, transformer_options, **kwargs)
+        if self.fault == "returns_nan":
+            return out * float("nan")
+        return out.detach()
+
+
+def build_faulty_model(fault, model_type="eps"):
+    model = build_model(model_type)
+    model.model.diffusion_model = FaultyDenoiser(fault)
+    return model
