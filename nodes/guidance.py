@@ -24,13 +24,14 @@ from typing import Callable
 
 import torch
 
+import comfy.patcher_extension
 import comfy.samplers
 from comfy.patcher_extension import WrapperExecutor, WrappersMP
 
 from ..samplers.schedule import Evaluation, GuidanceSchedule, RunInfo, RunRecord, ScheduleDriver
 from ..samplers.steps import StepTracker
-from .host_facts import (model_family_of, noise_scale_of, prediction_of, renoises_with_uncond, sigma_space_of,
-                         takes_flow_step, timesteps_of)
+from .host_facts import (OwnGuidance, model_family_of, noise_scale_of, own_guidance_of, post_cfg_reads_uncond_pass,
+                         prediction_of, renoises_with_uncond, sigma_space_of, takes_flow_step, timesteps_of)
 from .rehearsal import rehearse_steps, sampler_function_name
 from .reports import report
 
@@ -149,9 +150,11 @@ def _run_with_schedule(make_schedule: ScheduleFactory, history: RunHistory, exec
     name = sampler_function_name(sampler)
     model_sampling = guider.model_patcher.get_model_object("model_sampling")
     noise = args[1] if len(args) > 1 else kwargs.get("noise")
+    own = own_guidance_of(guider)
     info = RunInfo(sigmas=tuple(float(s) for s in sigmas.flatten().tolist()),
                    sigma_space=sigma_space_of(model_sampling), sampler=name,
                    renoises_with_uncond=renoises_with_uncond(name), takes_flow_step=takes_flow_step(name),
+                   guider=own.node if own is not None else "",
                    prediction=prediction_of(model_sampling), timesteps=timesteps_of(model_sampling),
                    latent_shape=tuple(noise.shape) if noise is not None else (),
                    model_family=model_family_of(guider.model_patcher), noise_scale=noise_scale_of(model_sampling))
@@ -188,6 +191,9 @@ def _predict_noise_with_schedule(executor, x, timestep, model_options={}, seed=N
     guider = executor.class_obj
     if run is None:
         return executor(x, timestep, model_options, seed)
+    own = own_guidance_of(guider)
+    if own is not None:
+        return _own_guidance_prediction(executor, guider, own, run, x, timestep, model_options, seed)
     if not _is_stock_cfg_guider(guider):
         if not run.warned:
             log.warning("Guidance schedule inactive: the guider %s computes its own guidance; "
@@ -202,6 +208,37 @@ def _predict_noise_with_schedule(executor, x, timestep, model_options={}, seed=N
     return inner.execute(x, timestep, model_options, seed)
 
 
+def _evaluation(guider, run: GuidanceRun, x, timestep, model_options, cfg1_shortcut: bool) -> Evaluation:
+    """The evaluation as the schedule sees it: its step, sigma, the guider's cfg, whether ComfyUI's cfg == 1
+    shortcut may skip the unconditional pass (not where the guider applies its own shortcuts), and whether a
+    post-CFG function reads that pass itself."""
+    sigma = timestep.max()
+    step, first = run.tracker.locate(float(sigma))
+    return Evaluation(step=step, first_of_step=first, sigma=float(sigma), batch_size=x.shape[0],
+                      cond_scale=check_cfg(guider.cfg),
+                      skip_uncond_at_weight_one=cfg1_shortcut and not model_options.get("disable_cfg1_optimization", False),
+                      model_timestep=float(guider.inner_model.model_sampling.timestep(sigma.reshape(1)).flatten()[0]),
+                      hooks_read_uncond=cfg1_shortcut and post_cfg_reads_uncond_pass(model_options))
+
+
+def _passes(model, conds: list, x, timestep, model_options, cond_scale: float) -> tuple:
+    """sampling_function's passes: calc_cond_batch (or the model's sampler_calc_cond_batch_function) for [positive,
+    negative or None], then the pre-CFG functions; a skipped unconditional pass hands them the conditional
+    prediction in its slot, never None."""
+    if "sampler_calc_cond_batch_function" in model_options:
+        args = {"conds": conds, "input": x, "sigma": timestep, "model": model, "model_options": model_options}
+        out = model_options["sampler_calc_cond_batch_function"](args)
+    else:
+        out = comfy.samplers.calc_cond_batch(model, conds, x, timestep, model_options)
+    if conds[1] is None:
+        out = [out[0], out[0]]
+    for fn in model_options.get("sampler_pre_cfg_function", []):
+        args = {"conds": conds, "conds_out": out, "cond_scale": cond_scale, "timestep": timestep,
+                "input": x, "sigma": timestep, "model": model, "model_options": model_options}
+        out = fn(args)
+    return out[0], out[1]
+
+
 def _guided_prediction(guider, run: GuidanceRun, x, timestep, model_options={}, seed=None):
     """comfy.samplers.sampling_function with a per-sample choice of the unconditional pass and weight.
 
@@ -214,29 +251,57 @@ def _guided_prediction(guider, run: GuidanceRun, x, timestep, model_options={}, 
     post-CFG and cfg patches of the host composed in both orders)."""
     model = guider.inner_model
     positive, negative = guider.conds.get("positive"), guider.conds.get("negative")
-    sigma = timestep.max()
-    step, first = run.tracker.locate(float(sigma))
-    ev = Evaluation(step=step, first_of_step=first, sigma=float(sigma), batch_size=x.shape[0],
-                    cond_scale=check_cfg(guider.cfg),
-                    skip_uncond_at_weight_one=not model_options.get("disable_cfg1_optimization", False),
-                    model_timestep=float(model.model_sampling.timestep(sigma.reshape(1)).flatten()[0]))
+    ev = _evaluation(guider, run, x, timestep, model_options, cfg1_shortcut=True)
 
     def predict(run_uncond: bool):
-        conds = [positive, negative if run_uncond else None]
-        if "sampler_calc_cond_batch_function" in model_options:
-            args = {"conds": conds, "input": x, "sigma": timestep, "model": model, "model_options": model_options}
-            out = model_options["sampler_calc_cond_batch_function"](args)
-        else:
-            out = comfy.samplers.calc_cond_batch(model, conds, x, timestep, model_options)
-        if not run_uncond:
-            out = [out[0], out[0]]  # pre-CFG hooks see the conditional prediction in both slots, never None
-        for fn in model_options.get("sampler_pre_cfg_function", []):
-            args = {"conds": conds, "conds_out": out, "cond_scale": ev.cond_scale, "timestep": timestep,
-                    "input": x, "sigma": timestep, "model": model, "model_options": model_options}
-            out = fn(args)
-        return out[0], out[1]
+        return _passes(model, [positive, negative if run_uncond else None], x, timestep, model_options, ev.cond_scale)
 
     guided = run.driver.evaluate(ev, predict, uncond_available=negative is not None)
+    # Without the pass, the post-CFG functions get the positive conditioning as `uncond`: the one whose prediction
+    # the unconditional slot holds (SelfAttentionGuidance evaluates the model on it again; None would be a zero
+    # prediction there).
     return comfy.samplers.cfg_function(model, guided.cond, guided.uncond_slot, guided.cond_scale, x, timestep,
                                        model_options=model_options, cond=positive,
-                                       uncond=negative if guided.ran_uncond else None)
+                                       uncond=negative if guided.ran_uncond else positive)
+
+
+def _own_guidance_prediction(executor, guider, own: OwnGuidance, run: GuidanceRun, x, timestep, model_options,
+                             seed):
+    """One evaluation under a core guider that combines its passes its own way (PerpNeg, DualCFG, DualModel): where
+    a sample is guided, the guider's own prediction, exactly (the rest of the PREDICT_NOISE chain and its
+    predict_noise run, every pass of theirs included); where none is, the positive pass alone, as a CFG step
+    without guidance (cfg_function with the conditional prediction in both slots). Adaptive Guidance compares the
+    positive prediction with the one `own` names, read from the guider's calc_cond_batch calls."""
+    model, positive = guider.inner_model, guider.conds.get("positive")
+    ev = _evaluation(guider, run, x, timestep, model_options, cfg1_shortcut=False)  # the guider's own shortcuts
+    guiders_own = {}
+
+    def predict(run_uncond: bool):
+        if not run_uncond:
+            return _passes(model, [positive, None], x, timestep, model_options, ev.cond_scale)
+        calls = []
+        guiders_own["prediction"] = executor(x, timestep, _capturing_passes(model_options, calls), seed)
+        return own.prediction(calls, own.cond), own.prediction(calls, own.uncond)
+
+    guided = run.driver.evaluate(ev, predict)
+    if guided.ran_uncond and bool(guided.guided.all()):
+        return guiders_own["prediction"]
+    alone = comfy.samplers.cfg_function(model, guided.cond, guided.cond, 1.0, x, timestep, model_options=model_options,
+                                        cond=positive, uncond=positive)
+    if not guided.ran_uncond or not bool(guided.guided.any()):
+        return alone
+    mask = guided.guided.to(x.device).view(-1, *([1] * (x.ndim - 1)))
+    return torch.where(mask, guiders_own["prediction"], alone)
+
+
+def _capturing_passes(model_options: dict, calls: list) -> dict:
+    """A copy of model_options whose calc_cond_batch calls (through ComfyUI's CALC_COND_BATCH wrappers) append their
+    results to `calls`."""
+    def capture(executor, *args, **kwargs):
+        out = executor(*args, **kwargs)
+        calls.append(out)
+        return out
+    options = comfy.patcher_extension.copy_nested_dicts(model_options)
+    comfy.patcher_extension.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, capture, options,
+                                                 is_model_options=True)
+    return options

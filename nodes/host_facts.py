@@ -6,6 +6,10 @@ ComfyUI's names.
 """
 from __future__ import annotations
 
+import inspect
+import os
+from dataclasses import dataclass
+
 import comfy.model_sampling
 
 from ..samplers import spaces
@@ -77,3 +81,53 @@ def renoises_with_uncond(sampler: str) -> bool:
 def takes_flow_step(sampler: str) -> bool:
     """On a flow model, is the sampler's step the annealing reference's?"""
     return sampler in FLOW_STEP_SAMPLERS
+
+
+@dataclass(frozen=True)
+class OwnGuidance:
+    """A core guider that combines its model passes its own way, and where its predictions are: (calc_cond_batch
+    call, slot) in the order the guider asks for them."""
+
+    node: str  # the node users know it by
+    cond: tuple[int, int]  # the positive (conditional) prediction
+    uncond: tuple[int, int]  # the prediction Adaptive Guidance compares it with
+
+    def prediction(self, calls: list, where: tuple[int, int]):
+        """The prediction at `where` among the guider's calc_cond_batch results; the conditional one where the
+        guider skipped that pass (its own cfg == 1 shortcut: then nothing is guided)."""
+        call, slot = where
+        if call < len(calls) and slot < len(calls[call]):
+            return calls[call][slot]
+        return calls[self.cond[0]][self.cond[1]]
+
+
+# ComfyUI's guiders that compute guidance their own way, by class (comfy_extras): the unconditional prediction
+# is, for PerpNeg, the empty prompt's (its guidance is nocond + cfg (pos - nocond - perp(neg))); for DualCFG the
+# negative's (cond2 is the middle step towards the positive); for DualModel the negative model's pass.
+OWN_GUIDANCE = {
+    "Guider_PerpNeg": OwnGuidance("PerpNegGuider", cond=(0, 0), uncond=(0, 2)),  # [positive, negative, empty]
+    "Guider_DualCFG": OwnGuidance("DualCFGGuider", cond=(0, 2), uncond=(0, 0)),  # [negative, middle, positive]
+    "Guider_DualModel": OwnGuidance("DualModelGuider", cond=(0, 0), uncond=(1, 0)),  # [positive], then [negative]
+}
+
+
+def own_guidance_of(guider) -> OwnGuidance | None:
+    """The OwnGuidance of one of ComfyUI's own guiders; None for CFGGuider and for guiders of other packs."""
+    cls = type(guider)
+    own = OWN_GUIDANCE.get(cls.__name__)
+    if own is None:
+        return None
+    # ComfyUI's own class: defined in its comfy_extras folder (its server imports those files as top-level modules)
+    try:
+        folder = os.path.basename(os.path.dirname(inspect.getfile(cls)))
+    except (TypeError, OSError):
+        return None
+    return own if folder == "comfy_extras" else None
+
+
+def post_cfg_reads_uncond_pass(model_options: dict) -> bool:
+    """Does a post-CFG function of the model read the unconditional pass itself? ComfyUI's SelfAttentionGuidance
+    blurs the unconditional prediction with the attention map it records during that pass (only there) and runs
+    the model again on the unconditional conditioning; without the pass it has no map."""
+    return any("SelfAttentionGuidance" in getattr(fn, "__qualname__", "")
+               for fn in model_options.get("sampler_post_cfg_function", []))

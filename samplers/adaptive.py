@@ -55,6 +55,9 @@ class AdaptiveSchedule(GuidanceSchedule):
         self.stopped: torch.Tensor | None = None  # per sample: conditional-only from now on
         self.stop_step: list[int | None] = []  # per sample: the crossing step
         if linear is not None:
+            if run.guider:
+                raise ValueError(f"linear_ag: LinearAG estimates the unconditional pass of plain CFG; {run.guider} "
+                                 "combines its passes its own way, so it does not apply there. Choose none.")
             linear.check_run(run)
         self.linear = linear
         self.cfg_noted = False

@@ -288,6 +288,11 @@ class AnnealingSchedule(GuidanceSchedule):
 
     def __init__(self, run: RunInfo, scheduler: AnnealingScheduler, lam: float):
         super().__init__(run)
+        if run.guider:
+            raise ValueError(
+                f"Annealing guidance sets one guidance weight per step and takes its own CFG++ step; {run.guider} "
+                "combines its model passes its own way. Use the pack's Annealing Guidance Guider, or KSampler with "
+                "the Annealing Guidance patch, instead.")
         sampler = run.sampler.removeprefix("sample_") or "an unknown sampler"
         if not run.renoises_with_uncond:
             raise ValueError(

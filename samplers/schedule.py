@@ -28,6 +28,7 @@ class RunInfo:
     sampler: str = ""  # name of the k-diffusion function (sample_euler, ...), for messages and files
     renoises_with_uncond: bool = False  # the sampler re-noises with the unconditional prediction (CFG++)
     takes_flow_step: bool = False  # on a flow model, the sampler's step is the annealing reference's
+    guider: str = ""  # a core guider that combines its passes its own way (PerpNegGuider, ...); "" for CFG
     prediction: str = "eps"  # what the model predicts (spaces.PREDICTION_SPACE)
     timesteps: str = "discrete_1000"  # the model's timestep convention: discrete_1000 or continuous
     latent_shape: tuple[int, ...] = ()  # (batch, channels, ...) of the run's latent
@@ -52,6 +53,10 @@ class Evaluation:
     # sampler needs it anyway (the CFG++ samplers re-noise with it and disable the skip).
     skip_uncond_at_weight_one: bool = True
     model_timestep: float = 0.0  # the timestep the model itself receives (0..999 for SD/SDXL)
+    # a post-CFG function reads the unconditional pass itself (ComfyUI's SelfAttentionGuidance: its prediction and
+    # attention map): the pass runs at every evaluation, and a sample without guidance gets weight 1 with the real
+    # prediction in the slot, as stock ComfyUI's cfg-1 step gives it
+    hooks_read_uncond: bool = False
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,7 @@ class GuidedPrediction:
     uncond_slot: torch.Tensor  # the real or estimated unconditional prediction, cond for unguided samples
     cond_scale: float | torch.Tensor  # cfg_function's cond_scale argument
     ran_uncond: bool  # the unconditional pass ran (for the whole batch)
+    guided: torch.Tensor  # bool per sample: guided in this evaluation
 
 
 class ScheduleDriver:
@@ -211,7 +217,7 @@ class ScheduleDriver:
         guidable = plan.guided & self.guidance_applies(ev)
         estimate = plan.estimated and bool(guidable.any())
         needs_pass = guidable & (not estimate) & uncond_available
-        ran_uncond = bool(needs_pass.any())
+        ran_uncond = bool(needs_pass.any()) or (ev.hooks_read_uncond and uncond_available)
         cond, uncond = predict(ran_uncond)
         if estimate:
             uncond = self.schedule.estimate_uncond(ev, cond)
@@ -219,8 +225,12 @@ class ScheduleDriver:
         weight, guided = self.weights(ev, cond, uncond, with_uncond)
         self.keep_for_the_step(ev, plan, with_uncond, guided)
         self.record.add(ev, needs_pass, guided, weight, ran_uncond, estimate)
+        if ran_uncond and ev.hooks_read_uncond:  # the real prediction for every sample, weight 1 where unguided
+            everyone = torch.ones_like(guided)
+            return GuidedPrediction(cond, uncond, scale_argument(torch.where(guided, weight, 1.0), everyone, like=cond),
+                                    ran_uncond, guided)
         return GuidedPrediction(cond, unguided_to_cond(cond, uncond, guided), scale_argument(weight, guided, like=cond),
-                                ran_uncond)
+                                ran_uncond, guided)
 
     def guidance_applies(self, ev: Evaluation) -> bool:
         """False where ComfyUI's cfg == 1 shortcut holds: per evaluation, since another node may change cfg

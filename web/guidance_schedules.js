@@ -10,6 +10,7 @@ import { ComfyWidgets } from "../../scripts/widgets.js";
 const TEMPLATE_ORDER = [
   "Guidance interval with KSampler (SDXL)",
   "Guidance interval as in the paper (SDXL, SamplerCustomAdvanced)",
+  "Guidance interval with Perp-Neg (SDXL, PerpNegGuider)",
   "Adaptive Guidance with KSampler (SDXL)",
   "Adaptive Guidance with SamplerCustomAdvanced (SDXL)",
   "Adaptive Guidance, LinearAG calibration (SDXL)",

@@ -67,6 +67,22 @@ def interval_guider(g):
     sdxl_back(g, ("sample", 0), "guidance_schedules/interval")
 
 
+def interval_perpneg(g):
+    """ComfyUI's PerpNegGuider fed the interval patch: guided steps are Perp-Neg's own (the positive, the negative
+    and the empty prompt), the others run the positive pass alone."""
+    sdxl_front(g)
+    g.node("empty", "CLIPTextEncode", 1, text="", clip=("ckpt", 1), title="Empty prompt")
+    g.node("interval", "GuidanceIntervalPatch", 2, model=("ckpt", 0), sigma_hi=5.42, sigma_lo=0.28)
+    g.node("guider", "PerpNegGuider", 2, model=("interval", 0), positive=("pos", 0), negative=("neg", 0),
+           empty_conditioning=("empty", 0), cfg=10.0, neg_scale=1.0)
+    custom_sampler_inputs(g, "dpmpp_2m", "BasicScheduler", model=("ckpt", 0), scheduler="karras", steps=32,
+                          denoise=1.0)
+    g.node("sample", "SamplerCustomAdvanced", 3, noise=("noise", 0), guider=("guider", 0),
+           sampler=("ksampler", 0), sigmas=("sigmas", 0), latent_image=("latent", 0))
+    sdxl_back(g, ("sample", 0), "guidance_schedules/interval_perpneg")
+    plot(g, ("sample", 0), ("model", ("interval", 0)))
+
+
 # Adaptive Guidance and its LinearAG calibration use the same sampler, grid and cfg (euler, 30 karras
 # steps, cfg 7), so the file the calibration example writes is the one the AG examples can use.
 AG_SAMPLER, AG_STEPS, AG_CFG = "euler", 30, 7.0
@@ -166,6 +182,7 @@ NEEDS_NEWER_COMFYUI = {"annealing_guidance_training_sdxl": {"LoadImageTextDataSe
 WORKFLOWS = {
     "guidance_interval_patch_sdxl": ("Guidance interval with KSampler (SDXL)", interval_patch),
     "guidance_interval_guider_sdxl": ("Guidance interval as in the paper (SDXL, SamplerCustomAdvanced)", interval_guider),
+    "guidance_interval_perpneg_sdxl": ("Guidance interval with Perp-Neg (SDXL, PerpNegGuider)", interval_perpneg),
     "adaptive_guidance_patch_sdxl": ("Adaptive Guidance with KSampler (SDXL)", adaptive_patch),
     "adaptive_guidance_guider_sdxl": ("Adaptive Guidance with SamplerCustomAdvanced (SDXL)", adaptive_guider),
     "linear_ag_calibration_sdxl": ("Adaptive Guidance, LinearAG calibration (SDXL)", linear_ag_calibration),
