@@ -30,8 +30,8 @@ from comfy.patcher_extension import WrapperExecutor, WrappersMP
 
 from ..samplers.schedule import Evaluation, GuidanceSchedule, RunInfo, RunRecord, ScheduleDriver
 from ..samplers.steps import StepTracker
-from .host_facts import (OwnGuidance, model_family_of, noise_scale_of, own_guidance_of, post_cfg_reads_uncond_pass,
-                         prediction_of, renoises_with_uncond, sigma_space_of, takes_flow_step, timesteps_of)
+from .host_facts import (OwnGuidance, model_family_of, noise_scale_of, own_guidance_of, prediction_of,
+                         renoises_with_uncond, sigma_space_of, takes_flow_step, timesteps_of)
 from .rehearsal import rehearse_steps, sampler_function_name
 from .reports import report
 
@@ -211,14 +211,17 @@ def _predict_noise_with_schedule(executor, x, timestep, model_options={}, seed=N
 def _evaluation(guider, run: GuidanceRun, x, timestep, model_options, cfg1_shortcut: bool) -> Evaluation:
     """The evaluation as the schedule sees it: its step, sigma, the guider's cfg, whether ComfyUI's cfg == 1
     shortcut may skip the unconditional pass (not where the guider applies its own shortcuts), and whether a
-    post-CFG function reads that pass itself."""
+    patch of the model reads that pass itself: one that asked ComfyUI to run it even at cfg 1
+    (disable_model_cfg1_optimization: SelfAttentionGuidance, NAGuidance). The CFG++ samplers ask the same for
+    their run only (in the sampler's model_options, not the model's): they re-noise with whatever the slot
+    holds, so for them the pass is still skipped (decision 4)."""
     sigma = timestep.max()
     step, first = run.tracker.locate(float(sigma))
     return Evaluation(step=step, first_of_step=first, sigma=float(sigma), batch_size=x.shape[0],
                       cond_scale=check_cfg(guider.cfg),
                       skip_uncond_at_weight_one=cfg1_shortcut and not model_options.get("disable_cfg1_optimization", False),
                       model_timestep=float(guider.inner_model.model_sampling.timestep(sigma.reshape(1)).flatten()[0]),
-                      hooks_read_uncond=cfg1_shortcut and post_cfg_reads_uncond_pass(model_options))
+                      hooks_read_uncond=cfg1_shortcut and bool(guider.model_options.get("disable_cfg1_optimization")))
 
 
 def _passes(model, conds: list, x, timestep, model_options, cond_scale: float) -> tuple:

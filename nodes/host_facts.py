@@ -124,10 +124,3 @@ def own_guidance_of(guider) -> OwnGuidance | None:
         return None
     return own if folder == "comfy_extras" else None
 
-
-def post_cfg_reads_uncond_pass(model_options: dict) -> bool:
-    """Does a post-CFG function of the model read the unconditional pass itself? ComfyUI's SelfAttentionGuidance
-    blurs the unconditional prediction with the attention map it records during that pass (only there) and runs
-    the model again on the unconditional conditioning; without the pass it has no map."""
-    return any("SelfAttentionGuidance" in getattr(fn, "__qualname__", "")
-               for fn in model_options.get("sampler_post_cfg_function", []))

@@ -53,9 +53,9 @@ class Evaluation:
     # sampler needs it anyway (the CFG++ samplers re-noise with it and disable the skip).
     skip_uncond_at_weight_one: bool = True
     model_timestep: float = 0.0  # the timestep the model itself receives (0..999 for SD/SDXL)
-    # a post-CFG function reads the unconditional pass itself (ComfyUI's SelfAttentionGuidance: its prediction and
-    # attention map): the pass runs at every evaluation, and a sample without guidance gets weight 1 with the real
-    # prediction in the slot, as stock ComfyUI's cfg-1 step gives it
+    # a patch of the model reads the unconditional pass itself (ComfyUI's SelfAttentionGuidance: its prediction and
+    # attention map; NAGuidance: its attention beside the positive's): the pass runs at every evaluation, and a
+    # sample without guidance gets weight 1 with the real prediction in the slot, as stock ComfyUI's cfg-1 step
     hooks_read_uncond: bool = False
 
 

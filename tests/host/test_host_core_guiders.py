@@ -179,23 +179,37 @@ def test_the_interval_under_perp_neg_through_the_api(comfy_server):
 # --- guidance that perturbs attention and adds its own pass, on a real (tiny, random) SD1.5-style UNet -----------
 
 def attention_guided(kind):
-    """SelfAttentionGuidance or PerturbedAttentionGuidance (core nodes) on a small SD1.5 UNet with random weights."""
+    """SelfAttentionGuidance, PerturbedAttentionGuidance or (ComfyUI 0.33) NAGuidance, core nodes, on a small SD1.5
+    UNet with random weights."""
     from test_host_annealing_training import small_unet
     import comfy_extras.nodes_pag as pag
     import comfy_extras.nodes_sag as sag
     model = small_unet()
-    out = sag.SelfAttentionGuidance.execute(model, 0.5, 2.0) if kind == "sag" else \
-        pag.PerturbedAttentionGuidance.execute(model, 3.0)
+    if kind == "sag":
+        out = sag.SelfAttentionGuidance.execute(model, 0.5, 2.0)
+    elif kind == "pag":
+        out = pag.PerturbedAttentionGuidance.execute(model, 3.0)
+    else:
+        import comfy_extras.nodes_nag as nag
+        out = nag.NAGuidance.execute(model, 5.0, 0.5, 2.5)
     return out[0] if isinstance(out, tuple) else out.result[0]
+
+
+def host_has_nag() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("comfy_extras.nodes_nag") is not None
+
+
+ATTENTION_KINDS = ["sag", "pag"] + (["nag"] if host_has_nag() else [])
 
 
 def unet_sample(model, cfg=CFG, negative=NEG):
     import nodes as comfy_nodes
     return comfy_nodes.KSampler().sample(model, 0, STEPS, cfg, "euler", "karras", POS, negative,
-                                         {"samples": torch.zeros(1, 4, 32, 32)}, 1.0)[0]["samples"]
+                                         {"samples": torch.zeros(1, 4, 16, 16)}, 1.0)[0]["samples"]
 
 
-@pytest.mark.parametrize("kind", ["sag", "pag"])
+@pytest.mark.parametrize("kind", ATTENTION_KINDS)
 def test_attention_guidance_is_unchanged_under_the_full_interval(kind):
     model = attention_guided(kind)
     assert torch.equal(unet_sample(patched(model, **EVERY_STEP)), unet_sample(model))
@@ -208,13 +222,66 @@ def test_perturbed_attention_guidance_keeps_its_own_pass_on_unguided_steps():
     assert torch.equal(unet_sample(patched(model, **NO_STEP)), unet_sample(model, cfg=1.0))
 
 
-def test_self_attention_guidance_runs_as_at_cfg_1_on_unguided_steps():
-    """SAG blurs with the attention map it records during the unconditional pass, and only there: on a step
-    without CFG the pass still runs for it, and the step is stock ComfyUI's cfg-1 step with SAG (which runs the
-    pass at cfg 1 too). With the paper's bounds the first steps are unguided: SAG has its map from the start."""
-    model = attention_guided("sag")
-    assert torch.equal(unet_sample(patched(model, **NO_STEP)), unet_sample(attention_guided("sag"), cfg=1.0))
-    model = attention_guided("sag")
+@pytest.mark.parametrize("kind", [k for k in ATTENTION_KINDS if k != "pag"])
+def test_attention_guidance_that_reads_the_unconditional_pass_keeps_it_on_unguided_steps(kind):
+    """SAG blurs with the attention map it records during the unconditional pass, and only there; NAG mixes the
+    negative's attention into the positive's within one batch. Both ask ComfyUI to run that pass even at cfg 1
+    (disable_model_cfg1_optimization): on a step without CFG the pass still runs for them, and the step is stock
+    ComfyUI's cfg-1 step with the patch. With the paper's bounds the first steps are unguided: SAG has its map
+    from the start."""
+    model = attention_guided(kind)
+    assert torch.equal(unet_sample(patched(model, **NO_STEP)), unet_sample(attention_guided(kind), cfg=1.0))
+    model = attention_guided(kind)
     sigmas = [float(s) for s in sigmas_of(model, "eps")[:-1]]
     lo, hi = math.sqrt(sigmas[6] * sigmas[5]), math.sqrt(sigmas[1] * sigmas[2])  # step 0 unguided
     assert torch.isfinite(unet_sample(patched(model, sigma_lo=lo, sigma_hi=hi))).all()
+
+
+def small_dit():
+    """A real ComfyUI SD3 MMDiT (its architecture scaled down: 2 joint blocks), random weights: blocks to skip."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    config = comfy.supported_models.SD3({
+        "in_channels": 16, "out_channels": 16, "pos_embed_scaling_factor": None, "patch_size": 2, "depth": 2,
+        "pos_embed_max_size": 16, "num_patches": 256, "adm_in_channels": 16, "dtype": torch.float32,
+        "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 8, "out_features": 128}}})
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({}, device=torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for t in (*model.diffusion_model.parameters(), *model.diffusion_model.buffers()):
+            t.copy_(torch.randn(t.shape, generator=g) * 0.05)
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def dit_conditioning(seed):
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, 3, 8, generator=g), {"pooled_output": torch.randn(1, 16, generator=g)}]]
+
+
+def skip_layer_guided(kind):
+    """SkipLayerGuidanceDiT (its second joint block skipped, the whole run) or SkipLayerGuidanceSD3 on the small
+    MMDiT."""
+    import comfy_extras.nodes_sd3 as sd3
+    import comfy_extras.nodes_slg as slg
+    model = small_dit()
+    out = slg.SkipLayerGuidanceDiT.execute(model, 3.0, 0.0, 1.0, double_layers="1") if kind == "dit" else \
+        sd3.SkipLayerGuidanceSD3.execute(model, "1", 3.0, 0.0, 1.0)
+    return out[0] if isinstance(out, tuple) else out.result[0]
+
+
+def dit_sample(model, cfg=CFG):
+    import nodes as comfy_nodes
+    return comfy_nodes.KSampler().sample(model, 0, 6, cfg, "euler", "simple", dit_conditioning(1), dit_conditioning(2),
+                                         {"samples": torch.zeros(1, 16, 16, 16)}, 1.0)[0]["samples"]
+
+
+@pytest.mark.parametrize("kind", ["dit", "sd3"])
+def test_skip_layer_guidance_is_unchanged_under_the_full_interval_and_keeps_its_pass_where_cfg_is_off(kind):
+    """Skip-layer guidance is its own term on the conditional prediction (an extra pass with layers skipped): the
+    full interval leaves it as it is, and a step without CFG is stock ComfyUI's cfg-1 step with it."""
+    model = skip_layer_guided(kind)
+    stock = dit_sample(model)
+    assert torch.isfinite(stock).all()
+    assert torch.equal(dit_sample(patched(model, **EVERY_STEP)), stock)
+    assert torch.equal(dit_sample(patched(model, sigma_lo=500.0, sigma_hi=900.0)), dit_sample(model, cfg=1.0))
