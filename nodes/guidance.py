@@ -10,7 +10,8 @@
   pass, runs the conditional pass and, only when needed, the unconditional one, and combines them
   with ComfyUI's own cfg_function so that pre-CFG / post-CFG patches and the CFG++ samplers keep
   working. Other PREDICT_NOISE wrappers inside ours still run: only the final stock computation is
-  replaced.
+  replaced. Under ComfyUI's guiders that combine their passes their own way (PerpNeg, DualCFG,
+  DualModel), a guided evaluation is the guider's own and an unguided one the positive pass alone.
 
 The nodes that use it (a method's node pair) are nodes/method_nodes.py.
 """
@@ -36,7 +37,6 @@ from .rehearsal import rehearse_steps, sampler_function_name
 from .reports import report
 
 log = logging.getLogger("guidance_schedules")
-
 
 WRAPPER_KEY = "guidance_schedules"
 RUN_KEY = "guidance_schedules_run"  # model_options entry holding the current run's state
