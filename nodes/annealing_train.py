@@ -11,6 +11,7 @@ ComfyUI's schedulers, the node's inputs and file, the progress bar and interrupt
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import logging
 import math
@@ -210,7 +211,8 @@ def model_fingerprint(model) -> str:
     sample = [state[k].flatten()[:4096] for k in keys[::max(1, len(keys) // 16)]]
     patches = sorted((k, float(p[0]), float(p[2])) for k, entries in getattr(model, "patches", {}).items()
                      for p in entries if len(p) > 2 and isinstance(p[0], (int, float)) and isinstance(p[2], (int, float)))
-    return tensor_fingerprint(sample) + ":" + tensor_fingerprint([torch.tensor([hash(repr(patches)) % 2 ** 31])])
+    # a digest, not hash(): Python salts str hashes per process, and a resume comes in another process
+    return tensor_fingerprint(sample) + ":" + hashlib.sha256(repr(patches).encode()).hexdigest()[:16]
 
 
 class AnnealingGuidanceTrain:

@@ -26,6 +26,7 @@ draws, a state that resumes exactly); nodes/annealing_train.py runs it inside Co
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -188,13 +189,14 @@ class TrainingSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
                 raise ValueError(f"{name} must be a whole number from 1 to {most}, got {value!r}")
-        positive = {"learning_rate": (0.0, 1.0), "delta_normalization": (0.0, 1000.0), "gradient_clip": (0.0, math.inf)}
-        for name, (low, high) in {**positive, "weight_decay": (0.0, 1.0)}.items():
+        # (lowest, whether the lowest itself is allowed, highest)
+        numbers = {"learning_rate": (0.0, False, 1.0), "weight_decay": (0.0, True, 1.0),
+                   "delta_normalization": (0.0, False, 1000.0), "gradient_clip": (0.0, False, math.inf)}
+        for name, (low, low_allowed, high) in numbers.items():
             value = getattr(self, name)
-            low_ok = value > low if name in positive else value >= low
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or not low_ok or value > high:
-                relation = ">" if name in positive else ">="
+            number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            if not number or value < low or (value == low and not low_allowed) or value > high:
+                relation = ">=" if low_allowed else ">"
                 raise ValueError(f"{name} must be a finite number {relation} {low:g} and at most {high:g}, got {value!r}")
 
     @property
@@ -366,7 +368,6 @@ class Trainer:
 def tensor_fingerprint(tensors) -> str:
     """A short digest of tensors' shapes and values (the conditioning a training ran on, a sample of a model's
     weights), recorded with a training so that a resume on other ones is refused."""
-    import hashlib
     digest = hashlib.sha256()
     for t in tensors:
         t = t.detach().to("cpu", torch.float32).contiguous()

@@ -204,3 +204,27 @@ def test_a_calibration_keeps_its_fit_when_a_file_takes_its_name_meanwhile(monkey
                                             {"samples": torch.zeros(1, 4, 8, 8)}, 1, 0, "taken")
     assert (folder / "taken.safetensors").read_bytes() == b"a user's calibration"
     assert (folder / "taken_2.safetensors").is_file() and "taken.safetensors appeared meanwhile" in out["ui"]["text"][0]
+
+
+def test_a_resume_in_another_process_recognises_the_same_model():
+    """A resume comes after a restart or a kill, in another process: the model's fingerprint (a LoRA-like weight
+    patch on it included) must not depend on the process, such as Python's per-process salt of str hashes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    tests = Path(__file__).resolve().parents[1]
+    script = (f"import sys; sys.path[:0] = [{str(tests.parent)!r}, {str(tests)!r}]\n"
+              "import host_support; host_support.require_comfyui()\n"
+              "import torch, tiny_models\n"
+              "from guidance_schedules.nodes.annealing_train import model_fingerprint\n"
+              "model = tiny_models.build_model('eps')\n"
+              "model.add_patches({'diffusion_model.mix': (torch.ones(8, 4),)}, 0.5)\n"
+              "print(model_fingerprint(model))\n")
+    prints = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip().splitlines()[-1:]
+              for seed in ("1", "2")]
+    assert prints[0] and prints[0] == prints[1], prints
+    model = tiny_models.build_model("eps")
+    model.add_patches({"diffusion_model.mix": (torch.ones(8, 4),)}, 0.5)
+    assert prints[0] == [annealing_train.model_fingerprint(model)]  # and the same as in this process
