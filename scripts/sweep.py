@@ -31,12 +31,14 @@ import json
 import sys
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 SEED_INPUTS = ("seed", "noise_seed")
 RUNS_ROUTE = "/guidance_schedules/runs"
+DEFAULT_SERVER = "http://127.0.0.1:8188"
 
 
 class UsageError(Exception):
@@ -111,8 +113,11 @@ class Run:
     seed: int
     key: str  # stable: the same settings and seed in a later sweep are the same run
     prompt: dict
-    status: str = "missing"  # missing, queued, success, error
-    prompt_id: str = ""
+    # missing (not run), waiting (for a server), queued (on `server`), success, error
+    status: str = "missing"
+    prompt_id: str = ""  # on `server`
+    server: str = ""  # the server's URL, once queued
+    queued_at: float | None = None  # when the sweep queued it (Unix time)
     seconds: float | None = None
     images: list = field(default_factory=list)
     records: list = field(default_factory=list)
@@ -148,10 +153,21 @@ def load_previous(out: Path) -> dict:
     return {r["key"]: r for r in json.loads(path.read_text()).get("runs", [])}
 
 
+def keep_previous(runs: list[Run], previous: dict) -> None:
+    """The runs that succeeded in an earlier sweep into the same folder, as they were (whichever server ran them)."""
+    for run in runs:
+        kept = previous.get(run.key)
+        if kept and kept["status"] == "success":
+            run.status, run.prompt_id, run.seconds = "success", kept["prompt_id"], kept["seconds"]
+            run.server, run.queued_at = kept.get("server", ""), kept.get("queued_at")
+            run.images, run.records = kept["images"], kept["records"]
+
+
 def save(out: Path, axes: list[Axis], runs: list[Run]) -> None:
     """runs.json and runs.csv, written whole after every finished run (a new file, then renamed)."""
-    rows = [{"key": r.key, "prompt_id": r.prompt_id, "status": r.status, "seed": r.seed,
-             "settings": dict(zip([a.key for a in axes], r.settings)), "seconds": r.seconds,
+    rows = [{"key": r.key, "prompt_id": r.prompt_id, "status": r.status if r.status in ("success", "error") else "missing",
+             "server": r.server if r.status in ("success", "error") else "", "seed": r.seed,
+             "settings": dict(zip([a.key for a in axes], r.settings)), "queued_at": r.queued_at, "seconds": r.seconds,
              "evaluations": evaluations(r)[0], "uncond_evaluations": evaluations(r)[1], "images": r.images,
              "message": r.message, "records": r.records} for r in runs]
     tmp = out / "runs.json.tmp"
@@ -160,10 +176,10 @@ def save(out: Path, axes: list[Axis], runs: list[Run]) -> None:
     tmp = out / "runs.csv.tmp"
     with tmp.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["prompt_id", "status", "seed", *[a.key for a in axes], "seconds", "evaluations",
+        writer.writerow(["prompt_id", "status", "server", "seed", *[a.key for a in axes], "seconds", "evaluations",
                          "uncond_evaluations", "images", "message"])
         for row in rows:
-            writer.writerow([row["prompt_id"], row["status"], row["seed"], *row["settings"].values(),
+            writer.writerow([row["prompt_id"], row["status"], row["server"], row["seed"], *row["settings"].values(),
                              "" if row["seconds"] is None else f"{row['seconds']:.3f}",
                              "" if row["evaluations"] is None else row["evaluations"],
                              "" if row["uncond_evaluations"] is None else row["uncond_evaluations"],
@@ -179,37 +195,96 @@ def evaluations(run: Run) -> tuple[int | None, int | None]:
     return sum(r["evaluations"] for r in run.records), sum(r["uncond_evaluations"] for r in run.records)
 
 
-# --- the server ------------------------------------------------------------------------------------
+# --- a server --------------------------------------------------------------------------------------
+
+class ServerGone(Exception):
+    """The server did not answer, or not as a ComfyUI server does (a proxy's error page)."""
+
 
 class Server:
+    """One ComfyUI server as the sweep sees it: its standard HTTP API, and the sweep's runs it holds."""
+
     def __init__(self, session, url: str, client_id: str):
-        self.session, self.url, self.client_id = session, url.rstrip("/"), client_id
+        self.session, self.url, self.client_id = session, url, client_id
+        self.holding: dict[str, Run] = {}  # prompt id -> run: queued there and not yet finished
+        self.sending = 0  # runs on their way to it (a POST under way)
+        self.released: dict[str, Run] = {}  # runs it held when it stopped answering, given to the others since
+        self.answering = False
+        self.down_since: float | None = None
+        self.running: Run | None = None
+        self.step = (0, 0)
+        self.finished = 0
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}"
+
+    async def request(self, method: str, path: str, **kwargs):
+        """The JSON answer; ServerGone where the server does not answer, or answers with an error."""
+        import aiohttp
+        try:
+            async with self.session.request(method, self.url + path, **kwargs) as r:
+                if r.status >= 400:
+                    raise ServerGone(f"HTTP {r.status} for {path}")
+                return await r.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
+            raise ServerGone(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from e
 
     async def get_json(self, path: str, **query):
-        async with self.session.get(self.url + path + (("?" + urlencode(query)) if query else "")) as r:
-            if r.status == 404 and path == RUNS_ROUTE:
-                return []  # a server without this pack
-            r.raise_for_status()
-            return await r.json()
+        return await self.request("GET", path + (("?" + urlencode(query)) if query else ""))
+
+    async def records(self, prompt_id: str) -> list:
+        """The pack's run records of a prompt; [] from a server without the pack."""
+        try:
+            return await self.get_json(RUNS_ROUTE, prompt_id=prompt_id)
+        except ServerGone as e:
+            if "HTTP 404" in str(e):
+                return []
+            raise
 
     async def queue(self, prompt: dict) -> tuple[str | None, str]:
-        """(prompt id, "") or (None, the server's reason for refusing it)."""
-        async with self.session.post(self.url + "/prompt", json={"prompt": prompt, "client_id": self.client_id}) as r:
-            body = await r.json(content_type=None)
-            if r.status == 200:
-                return body["prompt_id"], ""
-            return None, refusal(body)
+        """(prompt id, "") or (None, the server's reason for refusing the prompt)."""
+        import aiohttp
+        try:
+            async with self.session.post(self.url + "/prompt", json={"prompt": prompt, "client_id": self.client_id}) as r:
+                if r.status == 200:
+                    return (await r.json(content_type=None))["prompt_id"], ""
+                if r.status == 400:  # ComfyUI's answer to a prompt it refuses
+                    return None, refusal(await r.json(content_type=None))
+                raise ServerGone(f"HTTP {r.status} for /prompt")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, KeyError) as e:
+            raise ServerGone(f"{type(e).__name__}: {e}") from e
+
+    async def queue_ids(self) -> tuple[set, set]:
+        """The ids of the prompts it is running and of those waiting in its queue."""
+        queue = await self.get_json("/queue")
+        return ({item[1] for item in queue.get("queue_running", [])},
+                {item[1] for item in queue.get("queue_pending", [])})
+
+    async def history(self, prompt_id: str) -> dict:
+        """The prompt's history entry once it has finished, else {}."""
+        entry = (await self.get_json(f"/history/{prompt_id}")).get(prompt_id, {})
+        return entry if entry.get("status", {}).get("completed") is not None else {}
 
     async def download(self, image: dict, path: Path) -> None:
+        import aiohttp
         query = {"filename": image["filename"], "subfolder": image.get("subfolder", ""), "type": image.get("type", "output")}
-        async with self.session.get(self.url + "/view?" + urlencode(query)) as r:
-            r.raise_for_status()
-            path.write_bytes(await r.read())
+        try:
+            async with self.session.get(self.url + "/view?" + urlencode(query)) as r:
+                if r.status != 200:
+                    raise ServerGone(f"HTTP {r.status} for /view")
+                path.write_bytes(await r.read())
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise ServerGone(f"{type(e).__name__}: {e}") from e
 
-    async def unqueue(self, prompt_ids: list[str]) -> None:
-        if prompt_ids:
-            async with self.session.post(self.url + "/queue", json={"delete": prompt_ids}):
-                pass
+    async def withdraw(self, prompt_ids) -> None:
+        """Take the sweep's prompts off the server: out of its queue, and the one running interrupted (by
+        its id: ComfyUI interrupts a named prompt only while that prompt runs)."""
+        running, pending = await self.queue_ids()
+        if pending & set(prompt_ids):
+            await self.request("POST", "/queue", json={"delete": sorted(pending & set(prompt_ids))})
+        for prompt_id in running & set(prompt_ids):
+            await self.request("POST", "/interrupt", json={"prompt_id": prompt_id})
 
 
 def refusal(body: dict) -> str:
@@ -230,81 +305,336 @@ def seconds_of(history: dict) -> float | None:
 
 
 async def finish(server: Server, run: Run, out: Path) -> None:
-    """Fill a finished run from the server: status, message, seconds, images, the pack's records."""
+    """Fill a finished run from the server that ran it: status, message, seconds, images, the pack's records."""
     for _ in range(50):  # the history is normally there already; a server behind a proxy may lag
-        history = (await server.get_json(f"/history/{run.prompt_id}")).get(run.prompt_id, {})
-        if history.get("status", {}).get("completed") is not None:
+        history = await server.history(run.prompt_id)
+        if history:
             break
         await asyncio.sleep(0.1)
     status = history.get("status", {})
-    run.status = "success" if status.get("status_str") == "success" else "error"
-    errors = [m[1] for m in status.get("messages", []) if m[0] in ("execution_error", "execution_interrupted")]
-    run.message = "; ".join(f"node {e.get('node_id')} ({e.get('node_type')}): {e.get('exception_message', 'interrupted')}"
-                            for e in errors) or ("" if run.status == "success" else "the server recorded no result")
-    run.seconds = seconds_of(history)
-    run.images = []
+    images = []
     for nid, output in history.get("outputs", {}).items():
         for k, image in enumerate(output.get("images", [])):
             if image.get("type", "output") != "output":
                 continue  # previews are temporary
             name = f"{run.key}_{nid}_{k}{Path(image['filename']).suffix or '.png'}"
             await server.download(image, out / "images" / name)
-            run.images.append(f"images/{name}")
-    run.records = await server.get_json(RUNS_ROUTE, prompt_id=run.prompt_id)
+            images.append(f"images/{name}")
+    records = await server.records(run.prompt_id)
+    errors = [m[1] for m in status.get("messages", []) if m[0] in ("execution_error", "execution_interrupted")]
+    run.status = "success" if status.get("status_str") == "success" else "error"
+    run.message = "; ".join(f"node {e.get('node_id')} ({e.get('node_type')}): {e.get('exception_message', 'interrupted')}"
+                            for e in errors) or ("" if run.status == "success" else "the server recorded no result")
+    run.seconds, run.images, run.records = seconds_of(history), images, records
 
 
-async def sweep(args, axes: list[Axis], runs: list[Run], out: Path) -> None:
-    import aiohttp
-    from tqdm import tqdm
-    client_id = uuid.uuid4().hex
-    todo = [r for r in runs if r.status != "success"]
-    done_bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="runs", position=0, unit="run")
-    step_bar = tqdm(total=0, desc="steps", position=1, leave=False, unit="step")
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=30)) as session:
-        server = Server(session, args.server, client_id)
-        ws_url = server.url.replace("http", "ws", 1) + f"/ws?clientId={client_id}"
-        async with session.ws_connect(ws_url, heartbeat=30) as ws:
-            pending: dict[str, Run] = {}
+# --- the servers' check ----------------------------------------------------------------------------
+
+def combo_choices(spec) -> list | None:
+    """The choices of a combo input as /object_info describes it, in either of ComfyUI's forms
+    ([[choices], {...}] or ["COMBO", {"options": [choices]}]); None for any other input."""
+    if not isinstance(spec, list) or not spec:
+        return None
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if isinstance(spec[0], list):
+        choices = spec[0]
+    elif spec[0] == "COMBO" and "remote" not in options:
+        choices = options.get("options", [])
+    else:
+        return None
+    return choices if all(isinstance(c, (str, int, float)) for c in choices) else None
+
+
+def lacking(node_info: dict, runs: list[Run]) -> list[str]:
+    """What one server lacks to run the grid: node types it does not have, and the values the runs give to
+    a list input (a checkpoint's, a LoRA's, a sampler's name) that are not among its choices."""
+    missing, seen = [], set()
+    for run in runs:
+        for nid, node in run.prompt.items():
+            info = node_info.get(node["class_type"])
+            if not info:
+                if node["class_type"] not in seen:
+                    missing.append(f"node type {node['class_type']} (node {nid}): install the same custom nodes there")
+                    seen.add(node["class_type"])
+                continue
+            specs = {**info.get("input", {}).get("required", {}), **info.get("input", {}).get("optional", {})}
+            for name, value in node.get("inputs", {}).items():
+                choices = combo_choices(specs.get(name))
+                if choices is None or isinstance(value, list) or value in choices or (nid, name, value) in seen:
+                    continue
+                seen.add((nid, name, value))
+                missing.append(f"{name} {value!r} (node {nid}, {node['class_type']}): "
+                               + (f"it has {len(choices)} others" if choices else "it has none"))
+    return missing
+
+
+async def check_servers(servers: list[Server], runs: list[Run]) -> list[str]:
+    """Every server answers and has what the runs use; one line per problem, naming the server."""
+    classes = sorted({node["class_type"] for run in runs for node in run.prompt.values()})
+
+    async def check(server: Server) -> list[str]:
+        try:
+            infos = await asyncio.gather(*(server.get_json(f"/object_info/{c}") for c in classes))
+        except ServerGone as e:
+            return [f"{server.url} does not answer ({e})"]
+        return [f"{server.url} has no {what}" for what in lacking({k: v for i in infos for k, v in i.items()}, runs)]
+
+    return [line for lines in await asyncio.gather(*(check(s) for s in servers)) for line in lines]
+
+
+# --- the dispatch ----------------------------------------------------------------------------------
+
+class Dispatch:
+    """Hands the runs to the servers a few at a time each (`depth`: the one running and the next ready), so
+    that a server never waits for the sweep and a slow one holds no run that a free one could take.
+
+    A server that stops answering keeps its runs for `grace` seconds (a short glitch costs nothing); then
+    they go back to the front of the waiting line, for the others. Whenever a server answers (again), what
+    it holds is checked against its own queue and history: finished runs are collected, runs it lost (a
+    restart) wait again, and runs it was relieved of are taken back if no other server has them yet, or
+    else taken off its queue. A run is therefore run twice only when a server that had it running came
+    back after the others had started it."""
+
+    def __init__(self, servers: list[Server], runs: list[Run], out: Path, axes: list[Axis], *, depth: int,
+                 grace: float, patience: float, progress):
+        self.servers, self.runs, self.out, self.axes = servers, runs, out, axes
+        self.depth, self.grace, self.patience, self.progress = depth, grace, patience, progress
+        self.waiting: deque[Run] = deque()
+        for run in runs:
+            if run.status != "success":
+                run.status, run.server, run.prompt_id = "waiting", "", ""
+                self.waiting.append(run)
+        self.done = asyncio.Event()
+        self.gave_up = ""
+        self.nobody_since: float | None = None
+        self.chores: set = set()
+
+    def unfinished(self) -> bool:
+        return bool(self.waiting) or any(s.holding or s.sending for s in self.servers)
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(self.serve(server)) for server in self.servers]
+        try:
+            if self.unfinished():
+                await self.done.wait()
+        finally:
+            for task in [*tasks, *self.chores]:
+                task.cancel()
+            await asyncio.gather(*tasks, *self.chores, return_exceptions=True)
+
+    async def withdraw_all(self) -> None:
+        """Ctrl-C: every server that answers loses the sweep's prompts (a few seconds at most each)."""
+        async def withdraw(server):
             try:
-                for run in todo:
-                    prompt_id, reason = await server.queue(run.prompt)
-                    if prompt_id is None:
-                        run.status, run.message, run.prompt_id = "error", reason, ""
-                        done_bar.update(1)
-                        save(out, axes, runs)
-                    else:
-                        run.status, run.prompt_id, run.message = "queued", prompt_id, ""
-                        pending[prompt_id] = run
-                while pending:
-                    message = await ws.receive()
-                    if message.type != aiohttp.WSMsgType.TEXT:
-                        if message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                            raise ConnectionError("the server closed the websocket")
-                        continue  # binary previews
-                    event = json.loads(message.data)
-                    data = event.get("data", {})
-                    run = pending.get(data.get("prompt_id"))
-                    if run is None:
-                        continue
-                    if event["type"] == "progress":
-                        step_bar.reset(total=data.get("max", 0))
-                        step_bar.update(data.get("value", 0))
-                    # "executing" with no node comes once the server has stored the prompt's history
-                    # (execution_success and execution_error come before that)
-                    if event["type"] == "executing" and data.get("node") is None:
-                        await finish(server, run, out)
-                        del pending[run.prompt_id]
-                        done_bar.update(1)
-                        save(out, axes, runs)
-            except (KeyboardInterrupt, asyncio.CancelledError):
-                await server.unqueue(list(pending))
+                await asyncio.wait_for(server.withdraw(list(server.holding)), 10)
+            except (ServerGone, asyncio.TimeoutError):
+                pass
+        await asyncio.gather(*(withdraw(s) for s in self.servers if s.holding))
+
+    # one task per server: connect, catch up, fill, follow; when it stops answering, retry every second
+    async def serve(self, server: Server) -> None:
+        import aiohttp
+        while True:
+            try:
+                async with server.session.ws_connect(server.ws_url, heartbeat=20) as ws:
+                    await self.catch_up(server)
+                    if server.down_since is not None:
+                        self.progress.say(f"{server.url} answers again")
+                    server.answering, server.down_since, self.nobody_since = True, None, None
+                    self.progress.show(server)
+                    await self.fill(server)
+                    await self.follow(server, ws)
+                raise ServerGone("it closed the connection")
+            except (ServerGone, aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                self.not_answering(server, e)
+            await asyncio.sleep(1.0)
+
+    def not_answering(self, server: Server, error: Exception) -> None:
+        now = time.monotonic()
+        if server.down_since is None:
+            server.down_since = now
+            self.progress.say(f"{server.url} does not answer ({error or type(error).__name__})"
+                              + (f"; its {len(server.holding)} runs go to the others in {self.grace:.0f} s if it stays away"
+                                 if server.holding else ""))
+        server.answering, server.running = False, None
+        self.progress.show(server)
+        if server.holding and now - server.down_since >= self.grace:
+            server.released.update(server.holding)
+            self.wait_again(list(server.holding.values()))
+            server.holding.clear()
+        if not any(s.answering for s in self.servers):
+            self.nobody_since = self.nobody_since or now
+            if now - self.nobody_since > self.patience:
+                self.gave_up = f"no server answered for {self.patience:.0f} s"
+                self.done.set()
+
+    def wait_again(self, runs: list[Run]) -> None:
+        """Runs back to the front of the line (in grid order), and every server that answers asked to take them."""
+        for run in reversed(runs):
+            run.status, run.server, run.prompt_id = "waiting", "", ""
+            self.waiting.appendleft(run)
+        for server in self.servers:
+            if server.answering:
+                task = asyncio.create_task(self.fill_quietly(server))
+                self.chores.add(task)
+                task.add_done_callback(self.chores.discard)
+
+    async def fill_quietly(self, server: Server) -> None:
+        try:
+            await self.fill(server)
+        except ServerGone:
+            pass  # the server's own task notices when it reads its connection, and retries
+
+    async def fill(self, server: Server) -> None:
+        """Queue waiting runs on the server until it holds `depth` of them."""
+        while server.answering and self.waiting and len(server.holding) + server.sending < self.depth:
+            run = self.waiting.popleft()
+            server.sending += 1
+            try:
+                prompt_id, reason = await server.queue(run.prompt)
+            except ServerGone:
+                self.waiting.appendleft(run)
                 raise
             finally:
-                for run in pending.values():
-                    run.status = "missing"
-                save(out, axes, runs)
-                step_bar.close()
-                done_bar.close()
+                server.sending -= 1
+            if prompt_id is None:  # refused (a value out of range): a row with the reason
+                run.status, run.server, run.message = "error", server.url, reason
+                self.finished(run)
+            else:
+                run.status, run.server, run.prompt_id, run.queued_at = "queued", server.url, prompt_id, time.time()
+                run.message = ""
+                server.holding[prompt_id] = run
+            self.progress.show(server)
+
+    async def follow(self, server: Server, ws) -> None:
+        """The server's events until it closes the connection: progress, and each run's end."""
+        import aiohttp
+        async for message in ws:
+            if message.type != aiohttp.WSMsgType.TEXT:
+                continue  # binary previews
+            event = json.loads(message.data)
+            data = event.get("data") or {}
+            run = server.holding.get(data.get("prompt_id"))
+            if run is None:
+                continue
+            if event["type"] == "executing" and data.get("node") is not None and server.running is not run:
+                server.running, server.step = run, (0, 0)
+                self.progress.show(server)
+            elif event["type"] == "progress":
+                server.step = (data.get("value", 0), data.get("max", 0))
+                self.progress.show(server, often=True)
+            # "executing" with no node comes once the server has stored the prompt's history
+            # (execution_success and execution_error come before that)
+            elif event["type"] == "executing" and data.get("node") is None:
+                await self.collect(server, data["prompt_id"])
+                await self.fill(server)
+
+    async def collect(self, server: Server, prompt_id: str) -> None:
+        run = server.holding[prompt_id]
+        await finish(server, run, self.out)  # ServerGone: it stays held, and is collected when the server answers
+        del server.holding[prompt_id]
+        server.running = None if server.running is run else server.running
+        server.finished += 1
+        self.finished(run)
+
+    def finished(self, run: Run) -> None:
+        save(self.out, self.axes, self.runs)
+        self.progress.finished(run)
+        if not self.unfinished():
+            self.done.set()
+
+    async def catch_up(self, server: Server) -> None:
+        """On (re)connecting: what happened to the runs the server held, or was relieved of, meanwhile."""
+        running, pending = await server.queue_ids()
+        for prompt_id, run in list(server.holding.items()):
+            if prompt_id in running or prompt_id in pending:
+                continue
+            if await server.history(prompt_id):
+                await self.collect(server, prompt_id)
+            else:  # lost with a restart
+                del server.holding[prompt_id]
+                self.wait_again([run])
+        released, server.released = server.released, {}
+        for prompt_id, run in released.items():
+            queued = prompt_id in running or prompt_id in pending
+            ran = not queued and run.status == "waiting" and bool(await server.history(prompt_id))
+            if run.status == "waiting" and (queued or ran):  # nobody took it meanwhile: it stays here
+                self.waiting.remove(run)
+                run.status, run.server, run.prompt_id = "queued", server.url, prompt_id
+                server.holding[prompt_id] = run
+                if ran:
+                    await self.collect(server, prompt_id)
+            elif prompt_id in pending:  # another server has it, or had it
+                await server.request("POST", "/queue", json={"delete": [prompt_id]})
+
+
+class Progress:
+    """Runs done of the total, and one line per server: what it is running, what it holds, what it did."""
+
+    def __init__(self, runs: list[Run], servers: list[Server], axes: list[Axis]):
+        from tqdm import tqdm
+        self.axes = axes
+        done = sum(r.status == "success" for r in runs)
+        self.bar = tqdm(total=len(runs), initial=done, desc="runs", unit="run", position=0)
+        self.lines = {s.url: tqdm(total=0, position=i + 1, bar_format="{desc}", leave=False)
+                      for i, s in enumerate(servers)}
+        self.shown = {}
+
+    def label(self, run: Run) -> str:
+        return ", ".join([f"{a.key}={v}" for a, v in zip(self.axes, run.settings)] + [f"seed {run.seed}"])
+
+    def show(self, server: Server, often: bool = False) -> None:
+        if often and time.monotonic() - self.shown.get(server.url, 0) < 0.2:
+            return
+        self.shown[server.url] = time.monotonic()
+        if not server.answering:
+            state = "does not answer" + (f", holds {len(server.holding)}" if server.holding else "")
+        else:
+            running = server.running
+            state = (f"running {self.label(running)}" + (f" step {server.step[0]}/{server.step[1]}" if server.step[1] else "")
+                     if running else "idle") + f"; {len(server.holding) - (running is not None)} queued, {server.finished} done"
+        self.lines[server.url].set_description_str(f"{server.url}: {state}")
+
+    def say(self, text: str) -> None:
+        self.bar.write(text, file=sys.stderr)
+
+    def finished(self, run: Run) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        for line in self.lines.values():
+            line.close()
+        self.bar.close()
+
+
+async def sweep(args, axes: list[Axis], runs: list[Run], out: Path) -> str:
+    """Check the servers, then run the grid over them; "" or why the sweep stopped early.
+    UsageError where a server lacks what the runs use (nothing queued)."""
+    import aiohttp
+    client_id = uuid.uuid4().hex
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        servers = [Server(session, url, client_id) for url in args.servers]
+        problems = await check_servers(servers, [r for r in runs if r.status != "success"])
+        if problems:
+            raise UsageError("the servers must all run what the workflow uses; nothing was queued:\n  "
+                             + "\n  ".join(problems))
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        progress = Progress(runs, servers, axes)
+        dispatch = Dispatch(servers, runs, out, axes, depth=args.depth, grace=args.grace, patience=args.patience,
+                            progress=progress)
+        try:
+            await dispatch.run()
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            await dispatch.withdraw_all()
+            raise
+        finally:
+            for run in runs:
+                if run.status in ("waiting", "queued"):
+                    run.status, run.server = "missing", ""
+            save(out, axes, runs)
+            progress.close()
+        return dispatch.gave_up
 
 
 # --- the contact sheet -----------------------------------------------------------------------------
@@ -358,19 +688,46 @@ def contact_sheet(axes: list[Axis], runs: list[Run], out: Path, cell: int = 256)
 
 # --- the command -----------------------------------------------------------------------------------
 
+def parse_servers(values: list[str]) -> list[str]:
+    servers = []
+    for value in values:
+        for url in (u.strip().rstrip("/") for u in value.split(",")):
+            if not url:
+                continue
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise UsageError(f"--server {url!r}: give the server's address as ComfyUI prints it, e.g. "
+                                 "http://127.0.0.1:8188 (or https://host/path behind a proxy)")
+            if url in servers:
+                raise UsageError(f"--server {url} is given twice")
+            servers.append(url)
+    return servers or [DEFAULT_SERVER]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  python scripts/sweep.py workflows/api/adaptive_guidance_patch_sdxl.json \\\n"
-               "      --set AdaptiveGuidancePatch.threshold=0.99,0.995,0.999 --seeds 3 --out ag_sweep")
+               "      --set AdaptiveGuidancePatch.threshold=0.99,0.995,0.999 --seeds 3 --out ag_sweep \\\n"
+               "      --server http://gpu0:8188 --server http://gpu1:8188")
     parser.add_argument("workflow", help="an API-format workflow (workflows/api/*.json, or the editor's Export (API))")
-    parser.add_argument("--server", default="http://127.0.0.1:8188", help="the ComfyUI server (default %(default)s)")
+    parser.add_argument("--server", dest="servers", action="append", default=[], metavar="URL",
+                        help=f"a ComfyUI server; repeat it (or give a comma list) to spread the grid over several, "
+                             f"each running the same models and custom nodes (default {DEFAULT_SERVER})")
     parser.add_argument("--set", dest="axes", action="append", default=[], metavar="NODE.INPUT=V1,V2,...",
                         help="an axis of the grid: a node id or title, one of its inputs, the values "
                              "(e.g. --set KSampler.cfg=5,7.5,10); repeat for more axes")
     parser.add_argument("--seeds", default="1", metavar="N|S1,S2,...",
                         help="N seeds (0..N-1) or a list; they go to every seed/noise_seed input (default 1)")
     parser.add_argument("--out", required=True, metavar="DIR", help="where runs.csv, runs.json, sheet.png and images/ go")
+    parser.add_argument("--depth", type=int, default=2, metavar="N",
+                        help="runs each server holds at once, the one running included (default %(default)s: the next "
+                             "one is ready when a run ends; more only helps servers far away)")
+    parser.add_argument("--grace", type=float, default=5.0, metavar="SECONDS",
+                        help="how long a server that stops answering keeps its runs before they go to the others "
+                             "(default %(default)s)")
+    parser.add_argument("--patience", type=float, default=120.0, metavar="SECONDS",
+                        help="how long to wait when no server answers before stopping (default %(default)s)")
     args = parser.parse_args(argv)
     try:
         workflow = json.loads(Path(args.workflow).read_text())
@@ -383,6 +740,10 @@ def main(argv=None) -> int:
         if len(set((a.node, a.input) for a in axes)) != len(axes):
             raise UsageError(f"--set: an input is given twice ({', '.join(keys)})")
         seeds = parse_seeds(args.seeds)
+        args.servers = parse_servers(args.servers)
+        for name, value, least in (("--depth", args.depth, 1), ("--grace", args.grace, 0), ("--patience", args.patience, 1)):
+            if not value >= least:
+                raise UsageError(f"{name} {value}: give {least} or more")
     except (OSError, json.JSONDecodeError) as e:
         print(f"error: {args.workflow}: {e}", file=sys.stderr)
         return 2
@@ -390,34 +751,36 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
     runs = grid(workflow, axes, seeds)
-    previous = load_previous(out)
-    for run in runs:
-        kept = previous.get(run.key)
-        if kept and kept["status"] == "success":
-            run.status, run.prompt_id, run.seconds = "success", kept["prompt_id"], kept["seconds"]
-            run.images, run.records = kept["images"], kept["records"]
+    keep_previous(runs, load_previous(out))
     todo = sum(r.status != "success" for r in runs)
     print(f"{len(runs)} runs ({' x '.join(str(len(a.values)) for a in axes) or '1'} settings x {len(seeds)} seeds); "
-          f"{len(runs) - todo} done before, {todo} to queue", file=sys.stderr)
+          f"{len(runs) - todo} done before, {todo} to queue on {len(args.servers)} "
+          f"server{'s' if len(args.servers) > 1 else ''}", file=sys.stderr)
     started = time.time()
+    stopped = ""
     try:
         if todo:
-            asyncio.run(sweep(args, axes, runs, out))
+            stopped = asyncio.run(sweep(args, axes, runs, out))
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: the finished runs are recorded; run the same command to go on", file=sys.stderr)
+        print("\ninterrupted: the sweep's prompts are off every server's queue, the finished runs recorded; "
+              "run the same command to go on", file=sys.stderr)
         contact_sheet(axes, runs, out)
         return 130
-    except (OSError, ConnectionError) as e:
-        print(f"error: {args.server}: {e}", file=sys.stderr)
-        save(out, axes, runs)
-        contact_sheet(axes, runs, out)
-        return 1
     sheet = contact_sheet(axes, runs, out)
     failed = [r for r in runs if r.status != "success"]
-    print(f"{len(runs) - len(failed)} of {len(runs)} runs succeeded in {time.time() - started:.0f} s; wrote "
+    by_server, UNNAMED = {}, "a server not recorded"
+    for r in runs:
+        if r.status == "success":
+            by_server[r.server] = by_server.get(r.server, 0) + 1
+    print(f"{len(runs) - len(failed)} of {len(runs)} runs succeeded in {time.time() - started:.0f} s "
+          f"({', '.join(f'{n} on {url or UNNAMED}' for url, n in by_server.items())}); wrote "
           f"{out / 'runs.csv'}, {out / 'runs.json'}, {sheet}", file=sys.stderr)
+    if stopped:
+        print(f"stopped early: {stopped}; run the same command to go on", file=sys.stderr)
     for r in failed:
         print(f"  {r.status}: seed {r.seed} {dict(zip(keys, r.settings))}: {r.message}", file=sys.stderr)
     return 1 if failed else 0

@@ -31,22 +31,40 @@ def cached_nodes(history: dict) -> set[str]:
 
 
 class ComfyServer:
-    def __init__(self, startup_timeout: float = 180.0):
+    """One server in its own base directory (models/, output/, custom_nodes/ with the packs named).
+
+    `wait=False` returns once the process is started, so that several servers start side by side
+    (then `wait_until_ready()`); `kill()` and `restart()` take one down and bring it back on its port."""
+
+    def __init__(self, startup_timeout: float = 180.0, *, packs=("pack", "helpers"), env=None, wait=True):
         self.base = Path(tempfile.mkdtemp(prefix="gs-comfy-"))
         custom = self.base / "custom_nodes"
         custom.mkdir()
-        (custom / "comfyui-guidance-schedules").symlink_to(PACK_ROOT, target_is_directory=True)
-        (custom / "gs_test_helpers").symlink_to(HELPER_PACK, target_is_directory=True)
+        if "pack" in packs:
+            (custom / "comfyui-guidance-schedules").symlink_to(PACK_ROOT, target_is_directory=True)
+        if "helpers" in packs:
+            (custom / "gs_test_helpers").symlink_to(HELPER_PACK, target_is_directory=True)
+        self.startup_timeout, self.env = startup_timeout, env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.base / "server.log"
-        self._log = open(self.log_path, "w")
+        self._log = None
+        self.start()
+        if wait:
+            self.wait_until_ready()
+
+    def start(self):
+        if self._log is not None:
+            self._log.close()
+        self._log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
             [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
              "--base-directory", str(self.base), "--disable-auto-launch"],
             cwd=COMFYUI_ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.time() + startup_timeout
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
+
+    def wait_until_ready(self):
+        deadline = time.time() + self.startup_timeout
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ComfyUI exited during startup:\n{self.log()}")
@@ -56,8 +74,20 @@ class ComfyServer:
             except (urllib.error.URLError, ConnectionError, OSError):
                 if time.time() > deadline:
                     self.stop()
-                    raise RuntimeError(f"ComfyUI did not start in {startup_timeout:.0f}s:\n{self.log()}")
+                    raise RuntimeError(f"ComfyUI did not start in {self.startup_timeout:.0f}s:\n{self.log()}")
                 time.sleep(0.5)
+
+    def kill(self):
+        """Gone at once, as a crashed server or a lost machine: no shutdown, its queue lost."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def restart(self):
+        """A new process on the same port and base directory (a fresh queue and history)."""
+        if self.proc.poll() is None:
+            self.kill()
+        self.start()
+        self.wait_until_ready()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
@@ -125,7 +155,9 @@ class ComfyServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._log.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
 
 if __name__ == "__main__":

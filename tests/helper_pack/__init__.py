@@ -124,5 +124,34 @@ class GSTestLatent:
         return ({"samples": samples},)
 
 
-NODE_CLASS_MAPPINGS = {"GSTestFaultyModel": GSTestFaultyModel, "GSTestLatent": GSTestLatent,"GSTestTinyModel": GSTestTinyModel, "GSTestLatentToImage": GSTestLatentToImage,
-                       "GSTestDigitsBed": GSTestDigitsBed, "GSTestDigitsSheet": GSTestDigitsSheet}
+class GSTestWait:
+    """Passes a latent on after `seconds` (times the server's GS_TEST_WAIT_FACTOR, so that a benchmark can make
+    one server slower than the others), then for as long as the file `hold_while_exists` exists: time that
+    stands in for a GPU's and costs no CPU, and a gate that a test opens and closes."""
+    CATEGORY = "_for_testing/guidance_schedules"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "wait"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",),
+                             "seconds": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 600.0}),
+                             "hold_while_exists": ("STRING", {"default": ""})}}
+
+    def wait(self, samples, seconds, hold_while_exists):
+        import os
+        import time
+        import comfy.model_management
+        until = time.monotonic() + seconds * float(os.environ.get("GS_TEST_WAIT_FACTOR", "1"))
+        give_up = time.monotonic() + 600
+        while time.monotonic() < until or (hold_while_exists and os.path.exists(hold_while_exists)
+                                           and time.monotonic() < give_up):
+            comfy.model_management.throw_exception_if_processing_interrupted()  # an interrupt ends the wait
+            time.sleep(0.02)
+        return (samples,)
+
+
+NODE_CLASS_MAPPINGS = {"GSTestFaultyModel": GSTestFaultyModel, "GSTestLatent": GSTestLatent,
+                       "GSTestTinyModel": GSTestTinyModel, "GSTestLatentToImage": GSTestLatentToImage,
+                       "GSTestDigitsBed": GSTestDigitsBed, "GSTestDigitsSheet": GSTestDigitsSheet,
+                       "GSTestWait": GSTestWait}

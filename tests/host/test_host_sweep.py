@@ -98,8 +98,9 @@ def test_a_grid_sweep_records_every_run_and_a_second_run_queues_nothing(tmp_path
         assert r["seconds"] is not None and r["seconds"] >= 0
     assert sorted({r["seed"] for r in runs}) == [0, 1]
     csv_lines = (out / "runs.csv").read_text().splitlines()
-    assert csv_lines[0] == ("prompt_id,status,seed,Interval.sigma_hi,4.cfg,seconds,evaluations,uncond_evaluations,"
-                            "images,message")
+    assert csv_lines[0] == ("prompt_id,status,server,seed,Interval.sigma_hi,4.cfg,seconds,evaluations,"
+                            "uncond_evaluations,images,message")
+    assert all(r["server"] == server.url for r in runs)
     assert len(csv_lines) == 9
     from PIL import Image
     with Image.open(out / "sheet.png") as sheet:
@@ -112,16 +113,23 @@ def test_a_grid_sweep_records_every_run_and_a_second_run_queues_nothing(tmp_path
     assert [r["prompt_id"] for r in read_runs(out)] == [r["prompt_id"] for r in runs]
 
 
-def test_a_bad_value_is_one_error_row_and_the_others_succeed(tmp_path, server):
+def test_a_value_the_server_refuses_is_one_error_row_and_the_others_succeed(tmp_path, server):
     out = tmp_path / "out"
-    done = sweep(tmp_path, server, "--set", "KSampler.sampler_name=euler,no_such_sampler", "--set", "4.cfg=5,-3",
-                 "--out", str(out))
+    done = sweep(tmp_path, server, "--set", "4.cfg=5,-3", "--out", str(out))
     assert done.returncode == 1
-    runs = {(r["settings"]["KSampler.sampler_name"], r["settings"]["4.cfg"]): r for r in read_runs(out)}
-    assert runs[("euler", 5)]["status"] == "success"
-    assert runs[("no_such_sampler", 5)]["status"] == "error" and "sampler_name" in runs[("no_such_sampler", 5)]["message"]
-    assert runs[("euler", -3)]["status"] == "error"  # refused by the server's range check of cfg
+    runs = {r["settings"]["4.cfg"]: r for r in read_runs(out)}
+    assert runs[5]["status"] == "success"
+    assert runs[-3]["status"] == "error" and "cfg" in runs[-3]["message"]  # refused by the server's range check
+    assert runs[-3]["server"] == server.url
     assert "error" in (out / "runs.csv").read_text()
+
+
+def test_a_choice_the_server_does_not_have_is_refused_before_anything_is_queued(tmp_path, server):
+    out = tmp_path / "out"
+    done = sweep(tmp_path, server, "--set", "KSampler.sampler_name=euler,no_such_sampler", "--out", str(out))
+    assert done.returncode == 2
+    assert f"{server.url} has no sampler_name 'no_such_sampler' (node 4, KSampler)" in done.stderr
+    assert not (out / "runs.json").exists()
 
 
 def test_an_interrupted_sweep_keeps_its_finished_runs_and_resumes(tmp_path, server):

@@ -1,0 +1,315 @@
+"""scripts/sweep.py over several real ComfyUI servers (loopback ports, the tiny test model): one grid spread
+over three, one server killed and brought back mid-sweep, Ctrl-C and a resume on another set of servers,
+servers that lack a node or a checkpoint refused by name.
+
+What ran where is read from each server's own history (the prompts it executed, with their inputs), not
+from the sweep's records; the model evaluations of a run from the pack's records on the server that ran it.
+"""
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import comfy.samplers
+import tiny_models
+from comfy_server import ComfyServer
+
+SWEEP = Path(__file__).resolve().parents[2] / "scripts" / "sweep.py"
+STEPS = 8
+CFGS = (1, 3, 5)
+SEEDS = 2
+
+
+@pytest.fixture(scope="module")
+def servers():
+    """A, B and C with the pack and the test helpers; D with the pack alone. Started side by side."""
+    started = [ComfyServer(wait=False) for _ in range(3)] + [ComfyServer(packs=("pack",), wait=False)]
+    try:
+        for server in started:
+            server.wait_until_ready()
+        yield started
+    finally:
+        for server in started:
+            server.stop()
+
+
+def karras_grid():
+    """The grid the servers' KSampler samples the tiny EPS model on (written out from ComfyUI, not the pack)."""
+    ms = tiny_models.build_model("eps").get_model_object("model_sampling")
+    return [float(s) for s in comfy.samplers.calculate_sigmas(ms, "karras", STEPS)]
+
+
+def between(a, b):
+    return math.sqrt(a * b)
+
+
+def sigma_his():
+    s = karras_grid()
+    return between(s[1], s[2]), between(s[3], s[4])
+
+
+def workflow(prefix, wait=0.0, gate=""):
+    """Tiny model -> interval patch -> KSampler -> a wait (standing in for a GPU's time; held while `gate`
+    exists) -> a small picture -> SaveImage with a prefix of the test's own."""
+    s = karras_grid()
+    return {
+        "1": {"class_type": "GSTestTinyModel", "inputs": {"model_type": "eps"}},
+        "2": {"class_type": "GuidanceIntervalPatch", "inputs": {
+            "model": ["1", 0], "sigma_hi": sigma_his()[0], "sigma_lo": between(s[5], s[6])},
+            "_meta": {"title": "Interval"}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "4": {"class_type": "KSampler", "inputs": {
+            "model": ["2", 0], "seed": 0, "steps": STEPS, "cfg": 5.0, "sampler_name": "euler", "scheduler": "karras",
+            "positive": ["1", 1], "negative": ["1", 2], "latent_image": ["3", 0], "denoise": 1.0}},
+        "5": {"class_type": "GSTestWait", "inputs": {"samples": ["4", 0], "seconds": wait, "hold_while_exists": gate}},
+        "6": {"class_type": "GSTestLatentToImage", "inputs": {"samples": ["5", 0]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
+    }
+
+
+def grid(seeds=SEEDS):
+    """The 2 x 3 x 2-seed grid: (sigma_hi, cfg, seed) of every run."""
+    return Counter((hi, cfg, seed) for hi in sigma_his() for cfg in CFGS for seed in range(seeds))
+
+
+def sweep_command(tmp_path, servers, out, flow, *extra, seeds=SEEDS):
+    workflow_file = tmp_path / f"{out.name}.json"
+    workflow_file.write_text(json.dumps(flow))
+    his = sigma_his()
+    return [sys.executable, str(SWEEP), str(workflow_file), *[a for s in servers for a in ("--server", s.url)],
+            "--set", f"Interval.sigma_hi={his[0]!r},{his[1]!r}", "--set", f"4.cfg={','.join(map(str, CFGS))}",
+            "--seeds", str(seeds), "--out", str(out), *extra]
+
+
+def read_runs(out):
+    path = out / "runs.json"
+    return json.loads(path.read_text())["runs"] if path.is_file() else []
+
+
+def executed(server, prefix):
+    """{prompt id: (sigma_hi, cfg, seed)} of the prompts with this SaveImage prefix the server has executed to
+    the end, from its own history."""
+    found = {}
+    for prompt_id, entry in server.get("/history?max_items=10000").items():
+        prompt = entry["prompt"][2]
+        if prompt["7"]["inputs"]["filename_prefix"] == prefix and entry["status"].get("status_str") == "success":
+            found[prompt_id] = (prompt["2"]["inputs"]["sigma_hi"], prompt["4"]["inputs"]["cfg"], prompt["4"]["inputs"]["seed"])
+    return found
+
+
+def ours(server, prefix):
+    """(running, pending) prompt ids with this prefix in the server's queue."""
+    queue = server.get("/queue")
+    return tuple([item[1] for item in queue[part] if item[2]["7"]["inputs"]["filename_prefix"] == prefix]
+                 for part in ("queue_running", "queue_pending"))
+
+
+def wait_for(condition, what, timeout=240.0):
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def expected_evaluations(sigma_hi, cfg):
+    """euler: one evaluation a step; the unconditional pass on the steps inside the interval, none at cfg 1
+    (ComfyUI's shortcut)."""
+    s = karras_grid()
+    guided = sum(between(s[5], s[6]) < s[i] <= sigma_hi for i in range(STEPS))
+    return STEPS, 0 if cfg == 1 else guided
+
+
+def test_a_grid_spreads_over_three_servers_each_run_once(tmp_path, servers):
+    a, b, c, _ = servers
+    out = tmp_path / "spread"
+    done = subprocess.run(sweep_command(tmp_path, [a, b, c], out, workflow("gs_spread", wait=0.3)),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = read_runs(out)
+    assert len(rows) == 12 and all(r["status"] == "success" for r in rows)
+    ran = {s.url: executed(s, "gs_spread") for s in (a, b, c)}
+    assert Counter(v for by_id in ran.values() for v in by_id.values()) == grid()  # every run once, over all three
+    assert all(ran.values()), {url: len(by_id) for url, by_id in ran.items()}  # each server ran some
+    by_url = {s.url: s for s in (a, b, c)}
+    for row in rows:
+        settings = (row["settings"]["Interval.sigma_hi"], row["settings"]["4.cfg"], row["seed"])
+        assert ran[row["server"]][row["prompt_id"]] == settings  # the row names the server that ran it
+        assert (row["evaluations"], row["uncond_evaluations"]) == expected_evaluations(*settings[:2])
+        history = by_url[row["server"]].get(f"/history/{row['prompt_id']}")[row["prompt_id"]]
+        saved = [item for output in history["outputs"].values() for item in output.get("images", [])]
+        assert len(row["images"]) == len(saved) == 1
+        assert (out / row["images"][0]).read_bytes() == by_url[row["server"]].output_path(saved[0]).read_bytes()
+    header = (out / "runs.csv").read_text().splitlines()[0]
+    assert header.startswith("prompt_id,status,server,seed,Interval.sigma_hi,4.cfg,")
+    assert "12 of 12 runs succeeded" in done.stderr
+
+
+def settings_of(row):
+    return row["settings"]["Interval.sigma_hi"], row["settings"]["4.cfg"], row["seed"]
+
+
+def held(server, prefix):
+    """(sigma_hi, cfg, seed) of the runs with this prefix that the server holds: running or in its queue."""
+    queue = server.get("/queue")
+    return Counter((item[2]["2"]["inputs"]["sigma_hi"], item[2]["4"]["inputs"]["cfg"], item[2]["4"]["inputs"]["seed"])
+                   for part in ("queue_running", "queue_pending") for item in queue[part]
+                   if item[2]["7"]["inputs"]["filename_prefix"] == prefix)
+
+
+def test_a_server_killed_mid_sweep_its_runs_finish_elsewhere_and_it_is_used_again_once_back(tmp_path, servers):
+    a, b, c, _ = servers
+    out, gate, seeds = tmp_path / "kill", tmp_path / "gate", 4
+    sweep = subprocess.Popen(sweep_command(tmp_path, [a, b, c], out, workflow("gs_kill", wait=1.0, gate=str(gate)),
+                                           "--grace", "2", seeds=seeds),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(r["server"] == b.url and r["status"] == "success" for r in read_runs(out)),
+                 "a run finished on B")
+        on_b = held(b, "gs_kill")
+        b.kill()
+        finished_on_b = Counter(settings_of(r) for r in read_runs(out) if r["server"] == b.url)
+        lost = on_b - finished_on_b  # what B held and had not finished (one may have finished meanwhile)
+        assert lost
+        wait_for(lambda: lost <= Counter(settings_of(r) for r in read_runs(out) if r["server"] in (a.url, c.url)),
+                 "B's runs finishing on A and C")
+        gate.touch()  # A and C hold on to what they run now, so that runs are still waiting once B is back
+        b.restart()  # a fresh process on the same port: an empty queue and history
+        wait_for(lambda: held(b, "gs_kill"), "the sweep queueing on B again")
+        gate.unlink()
+        _, stderr = sweep.communicate(timeout=300)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+        gate.unlink(missing_ok=True)
+    assert sweep.returncode == 0, stderr
+    rows = read_runs(out)
+    assert len(rows) == 12 * seeds // SEEDS and all(r["status"] == "success" for r in rows)
+    assert f"{b.url} does not answer" in stderr and f"{b.url} answers again" in stderr
+    ran = {s.url: executed(s, "gs_kill") for s in (a, c)}
+    ran[b.url] = executed(b, "gs_kill")  # by the restarted B
+    assert ran[b.url]  # used again
+    before_kill = [r for r in rows if r["server"] == b.url and r["prompt_id"] not in ran[b.url]]
+    assert before_kill  # finished on B before it went away, and kept
+    every = Counter([settings_of(r) for r in before_kill] + [v for by_id in ran.values() for v in by_id.values()])
+    assert every == grid(seeds)  # nothing lost, nothing run twice
+    for row in rows:
+        if row not in before_kill:
+            assert ran[row["server"]][row["prompt_id"]] == settings_of(row)
+        assert (row["evaluations"], row["uncond_evaluations"]) == expected_evaluations(*settings_of(row)[:2])
+
+
+def test_a_server_that_restarts_and_loses_its_queue_gets_those_runs_again(tmp_path, servers):
+    """Back before its grace is over: the runs it held are not in its new queue nor its history, so they are
+    queued again; it takes them itself, as the first in line (the others are full, held by the gate)."""
+    a, b, c, _ = servers
+    out, gate = tmp_path / "restart", tmp_path / "gate"
+    gate.touch()
+    sweep = subprocess.Popen(sweep_command(tmp_path, [a, b, c], out, workflow("gs_restart", gate=str(gate)),
+                                           "--grace", "300"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: all(tuple(map(len, ours(s, "gs_restart"))) == (1, 1) for s in (a, b, c)), "every server full")
+        lost = held(b, "gs_restart")
+        b.kill()
+        b.restart()
+        wait_for(lambda: sum(held(b, "gs_restart").values()) == 2, "the sweep queueing on B again")
+        assert held(b, "gs_restart") == lost
+        gate.unlink()
+        _, stderr = sweep.communicate(timeout=300)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+        gate.unlink(missing_ok=True)
+    assert sweep.returncode == 0, stderr
+    ran = {s.url: executed(s, "gs_restart") for s in (a, b, c)}
+    assert Counter(v for by_id in ran.values() for v in by_id.values()) == grid()
+    assert all(ran[r["server"]][r["prompt_id"]] == settings_of(r) for r in read_runs(out))
+
+
+def test_ctrl_c_takes_the_sweep_off_every_server_and_a_resume_on_other_servers_queues_only_the_rest(tmp_path, servers):
+    a, b, c, _ = servers
+    out, gate = tmp_path / "resume", tmp_path / "gate"
+    first = sweep_command(tmp_path, [a, b], out, workflow("gs_resume", wait=0.3, gate=str(gate)))
+    sweep = subprocess.Popen(first, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: sum(r["status"] == "success" for r in read_runs(out)) >= 2, "two runs finished")
+        gate.touch()
+        # each server holds two runs of the sweep: one running (held by the gate), one waiting in its queue
+        wait_for(lambda: all(tuple(map(len, ours(s, "gs_resume"))) == (1, 1) for s in (a, b)), "A and B full")
+        sweep.send_signal(signal.SIGINT)
+        _, stderr = sweep.communicate(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 130, stderr
+    # nothing of the sweep stays on either server: the queued runs removed, the running ones interrupted
+    wait_for(lambda: all(ours(s, "gs_resume") == ([], []) for s in (a, b)), "A and B empty", timeout=30)
+    gate.unlink()
+    kept = {r["key"]: r for r in read_runs(out) if r["status"] == "success"}
+    assert 2 <= len(kept) < 12
+    assert {r["server"] for r in kept.values()} <= {a.url, b.url}
+    before = {s.url: executed(s, "gs_resume") for s in (a, b, c)}
+
+    resumed = subprocess.run(sweep_command(tmp_path, [b, c], out, workflow("gs_resume", wait=0.3, gate=str(gate))),
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(kept)} done before, {12 - len(kept)} to queue on 2 servers" in resumed.stderr
+    rows = read_runs(out)
+    assert all(r["status"] == "success" for r in rows)
+    assert all(r == kept[r["key"]] for r in rows if r["key"] in kept)  # as they were, server A's included
+    after = {s.url: executed(s, "gs_resume") for s in (a, b, c)}
+    assert after[a.url] == before[a.url]
+    new = Counter(v for url in (b.url, c.url) for pid, v in after[url].items() if pid not in before[url])
+    missing = Counter((r["settings"]["Interval.sigma_hi"], r["settings"]["4.cfg"], r["seed"])
+                      for r in rows if r["key"] not in kept)
+    assert new == missing and sum(new.values()) == 12 - len(kept)  # only what was missing, once each
+
+
+def test_servers_that_lack_a_node_or_a_checkpoint_are_refused_by_name_and_nothing_is_queued(tmp_path, servers):
+    a, b, _, d = servers
+    out = tmp_path / "refused"
+    before = len(a.get("/history?max_items=10000"))
+    lacking_nodes = subprocess.run(sweep_command(tmp_path, [a, d], out, workflow("gs_refused")),
+                                   capture_output=True, text=True, timeout=120)
+    assert lacking_nodes.returncode == 2
+    assert f"{d.url} has no node type GSTestTinyModel" in lacking_nodes.stderr
+    assert f"{d.url} has no node type GSTestWait" in lacking_nodes.stderr
+    assert a.url not in lacking_nodes.stderr.split("nothing was queued")[1]
+
+    with_checkpoint = workflow("gs_refused")
+    with_checkpoint["8"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "gs_only_on_a.safetensors"}}
+    (a.base / "models" / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (a.base / "models" / "checkpoints" / "gs_only_on_a.safetensors").write_bytes(b"never loaded")
+    lacking_checkpoint = subprocess.run(sweep_command(tmp_path, [a, b], out, with_checkpoint),
+                                        capture_output=True, text=True, timeout=120)
+    assert lacking_checkpoint.returncode == 2
+    assert f"{b.url} has no ckpt_name 'gs_only_on_a.safetensors' (node 8, CheckpointLoaderSimple)" \
+        in lacking_checkpoint.stderr
+    assert a.url not in lacking_checkpoint.stderr.split("nothing was queued")[1]
+
+    bad_value = subprocess.run(sweep_command(tmp_path, [a], out, workflow("gs_refused"),
+                                             "--set", "4.sampler_name=euler,no_such_sampler"),
+                               capture_output=True, text=True, timeout=120)
+    assert bad_value.returncode == 2 and f"{a.url} has no sampler_name 'no_such_sampler' (node 4, KSampler)" \
+        in bad_value.stderr
+    assert len(a.get("/history?max_items=10000")) == before and not (out / "runs.json").exists()
+
+
+def test_server_addresses_are_checked(tmp_path, servers):
+    a, *_ = servers
+    out = tmp_path / "o"
+    flow = workflow("gs_addresses")
+    twice = subprocess.run(sweep_command(tmp_path, [a, a], out, flow), capture_output=True, text=True, timeout=60)
+    assert twice.returncode == 2 and f"--server {a.url} is given twice" in twice.stderr
+    no_scheme = subprocess.run(sweep_command(tmp_path, [], out, flow, "--server", "127.0.0.1:8188"),
+                               capture_output=True, text=True, timeout=60)
+    assert no_scheme.returncode == 2 and "--server '127.0.0.1:8188'" in no_scheme.stderr
+    silent = subprocess.run(sweep_command(tmp_path, [a], out, flow, "--server", "http://127.0.0.1:9"),
+                            capture_output=True, text=True, timeout=60)
+    assert silent.returncode == 2 and "http://127.0.0.1:9 does not answer" in silent.stderr
