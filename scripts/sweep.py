@@ -1,4 +1,5 @@
-"""Queue a grid of settings through a ComfyUI server's API and collect the results side by side.
+"""Queue a grid of settings through the API of one or several ComfyUI servers and collect the results
+side by side.
 
     python scripts/sweep.py workflows/api/guidance_interval_patch_sdxl.json --server http://127.0.0.1:8188 \\
         --set GuidanceIntervalPatch.sigma_hi=2.9,5.42 --set KSampler.cfg=7,10 --seeds 2 --out sweep
@@ -6,17 +7,23 @@
 WORKFLOW is an API-format workflow (the files in workflows/api/, or the graph editor's "Export (API)").
 Each --set NODE.INPUT=V1,V2,... is an axis; NODE is a node id or its title (_meta.title), INPUT one of
 its widget inputs. The grid is the product of the axes times the seeds; the seeds go to every seed
-input of the workflow (seed, noise_seed). The command queues the grid, follows it over the websocket,
-downloads every output image and writes, in DIR:
-- runs.csv: one row per run: prompt_id, status, seed, one column per --set key, seconds (as the
+input of the workflow (seed, noise_seed). The command checks that every server has the workflow's node
+types and the list values it uses (checkpoint names...), hands the runs to the servers a few at a time
+each, follows them over the websockets, downloads every output image from the server that made it and
+writes, in DIR:
+- runs.csv: one row per run: prompt_id, status, server, seed, one column per --set key, seconds (as the
   server measured it), evaluations and uncond_evaluations (model evaluations and of those, how many ran
   the unconditional pass, from the pack's run records; empty for a run without the pack's nodes), the
   image files, and the server's message for a run that failed;
-- runs.json: the same with the pack's full run records (guided steps, weight per step and sample);
+- runs.json: the same with the pack's full run records (guided steps, weight per step and sample) and
+  when each run was queued;
 - sheet.png: a contact sheet, the first axis across, the other axes and the seeds down.
-Running the same command again queues only the runs that are missing or failed and rebuilds the sheet
-from all of them; Ctrl-C leaves every finished run recorded. The exit status is 0 when every run
-succeeded, 1 when some failed, 2 for a usage error.
+A server that stops answering gives its runs to the others; one that answers again is used again.
+Running the same command again (with the same servers or others) queues only the runs that are missing
+or failed and rebuilds the sheet from all of them; Ctrl-C takes the sweep's prompts off every server and
+leaves every finished run recorded. The exit status is 0 when every run succeeded, 1 when some failed or
+no server answered for --patience seconds, 2 for a usage error or a server that lacks what the workflow
+uses, 130 after Ctrl-C.
 
 Only the standard library and packages ComfyUI installs (aiohttp, Pillow, tqdm).
 """
@@ -406,7 +413,6 @@ class Dispatch:
                 self.waiting.append(run)
         self.done = asyncio.Event()
         self.gave_up = ""
-        self.nobody_since: float | None = None
         self.chores: set = set()
 
     def unfinished(self) -> bool:
@@ -414,6 +420,7 @@ class Dispatch:
 
     async def run(self) -> None:
         tasks = [asyncio.create_task(self.serve(server)) for server in self.servers]
+        tasks.append(asyncio.create_task(self.watch()))
         try:
             if self.unfinished():
                 await self.done.wait()
@@ -436,36 +443,46 @@ class Dispatch:
         import aiohttp
         while True:
             try:
-                async with server.session.ws_connect(server.ws_url, heartbeat=20) as ws:
+                # bounded: a hung server (or proxy) accepts the connection and never answers
+                ws = await asyncio.wait_for(server.session.ws_connect(server.ws_url, heartbeat=20), 10)
+                async with ws:
                     await self.catch_up(server)
                     if server.down_since is not None:
                         self.progress.say(f"{server.url} answers again")
-                    server.answering, server.down_since, self.nobody_since = True, None, None
+                    server.answering, server.down_since = True, None
                     self.progress.show(server)
                     await self.fill(server)
                     await self.follow(server, ws)
                 raise ServerGone("it closed the connection")
             except (ServerGone, aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-                self.not_answering(server, e)
+                if server.down_since is None:
+                    server.down_since = time.monotonic()
+                    self.progress.say(f"{server.url} does not answer ({str(e) or type(e).__name__})"
+                                      + (f"; its {len(server.holding)} runs go to the others in {self.grace:g} s "
+                                         "if it stays away" if server.holding else ""))
+                server.answering, server.running = False, None
+                self.progress.show(server)
             await asyncio.sleep(1.0)
 
-    def not_answering(self, server: Server, error: Exception) -> None:
-        now = time.monotonic()
-        if server.down_since is None:
-            server.down_since = now
-            self.progress.say(f"{server.url} does not answer ({error or type(error).__name__})"
-                              + (f"; its {len(server.holding)} runs go to the others in {self.grace:.0f} s if it stays away"
-                                 if server.holding else ""))
-        server.answering, server.running = False, None
-        self.progress.show(server)
-        if server.holding and now - server.down_since >= self.grace:
-            server.released.update(server.holding)
-            self.wait_again(list(server.holding.values()))
-            server.holding.clear()
-        if not any(s.answering for s in self.servers):
-            self.nobody_since = self.nobody_since or now
-            if now - self.nobody_since > self.patience:
-                self.gave_up = f"no server answered for {self.patience:.0f} s"
+    async def watch(self) -> None:
+        """The clocks: a server away for `grace` seconds gives up its runs; no server answering for
+        `patience` seconds ends the sweep."""
+        nobody_since = None
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            for server in self.servers:
+                if server.down_since is not None and server.holding and now - server.down_since >= self.grace:
+                    server.released.update(server.holding)
+                    self.wait_again(list(server.holding.values()))
+                    server.holding.clear()
+                    self.progress.show(server)
+            if any(s.answering for s in self.servers):
+                nobody_since = None
+            elif nobody_since is None:
+                nobody_since = now
+            elif now - nobody_since > self.patience:
+                self.gave_up = f"no server answered for {self.patience:g} s"
                 self.done.set()
 
     def wait_again(self, runs: list[Run]) -> None:
@@ -554,8 +571,7 @@ class Dispatch:
             else:  # lost with a restart
                 del server.holding[prompt_id]
                 self.wait_again([run])
-        released, server.released = server.released, {}
-        for prompt_id, run in released.items():
+        for prompt_id, run in list(server.released.items()):
             queued = prompt_id in running or prompt_id in pending
             ran = not queued and run.status == "waiting" and bool(await server.history(prompt_id))
             if run.status == "waiting" and (queued or ran):  # nobody took it meanwhile: it stays here
@@ -566,6 +582,7 @@ class Dispatch:
                     await self.collect(server, prompt_id)
             elif prompt_id in pending:  # another server has it, or had it
                 await server.request("POST", "/queue", json={"delete": [prompt_id]})
+            del server.released[prompt_id]
 
 
 class Progress:

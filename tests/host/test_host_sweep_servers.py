@@ -232,6 +232,62 @@ def test_a_server_that_restarts_and_loses_its_queue_gets_those_runs_again(tmp_pa
     assert all(ran[r["server"]][r["prompt_id"]] == settings_of(r) for r in read_runs(out))
 
 
+class Sweep:
+    """The sweep as a background process whose messages are read as they come."""
+
+    def __init__(self, command):
+        import threading
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stderr), daemon=True)
+        self.reader.start()
+
+    def said(self, text):
+        return any(text in line for line in self.lines)
+
+    def wait(self, timeout=300):
+        try:
+            self.process.wait(timeout=timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+        self.reader.join(10)
+        return self.process.returncode, "".join(self.lines)
+
+
+def test_a_server_that_hangs_gives_up_its_runs_and_takes_back_those_no_one_took(tmp_path, servers):
+    """B stops (SIGSTOP: its port accepts connections, nothing answers), long enough for the sweep to notice
+    and hand its runs on; A and C are full (held by the gate), so the runs still wait when B goes on
+    (SIGCONT) with its queue intact: B keeps them, and no run is queued a second time."""
+    a, b, c, _ = servers
+    out, gate = tmp_path / "hang", tmp_path / "gate"
+    gate.touch()
+    sweep = Sweep(sweep_command(tmp_path, [a, b, c], out, workflow("gs_hang", gate=str(gate)), "--grace", "1"))
+    try:
+        wait_for(lambda: all(tuple(map(len, ours(s, "gs_hang"))) == (1, 1) for s in (a, b, c)), "every server full")
+        on_b = held(b, "gs_hang")
+        b.proc.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: sweep.said(f"{b.url} does not answer"), "the sweep noticing", timeout=120)
+            time.sleep(2)  # its grace
+        finally:
+            b.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: sweep.said(f"{b.url} answers again"), "the sweep reconnecting", timeout=120)
+        time.sleep(1)
+        assert held(b, "gs_hang") == on_b  # the same two runs, nothing more
+        gate.unlink()
+        returncode, stderr = sweep.wait()
+    finally:
+        if sweep.process.poll() is None:
+            sweep.process.kill()
+        gate.unlink(missing_ok=True)
+    assert returncode == 0, stderr
+    ran = {s.url: executed(s, "gs_hang") for s in (a, b, c)}
+    assert Counter(v for by_id in ran.values() for v in by_id.values()) == grid()
+    assert Counter(ran[b.url].values()) >= on_b
+    assert all(ran[r["server"]][r["prompt_id"]] == settings_of(r) for r in read_runs(out))
+
+
 def test_ctrl_c_takes_the_sweep_off_every_server_and_a_resume_on_other_servers_queues_only_the_rest(tmp_path, servers):
     a, b, c, _ = servers
     out, gate = tmp_path / "resume", tmp_path / "gate"
@@ -313,3 +369,30 @@ def test_server_addresses_are_checked(tmp_path, servers):
     silent = subprocess.run(sweep_command(tmp_path, [a], out, flow, "--server", "http://127.0.0.1:9"),
                             capture_output=True, text=True, timeout=60)
     assert silent.returncode == 2 and "http://127.0.0.1:9 does not answer" in silent.stderr
+
+
+def test_when_no_server_answers_the_sweep_stops_after_its_patience_and_a_rerun_finishes_the_rest(tmp_path, servers):
+    """Last in this file: it kills C for good."""
+    a, _, c, _ = servers
+    out = tmp_path / "patience"
+    sweep = subprocess.Popen(sweep_command(tmp_path, [c], out, workflow("gs_patience", wait=1.0),
+                                           "--grace", "1", "--patience", "3"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(r["status"] == "success" for r in read_runs(out)), "a run finished on C")
+        c.kill()
+        _, stderr = sweep.communicate(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 1, stderr
+    assert "stopped early: no server answered for 3 s" in stderr
+    rows = read_runs(out)
+    finished = [r for r in rows if r["status"] == "success"]
+    assert finished and all(r["server"] == c.url for r in finished)
+    assert all(r["status"] == "missing" and r["server"] == "" for r in rows if r not in finished)
+    rerun = subprocess.run(sweep_command(tmp_path, [a], out, workflow("gs_patience", wait=0.0)),
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(finished)} done before, {12 - len(finished)} to queue on 1 server" in rerun.stderr
+    assert Counter(executed(a, "gs_patience").values()) + Counter(settings_of(r) for r in finished) == grid()
