@@ -1,14 +1,16 @@
 """scripts/sweep.py over 1, 2 and 3 local ComfyUI servers, one of them made slower on purpose: how the runs
 spread, and how long each server sat idle while runs were still waiting for one (the dispatch's own cost).
 
-    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/sweep_servers.py         # about 4 minutes on 2 CPU cores
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/sweep_servers.py         # about 2 minutes on 2 CPU cores
 
 Each run samples the tiny test model (8 euler steps), then waits `--wait` seconds (twice that on the slow
 server) in a test node that uses no CPU: the stand-in for a GPU's time, so that three servers on a 2-core
 machine behave like three GPUs. What ran where and when comes from each server's own history (the
 execution_start / execution_success times of every prompt); when the last run left the sweep's waiting
 line, from runs.json (queued_at). A server's idle fraction is the share of the time from the sweep's first
-queued run to its last one during which the server executed none of the sweep's prompts.
+queued run to its last one during which the server executed none of the sweep's prompts. The first row
+queues the whole grid on one server at once: its gaps between runs are ComfyUI's own (history, its periodic
+garbage collection), the floor that any dispatch adds to.
 """
 from __future__ import annotations
 
@@ -59,11 +61,11 @@ def busy_within(spans: list[tuple[float, float]], start: float, end: float) -> f
 
 
 def measure(servers: list[ComfyServer], names: dict, wait: float, seeds: int, depth: int, work: Path) -> dict:
-    label = f"{len(servers)}x-d{depth}"
+    label = f"{len(servers)}x-d{depth}"  # also the SaveImage prefix: each sweep's prompts are told apart by it
     flow = work / f"{label}.json"
     flow.write_text(json.dumps(workflow(f"bench_{label}", wait)))
     out = work / label
-    command = [sys.executable, str(ROOT / "scripts" / "sweep.py"), str(flow), "--set", "KSampler.cfg=3,5,7",
+    command = [sys.executable, str(ROOT / "scripts" / "sweep.py"), str(flow), "--set", "4.cfg=3,5,7",
                "--seeds", str(seeds), "--out", str(out), "--depth", str(depth),
                *[a for s in servers for a in ("--server", s.url)]]
     started = time.time()
@@ -76,8 +78,15 @@ def measure(servers: list[ComfyServer], names: dict, wait: float, seeds: int, de
     per_server = []
     for server in servers:
         ids = {r["prompt_id"] for r in rows if r["server"] == server.url}
-        busy = busy_within(executions(server, ids), first, last)
-        per_server.append((names[server.url], len(ids), 1 - busy / (last - first) if last > first else 0.0))
+        spans = executions(server, ids)
+        busy = busy_within(spans, first, last)
+        # where idle time lies: between one run's end and the next one's start (its first run starts within
+        # milliseconds of the first queued). ComfyUI's own time between prompts is in it, and the dispatch's.
+        gaps = [b[0] - a[1] for a, b in zip(spans, spans[1:])]
+        per_server.append({"name": names[server.url], "runs": len(ids),
+                           "idle": 1 - busy / (last - first) if last - first > 1 else None,
+                           "mean_gap": sum(gaps) / len(gaps) if gaps else 0.0,
+                           "mean_run": sum(e - s for s, e in spans) / len(spans)})
     return {"servers": len(servers), "depth": depth, "runs": len(rows), "wall": wall, "waiting": last - first,
             "per_server": per_server}
 
@@ -96,7 +105,10 @@ def main():
         for server in started:
             server.wait_until_ready()
         work = Path(tempfile.mkdtemp(prefix="gs-sweep-bench-"))
-        for n, depth in ((1, 2), (2, 2), (3, 2), (3, 1)):
+        runs = 3 * args.seeds
+        # first the baseline: the whole grid in one server's queue at once, so that no gap is the sweep's:
+        # what is left is ComfyUI's own time between two prompts
+        for n, depth in ((1, runs), (1, 2), (2, 2), (3, 2), (3, 1)):
             results.append(measure(started[:n], names, args.wait, args.seeds, depth, work))
             print(f"done: {n} server(s), depth {depth}", file=sys.stderr)
     finally:
@@ -104,12 +116,15 @@ def main():
             server.stop()
     print(f"\n{results[0]['runs']} runs, each 8 tiny-model steps and a {args.wait:g} s wait "
           f"({args.wait * SLOW:g} s on the slow server)\n")
-    print("| servers | --depth | wall s | runs per server | idle while runs waited |")
-    print("|---|---|---|---|---|")
+    print("| servers | --depth | wall s | runs per server | idle while runs waited | gap between runs (mean) |")
+    print("|---|---|---|---|---|---|")
     for r in results:
-        spread = ", ".join(f"{name} {count}" for name, count, _ in r["per_server"])
-        idle = ", ".join(f"{name} {fraction:.1%}" for name, _, fraction in r["per_server"])
-        print(f"| {r['servers']} | {r['depth']} | {r['wall']:.1f} | {spread} | {idle} (over {r['waiting']:.1f} s) |")
+        servers = r["per_server"]
+        depth = f"{r['depth']} (all)" if r["depth"] == r["runs"] else r["depth"]
+        idle = ("-- (all queued at once)" if servers[0]["idle"] is None else
+                ", ".join(f"{p['idle']:.1%}" for p in servers) + f" (of {r['waiting']:.1f} s)")
+        print(f"| {r['servers']} | {depth} | {r['wall']:.1f} | " + ", ".join(f"{p['name']}: {p['runs']}" for p in servers)
+              + f" | {idle} | " + ", ".join(f"{p['mean_gap'] * 1000:.0f} ms" for p in servers) + " |")
 
 
 if __name__ == "__main__":

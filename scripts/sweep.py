@@ -586,14 +586,16 @@ class Dispatch:
 
 
 class Progress:
-    """Runs done of the total, and one line per server: what it is running, what it holds, what it did."""
+    """Runs done of the total, and one line per server: what it is running, what it holds, what it did.
+    The server lines only on a terminal (in a log they would be a line per step); messages always."""
 
     def __init__(self, runs: list[Run], servers: list[Server], axes: list[Axis]):
         from tqdm import tqdm
         self.axes = axes
         done = sum(r.status == "success" for r in runs)
         self.bar = tqdm(total=len(runs), initial=done, desc="runs", unit="run", position=0)
-        self.lines = {s.url: tqdm(total=0, position=i + 1, bar_format="{desc}", leave=False)
+        on_terminal = sys.stderr.isatty()
+        self.lines = {s.url: tqdm(total=0, position=i + 1, bar_format="{desc}", leave=False, disable=not on_terminal)
                       for i, s in enumerate(servers)}
         self.shown = {}
 
@@ -604,12 +606,14 @@ class Progress:
         if often and time.monotonic() - self.shown.get(server.url, 0) < 0.2:
             return
         self.shown[server.url] = time.monotonic()
+        running, step = server.running, server.step
         if not server.answering:
             state = "does not answer" + (f", holds {len(server.holding)}" if server.holding else "")
+        elif running is None:
+            state = f"idle; {len(server.holding)} queued, {server.finished} done"
         else:
-            running = server.running
-            state = (f"running {self.label(running)}" + (f" step {server.step[0]}/{server.step[1]}" if server.step[1] else "")
-                     if running else "idle") + f"; {len(server.holding) - (running is not None)} queued, {server.finished} done"
+            state = (f"running {self.label(running)}" + (f" step {step[0]}/{step[1]}" if step[1] else "")
+                     + f"; {len(server.holding) - 1} queued, {server.finished} done")
         self.lines[server.url].set_description_str(f"{server.url}: {state}")
 
     def say(self, text: str) -> None:

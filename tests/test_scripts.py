@@ -20,28 +20,46 @@ def test_convert_command_writes_once_and_refuses_to_overwrite(tmp_path):
     assert out.read_bytes() == before
 
 
-def test_the_readmes_sweep_command_fits_the_shipped_workflow():
-    """The README's sweep command, as typed: its workflow exists, each --set names a node and input of it,
-    and the grid has the size the command asks for (no server needed for this part)."""
+def sweep_module():
     import importlib.util
-    import json
-    import re
-    import shlex
     root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text(encoding="utf-8")
-    command = re.search(r"```bash\n(python scripts/sweep.py .*?)```", readme, re.S).group(1).replace("\\\n", " ")
-    argv = shlex.split(command)[2:]
     spec = importlib.util.spec_from_file_location("sweep", root / "scripts" / "sweep.py")
     sweep = importlib.util.module_from_spec(spec)
     sys.modules["sweep"] = sweep  # dataclasses look their module up there
     spec.loader.exec_module(sweep)
-    workflow = json.loads((root / argv[0]).read_text())
+    return sweep
+
+
+def readme_sweep_commands():
+    """The README's sweep commands, as typed, each as its arguments."""
+    import re
+    import shlex
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    return [shlex.split(c.replace("\\\n", " "))[2:] for c in re.findall(r"```bash\n(python scripts/sweep.py .*?)```", readme, re.S)]
+
+
+def readme_grid(argv):
+    """What the command's arguments make of its workflow (no server needed for this part)."""
+    import json
+    sweep = sweep_module()
+    workflow = json.loads((Path(__file__).resolve().parents[1] / argv[0]).read_text())
     axes = [sweep.parse_axis(workflow, argv[i + 1]) for i, a in enumerate(argv) if a == "--set"]
     seeds = sweep.parse_seeds(argv[argv.index("--seeds") + 1])
-    runs = sweep.grid(workflow, axes, seeds)
-    assert len(runs) == 2 * 2 * 2 and len({r.key for r in runs}) == 8
+    servers = sweep.parse_servers([argv[i + 1] for i, a in enumerate(argv) if a == "--server"])
+    return workflow, sweep.grid(workflow, axes, seeds), servers
+
+
+def test_the_readmes_sweep_commands_fit_the_shipped_workflows():
+    """The README's sweep commands, as typed: each workflow exists, each --set names a node and input of it,
+    the grid has the size the command asks for, the servers are addresses the command takes."""
+    one, several = readme_sweep_commands()
+    workflow, runs, servers = readme_grid(one)
+    assert len(runs) == 2 * 2 * 2 and len({r.key for r in runs}) == 8 and servers == ["http://127.0.0.1:8188"]
     sampler = next(n for n in workflow.values() if n["class_type"] == "KSampler")["inputs"]
     assert {r.prompt["6"]["inputs"]["seed"] for r in runs} == {0, 1} and "seed" in sampler
+    workflow, runs, servers = readme_grid(several)
+    assert len(runs) == 3 * 2 * 8 and len({r.key for r in runs}) == 48
+    assert servers == ["http://gpu-box:8188", "http://gpu-box:8189", "https://comfy.example.org/gpu2"]
 
 
 def test_the_readmes_converter_command_works_as_typed_on_a_fresh_comfyui(tmp_path):

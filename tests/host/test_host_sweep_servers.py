@@ -39,6 +39,15 @@ def servers():
             server.stop()
 
 
+@pytest.fixture
+def gate(tmp_path):
+    """A file that the runs of a test wait on while it exists (GSTestWait's hold_while_exists); removed after
+    the test whatever happens, so that no server stays held for the tests after it."""
+    path = tmp_path / "gate"
+    yield path
+    path.unlink(missing_ok=True)
+
+
 def karras_grid():
     """The grid the servers' KSampler samples the tiny EPS model on (written out from ComfyUI, not the pack)."""
     ms = tiny_models.build_model("eps").get_model_object("model_sampling")
@@ -126,6 +135,49 @@ def expected_evaluations(sigma_hi, cfg):
     return STEPS, 0 if cfg == 1 else guided
 
 
+def settings_of(row):
+    return row["settings"]["Interval.sigma_hi"], row["settings"]["4.cfg"], row["seed"]
+
+
+def held(server, prefix):
+    """(sigma_hi, cfg, seed) of the runs with this prefix that the server holds: running or in its queue."""
+    queue = server.get("/queue")
+    return Counter((item[2]["2"]["inputs"]["sigma_hi"], item[2]["4"]["inputs"]["cfg"], item[2]["4"]["inputs"]["seed"])
+                   for part in ("queue_running", "queue_pending") for item in queue[part]
+                   if item[2]["7"]["inputs"]["filename_prefix"] == prefix)
+
+
+class Sweep:
+    """The sweep as a background process whose messages are read as they come (a pipe nobody reads would
+    stall it); `with Sweep(...)` kills it where the block fails."""
+
+    def __init__(self, command):
+        import threading
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stderr), daemon=True)
+        self.reader.start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, trace):
+        if kind is not None and self.process.poll() is None:
+            self.process.kill()
+
+    def said(self, text):
+        return any(text in line for line in self.lines)
+
+    def wait(self, timeout=300):
+        try:
+            self.process.wait(timeout=timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+        self.reader.join(10)
+        return self.process.returncode, "".join(self.lines)
+
+
 def test_a_grid_spreads_over_three_servers_each_run_once(tmp_path, servers):
     a, b, c, _ = servers
     out = tmp_path / "spread"
@@ -139,7 +191,7 @@ def test_a_grid_spreads_over_three_servers_each_run_once(tmp_path, servers):
     assert all(ran.values()), {url: len(by_id) for url, by_id in ran.items()}  # each server ran some
     by_url = {s.url: s for s in (a, b, c)}
     for row in rows:
-        settings = (row["settings"]["Interval.sigma_hi"], row["settings"]["4.cfg"], row["seed"])
+        settings = settings_of(row)
         assert ran[row["server"]][row["prompt_id"]] == settings  # the row names the server that ran it
         assert (row["evaluations"], row["uncond_evaluations"]) == expected_evaluations(*settings[:2])
         history = by_url[row["server"]].get(f"/history/{row['prompt_id']}")[row["prompt_id"]]
@@ -151,25 +203,11 @@ def test_a_grid_spreads_over_three_servers_each_run_once(tmp_path, servers):
     assert "12 of 12 runs succeeded" in done.stderr
 
 
-def settings_of(row):
-    return row["settings"]["Interval.sigma_hi"], row["settings"]["4.cfg"], row["seed"]
-
-
-def held(server, prefix):
-    """(sigma_hi, cfg, seed) of the runs with this prefix that the server holds: running or in its queue."""
-    queue = server.get("/queue")
-    return Counter((item[2]["2"]["inputs"]["sigma_hi"], item[2]["4"]["inputs"]["cfg"], item[2]["4"]["inputs"]["seed"])
-                   for part in ("queue_running", "queue_pending") for item in queue[part]
-                   if item[2]["7"]["inputs"]["filename_prefix"] == prefix)
-
-
-def test_a_server_killed_mid_sweep_its_runs_finish_elsewhere_and_it_is_used_again_once_back(tmp_path, servers):
+def test_a_server_killed_mid_sweep_its_runs_finish_elsewhere_and_it_is_used_again_once_back(tmp_path, servers, gate):
     a, b, c, _ = servers
-    out, gate, seeds = tmp_path / "kill", tmp_path / "gate", 4
-    sweep = subprocess.Popen(sweep_command(tmp_path, [a, b, c], out, workflow("gs_kill", wait=1.0, gate=str(gate)),
-                                           "--grace", "2", seeds=seeds),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    out, seeds = tmp_path / "kill", 4
+    with Sweep(sweep_command(tmp_path, [a, b, c], out, workflow("gs_kill", wait=1.0, gate=str(gate)),
+                             "--grace", "2", seeds=seeds)) as sweep:
         wait_for(lambda: any(r["server"] == b.url and r["status"] == "success" for r in read_runs(out)),
                  "a run finished on B")
         on_b = held(b, "gs_kill")
@@ -183,12 +221,8 @@ def test_a_server_killed_mid_sweep_its_runs_finish_elsewhere_and_it_is_used_agai
         b.restart()  # a fresh process on the same port: an empty queue and history
         wait_for(lambda: held(b, "gs_kill"), "the sweep queueing on B again")
         gate.unlink()
-        _, stderr = sweep.communicate(timeout=300)
-    finally:
-        if sweep.poll() is None:
-            sweep.kill()
-        gate.unlink(missing_ok=True)
-    assert sweep.returncode == 0, stderr
+    returncode, stderr = sweep.wait()
+    assert returncode == 0, stderr
     rows = read_runs(out)
     assert len(rows) == 12 * seeds // SEEDS and all(r["status"] == "success" for r in rows)
     assert f"{b.url} does not answer" in stderr and f"{b.url} answers again" in stderr
@@ -205,15 +239,14 @@ def test_a_server_killed_mid_sweep_its_runs_finish_elsewhere_and_it_is_used_agai
         assert (row["evaluations"], row["uncond_evaluations"]) == expected_evaluations(*settings_of(row)[:2])
 
 
-def test_a_server_that_restarts_and_loses_its_queue_gets_those_runs_again(tmp_path, servers):
+def test_a_server_that_restarts_and_loses_its_queue_gets_those_runs_again(tmp_path, servers, gate):
     """Back before its grace is over: the runs it held are not in its new queue nor its history, so they are
     queued again; it takes them itself, as the first in line (the others are full, held by the gate)."""
     a, b, c, _ = servers
-    out, gate = tmp_path / "restart", tmp_path / "gate"
+    out = tmp_path / "restart"
     gate.touch()
-    sweep = subprocess.Popen(sweep_command(tmp_path, [a, b, c], out, workflow("gs_restart", gate=str(gate)),
-                                           "--grace", "300"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with Sweep(sweep_command(tmp_path, [a, b, c], out, workflow("gs_restart", gate=str(gate)),
+                             "--grace", "300")) as sweep:
         wait_for(lambda: all(tuple(map(len, ours(s, "gs_restart"))) == (1, 1) for s in (a, b, c)), "every server full")
         lost = held(b, "gs_restart")
         b.kill()
@@ -221,49 +254,22 @@ def test_a_server_that_restarts_and_loses_its_queue_gets_those_runs_again(tmp_pa
         wait_for(lambda: sum(held(b, "gs_restart").values()) == 2, "the sweep queueing on B again")
         assert held(b, "gs_restart") == lost
         gate.unlink()
-        _, stderr = sweep.communicate(timeout=300)
-    finally:
-        if sweep.poll() is None:
-            sweep.kill()
-        gate.unlink(missing_ok=True)
-    assert sweep.returncode == 0, stderr
+    returncode, stderr = sweep.wait()
+    assert returncode == 0, stderr
     ran = {s.url: executed(s, "gs_restart") for s in (a, b, c)}
     assert Counter(v for by_id in ran.values() for v in by_id.values()) == grid()
     assert all(ran[r["server"]][r["prompt_id"]] == settings_of(r) for r in read_runs(out))
 
 
-class Sweep:
-    """The sweep as a background process whose messages are read as they come."""
-
-    def __init__(self, command):
-        import threading
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.lines = []
-        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stderr), daemon=True)
-        self.reader.start()
-
-    def said(self, text):
-        return any(text in line for line in self.lines)
-
-    def wait(self, timeout=300):
-        try:
-            self.process.wait(timeout=timeout)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-        self.reader.join(10)
-        return self.process.returncode, "".join(self.lines)
-
-
-def test_a_server_that_hangs_gives_up_its_runs_and_takes_back_those_no_one_took(tmp_path, servers):
+def test_a_server_that_hangs_gives_up_its_runs_and_takes_back_those_no_one_took(tmp_path, servers, gate):
     """B stops (SIGSTOP: its port accepts connections, nothing answers), long enough for the sweep to notice
     and hand its runs on; A and C are full (held by the gate), so the runs still wait when B goes on
     (SIGCONT) with its queue intact: B keeps them, and no run is queued a second time."""
     a, b, c, _ = servers
-    out, gate = tmp_path / "hang", tmp_path / "gate"
+    out = tmp_path / "hang"
     gate.touch()
-    sweep = Sweep(sweep_command(tmp_path, [a, b, c], out, workflow("gs_hang", gate=str(gate)), "--grace", "1"))
-    try:
+    with Sweep(sweep_command(tmp_path, [a, b, c], out, workflow("gs_hang", gate=str(gate)),
+                             "--grace", "1")) as sweep:
         wait_for(lambda: all(tuple(map(len, ours(s, "gs_hang"))) == (1, 1) for s in (a, b, c)), "every server full")
         on_b = held(b, "gs_hang")
         b.proc.send_signal(signal.SIGSTOP)
@@ -276,11 +282,7 @@ def test_a_server_that_hangs_gives_up_its_runs_and_takes_back_those_no_one_took(
         time.sleep(1)
         assert held(b, "gs_hang") == on_b  # the same two runs, nothing more
         gate.unlink()
-        returncode, stderr = sweep.wait()
-    finally:
-        if sweep.process.poll() is None:
-            sweep.process.kill()
-        gate.unlink(missing_ok=True)
+    returncode, stderr = sweep.wait()
     assert returncode == 0, stderr
     ran = {s.url: executed(s, "gs_hang") for s in (a, b, c)}
     assert Counter(v for by_id in ran.values() for v in by_id.values()) == grid()
@@ -288,22 +290,18 @@ def test_a_server_that_hangs_gives_up_its_runs_and_takes_back_those_no_one_took(
     assert all(ran[r["server"]][r["prompt_id"]] == settings_of(r) for r in read_runs(out))
 
 
-def test_ctrl_c_takes_the_sweep_off_every_server_and_a_resume_on_other_servers_queues_only_the_rest(tmp_path, servers):
+def test_ctrl_c_takes_the_sweep_off_every_server_and_a_resume_on_other_servers_queues_only_the_rest(tmp_path, servers, gate):
     a, b, c, _ = servers
-    out, gate = tmp_path / "resume", tmp_path / "gate"
+    out = tmp_path / "resume"
     first = sweep_command(tmp_path, [a, b], out, workflow("gs_resume", wait=0.3, gate=str(gate)))
-    sweep = subprocess.Popen(first, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with Sweep(first) as sweep:
         wait_for(lambda: sum(r["status"] == "success" for r in read_runs(out)) >= 2, "two runs finished")
         gate.touch()
         # each server holds two runs of the sweep: one running (held by the gate), one waiting in its queue
         wait_for(lambda: all(tuple(map(len, ours(s, "gs_resume"))) == (1, 1) for s in (a, b)), "A and B full")
-        sweep.send_signal(signal.SIGINT)
-        _, stderr = sweep.communicate(timeout=120)
-    finally:
-        if sweep.poll() is None:
-            sweep.kill()
-    assert sweep.returncode == 130, stderr
+        sweep.process.send_signal(signal.SIGINT)
+    returncode, stderr = sweep.wait(timeout=120)
+    assert returncode == 130, stderr
     # nothing of the sweep stays on either server: the queued runs removed, the running ones interrupted
     wait_for(lambda: all(ours(s, "gs_resume") == ([], []) for s in (a, b)), "A and B empty", timeout=30)
     gate.unlink()
@@ -375,17 +373,12 @@ def test_when_no_server_answers_the_sweep_stops_after_its_patience_and_a_rerun_f
     """Last in this file: it kills C for good."""
     a, _, c, _ = servers
     out = tmp_path / "patience"
-    sweep = subprocess.Popen(sweep_command(tmp_path, [c], out, workflow("gs_patience", wait=1.0),
-                                           "--grace", "1", "--patience", "3"),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with Sweep(sweep_command(tmp_path, [c], out, workflow("gs_patience", wait=1.0),
+                             "--grace", "1", "--patience", "3")) as sweep:
         wait_for(lambda: any(r["status"] == "success" for r in read_runs(out)), "a run finished on C")
         c.kill()
-        _, stderr = sweep.communicate(timeout=120)
-    finally:
-        if sweep.poll() is None:
-            sweep.kill()
-    assert sweep.returncode == 1, stderr
+    returncode, stderr = sweep.wait(timeout=120)
+    assert returncode == 1, stderr
     assert "stopped early: no server answered for 3 s" in stderr
     rows = read_runs(out)
     finished = [r for r in rows if r["status"] == "success"]
