@@ -294,6 +294,10 @@ class Server:
             await self.request("POST", "/interrupt", json={"prompt_id": prompt_id})
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def refusal(body: dict) -> str:
     """The server's reason for refusing a prompt, in one line."""
     error = body.get("error", {})
@@ -458,8 +462,8 @@ class Dispatch:
                 if server.down_since is None:
                     server.down_since = time.monotonic()
                     self.progress.say(f"{server.url} does not answer ({str(e) or type(e).__name__})"
-                                      + (f"; its {len(server.holding)} runs go to the others in {self.grace:g} s "
-                                         "if it stays away" if server.holding else ""))
+                                      + (f"; what it holds ({plural(len(server.holding), 'run')}) goes to the "
+                                         f"others in {self.grace:g} s if it stays away" if server.holding else ""))
                 server.answering, server.running = False, None
                 self.progress.show(server)
             await asyncio.sleep(1.0)
@@ -776,8 +780,7 @@ def main(argv=None) -> int:
     keep_previous(runs, load_previous(out))
     todo = sum(r.status != "success" for r in runs)
     print(f"{len(runs)} runs ({' x '.join(str(len(a.values)) for a in axes) or '1'} settings x {len(seeds)} seeds); "
-          f"{len(runs) - todo} done before, {todo} to queue on {len(args.servers)} "
-          f"server{'s' if len(args.servers) > 1 else ''}", file=sys.stderr)
+          f"{len(runs) - todo} done before, {todo} to queue on {plural(len(args.servers), 'server')}", file=sys.stderr)
     started = time.time()
     stopped = ""
     try:
