@@ -41,7 +41,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 SEED_INPUTS = ("seed", "noise_seed")
 RUNS_ROUTE = "/guidance_schedules/runs"
@@ -385,7 +385,7 @@ async def check_servers(servers: list[Server], runs: list[Run]) -> list[str]:
 
     async def check(server: Server) -> list[str]:
         try:
-            infos = await asyncio.gather(*(server.get_json(f"/object_info/{c}") for c in classes))
+            infos = await asyncio.gather(*(server.get_json(f"/object_info/{quote(c, safe='')}") for c in classes))
         except ServerGone as e:
             return [f"{server.url} does not answer ({e})"]
         return [f"{server.url} has no {what}" for what in lacking({k: v for i in infos for k, v in i.items()}, runs)]
@@ -417,24 +417,44 @@ class Dispatch:
                 self.waiting.append(run)
         self.done = asyncio.Event()
         self.gave_up = ""
+        self.failure: BaseException | None = None  # an error on this side (a full disk): it ends the sweep
         self.chores: set = set()
 
     def unfinished(self) -> bool:
         return bool(self.waiting) or any(s.holding or s.sending for s in self.servers)
 
     async def run(self) -> None:
-        tasks = [asyncio.create_task(self.serve(server)) for server in self.servers]
-        tasks.append(asyncio.create_task(self.watch()))
+        tasks = [self.start(self.serve(server)) for server in self.servers] + [self.start(self.watch())]
         try:
             if self.unfinished():
                 await self.done.wait()
         finally:
-            for task in [*tasks, *self.chores]:
+            every = {*tasks, *self.chores}
+            for task in every:
                 task.cancel()
-            await asyncio.gather(*tasks, *self.chores, return_exceptions=True)
+            await asyncio.gather(*every, return_exceptions=True)
+        if self.failure is not None:
+            raise self.failure
+
+    def start(self, job) -> asyncio.Task:
+        """A task of the sweep's; an error it does not expect (not a server's: those are handled where they
+        happen) ends the sweep and is raised by run()."""
+        async def guarded():
+            try:
+                await job
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.failure = self.failure or e
+                self.done.set()
+        task = asyncio.create_task(guarded())
+        self.chores.add(task)
+        task.add_done_callback(self.chores.discard)
+        return task
 
     async def withdraw_all(self) -> None:
-        """Ctrl-C: every server that answers loses the sweep's prompts (a few seconds at most each)."""
+        """Ctrl-C: every server holding runs of the sweep loses them (one that does not answer is given up on
+        after 10 s)."""
         async def withdraw(server):
             try:
                 await asyncio.wait_for(server.withdraw(list(server.holding)), 10)
@@ -458,7 +478,7 @@ class Dispatch:
                     await self.fill(server)
                     await self.follow(server, ws)
                 raise ServerGone("it closed the connection")
-            except (ServerGone, aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            except (ServerGone, aiohttp.ClientError, asyncio.TimeoutError) as e:
                 if server.down_since is None:
                     server.down_since = time.monotonic()
                     self.progress.say(f"{server.url} does not answer ({str(e) or type(e).__name__})"
@@ -496,9 +516,7 @@ class Dispatch:
             self.waiting.appendleft(run)
         for server in self.servers:
             if server.answering:
-                task = asyncio.create_task(self.fill_quietly(server))
-                self.chores.add(task)
-                task.add_done_callback(self.chores.discard)
+                self.start(self.fill_quietly(server))
 
     async def fill_quietly(self, server: Server) -> None:
         try:
@@ -650,7 +668,7 @@ async def sweep(args, axes: list[Axis], runs: list[Run], out: Path) -> str:
                             progress=progress)
         try:
             await dispatch.run()
-        except (KeyboardInterrupt, asyncio.CancelledError):
+        except BaseException:  # Ctrl-C, or an error on this side: nobody would collect what the servers hold
             await dispatch.withdraw_all()
             raise
         finally:
@@ -794,6 +812,10 @@ def main(argv=None) -> int:
               "run the same command to go on", file=sys.stderr)
         contact_sheet(axes, runs, out)
         return 130
+    except OSError as e:  # on this side: the output folder (a full disk, no permission)
+        print(f"error: {e}; the sweep stopped and took its prompts off the servers; the runs recorded before are "
+              "kept: run the same command to go on", file=sys.stderr)
+        return 1
     sheet = contact_sheet(axes, runs, out)
     failed = [r for r in runs if r.status != "success"]
     by_server, UNNAMED = {}, "a server not recorded"

@@ -325,6 +325,26 @@ def test_ctrl_c_takes_the_sweep_off_every_server_and_a_resume_on_other_servers_q
     assert new == missing and sum(new.values()) == 12 - len(kept)  # only what was missing, once each
 
 
+def test_an_error_on_the_sweeps_side_stops_it_with_the_reason_and_takes_its_prompts_off_the_servers(
+        tmp_path, servers, gate):
+    """The images folder is replaced by a file while the runs are held: the first image cannot be written.
+    Not a server's fault: no retry loop, no server blamed; the sweep ends, its prompts withdrawn."""
+    a, b, *_ = servers
+    out = tmp_path / "local"
+    gate.touch()
+    with Sweep(sweep_command(tmp_path, [a, b], out, workflow("gs_local", gate=str(gate)))) as sweep:
+        wait_for(lambda: all(tuple(map(len, ours(s, "gs_local"))) == (1, 1) for s in (a, b)), "A and B full")
+        (out / "images").rmdir()
+        (out / "images").write_text("not a folder")
+        gate.unlink()
+    returncode, stderr = sweep.wait(timeout=120)
+    assert returncode == 1, stderr
+    assert "error: [Errno 20] Not a directory" in stderr and "took its prompts off the servers" in stderr
+    assert "does not answer" not in stderr
+    wait_for(lambda: all(ours(s, "gs_local") == ([], []) for s in (a, b)), "A and B empty", timeout=30)
+    assert all(r["status"] == "missing" for r in read_runs(out))
+
+
 def test_servers_that_lack_a_node_or_a_checkpoint_are_refused_by_name_and_nothing_is_queued(tmp_path, servers):
     a, b, _, d = servers
     out = tmp_path / "refused"
