@@ -383,9 +383,18 @@ async def check_servers(servers: list[Server], runs: list[Run]) -> list[str]:
     """Every server answers and has what the runs use; one line per problem, naming the server."""
     classes = sorted({node["class_type"] for run in runs for node in run.prompt.values()})
 
+    async def node_info(server: Server, node_class: str) -> dict:
+        try:
+            return await server.get_json(f"/object_info/{quote(node_class, safe='')}")
+        except ServerGone as e:
+            if "HTTP 404" in str(e):  # a name no route matches (one with a '/'): no such node there either
+                return {}
+            raise
+
     async def check(server: Server) -> list[str]:
         try:
-            infos = await asyncio.gather(*(server.get_json(f"/object_info/{quote(c, safe='')}") for c in classes))
+            await server.queue_ids()  # a ComfyUI answers here
+            infos = await asyncio.gather(*(node_info(server, c) for c in classes))
         except ServerGone as e:
             return [f"{server.url} does not answer ({e})"]
         return [f"{server.url} has no {what}" for what in lacking({k: v for i in infos for k, v in i.items()}, runs)]

@@ -151,7 +151,10 @@ class GSTestWait:
         return (samples,)
 
 
+ODD_NAME = "GSTestWait (odd? name #1|x)"
 NODE_CLASS_MAPPINGS = {"GSTestFaultyModel": GSTestFaultyModel, "GSTestLatent": GSTestLatent,
                        "GSTestTinyModel": GSTestTinyModel, "GSTestLatentToImage": GSTestLatentToImage,
                        "GSTestDigitsBed": GSTestDigitsBed, "GSTestDigitsSheet": GSTestDigitsSheet,
-                       "GSTestWait": GSTestWait}
+                       "GSTestWait": GSTestWait,
+                       # the same node under a name such as custom nodes have, which a URL must quote
+                       ODD_NAME: GSTestWait}

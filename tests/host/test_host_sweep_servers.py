@@ -355,6 +355,13 @@ def test_servers_that_lack_a_node_or_a_checkpoint_are_refused_by_name_and_nothin
     assert f"{d.url} has no node type GSTestTinyModel" in lacking_nodes.stderr
     assert f"{d.url} has no node type GSTestWait" in lacking_nodes.stderr
     assert a.url not in lacking_nodes.stderr.split("nothing was queued")[1]
+    odd_names = workflow("gs_refused")
+    for k, name in enumerate(["GS Absent (Custom)", "GS|Absent", "GS/Absent", "GS%2FAbsent?x=1#y"]):
+        odd_names[f"9{k}"] = {"class_type": name, "inputs": {}}  # custom nodes' names hold such characters
+    lacking_odd = subprocess.run(sweep_command(tmp_path, [a], out, odd_names), capture_output=True, text=True, timeout=120)
+    assert lacking_odd.returncode == 2, lacking_odd.stderr
+    for k, name in enumerate(["GS Absent (Custom)", "GS|Absent", "GS/Absent", "GS%2FAbsent?x=1#y"]):
+        assert f"{a.url} has no node type {name} (node 9{k})" in lacking_odd.stderr
 
     with_checkpoint = workflow("gs_refused")
     with_checkpoint["8"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "gs_only_on_a.safetensors"}}
@@ -373,6 +380,12 @@ def test_servers_that_lack_a_node_or_a_checkpoint_are_refused_by_name_and_nothin
     assert bad_value.returncode == 2 and f"{a.url} has no sampler_name 'no_such_sampler' (node 4, KSampler)" \
         in bad_value.stderr
     assert len(a.get("/history?max_items=10000")) == before and not (out / "runs.json").exists()
+
+    present_odd = workflow("gs_odd")
+    present_odd["5"]["class_type"] = "GSTestWait (odd? name #1|x)"  # the helper pack's ODD_NAME: on A, found and run
+    found = subprocess.run(sweep_command(tmp_path, [a], tmp_path / "odd", present_odd), capture_output=True, text=True,
+                           timeout=300)
+    assert found.returncode == 0, found.stderr
 
 
 def test_server_addresses_are_checked(tmp_path, servers):
