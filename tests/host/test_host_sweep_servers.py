@@ -119,6 +119,20 @@ def ours(server, prefix):
                  for part in ("queue_running", "queue_pending"))
 
 
+def ran_each_run_once(servers, prefix, out):
+    """Every run of the grid executed once over these servers (their own histories), and each row of runs.json
+    names the server and prompt that ran it; what each server ran."""
+    ran = {s.url: executed(s, prefix) for s in servers}
+    assert Counter(v for by_id in ran.values() for v in by_id.values()) == grid()
+    assert all(ran[r["server"]][r["prompt_id"]] == settings_of(r) for r in read_runs(out))
+    return ran
+
+
+def wait_until_full(servers, prefix):
+    """Until each server holds two runs of the sweep: one running (held by the gate), one in its queue."""
+    wait_for(lambda: all(tuple(map(len, ours(s, prefix))) == (1, 1) for s in servers), "every server full")
+
+
 def wait_for(condition, what, timeout=240.0):
     deadline = time.time() + timeout
     while not condition():
@@ -186,13 +200,11 @@ def test_a_grid_spreads_over_three_servers_each_run_once(tmp_path, servers):
     assert done.returncode == 0, done.stderr
     rows = read_runs(out)
     assert len(rows) == 12 and all(r["status"] == "success" for r in rows)
-    ran = {s.url: executed(s, "gs_spread") for s in (a, b, c)}
-    assert Counter(v for by_id in ran.values() for v in by_id.values()) == grid()  # every run once, over all three
+    ran = ran_each_run_once([a, b, c], "gs_spread", out)
     assert all(ran.values()), {url: len(by_id) for url, by_id in ran.items()}  # each server ran some
     by_url = {s.url: s for s in (a, b, c)}
     for row in rows:
         settings = settings_of(row)
-        assert ran[row["server"]][row["prompt_id"]] == settings  # the row names the server that ran it
         assert (row["evaluations"], row["uncond_evaluations"]) == expected_evaluations(*settings[:2])
         history = by_url[row["server"]].get(f"/history/{row['prompt_id']}")[row["prompt_id"]]
         saved = [item for output in history["outputs"].values() for item in output.get("images", [])]
@@ -247,7 +259,7 @@ def test_a_server_that_restarts_and_loses_its_queue_gets_those_runs_again(tmp_pa
     gate.touch()
     with Sweep(sweep_command(tmp_path, [a, b, c], out, workflow("gs_restart", gate=str(gate)),
                              "--grace", "300")) as sweep:
-        wait_for(lambda: all(tuple(map(len, ours(s, "gs_restart"))) == (1, 1) for s in (a, b, c)), "every server full")
+        wait_until_full([a, b, c], "gs_restart")
         lost = held(b, "gs_restart")
         b.kill()
         b.restart()
@@ -256,9 +268,7 @@ def test_a_server_that_restarts_and_loses_its_queue_gets_those_runs_again(tmp_pa
         gate.unlink()
     returncode, stderr = sweep.wait()
     assert returncode == 0, stderr
-    ran = {s.url: executed(s, "gs_restart") for s in (a, b, c)}
-    assert Counter(v for by_id in ran.values() for v in by_id.values()) == grid()
-    assert all(ran[r["server"]][r["prompt_id"]] == settings_of(r) for r in read_runs(out))
+    ran_each_run_once([a, b, c], "gs_restart", out)
 
 
 def test_a_server_that_hangs_gives_up_its_runs_and_takes_back_those_no_one_took(tmp_path, servers, gate):
@@ -270,7 +280,7 @@ def test_a_server_that_hangs_gives_up_its_runs_and_takes_back_those_no_one_took(
     gate.touch()
     with Sweep(sweep_command(tmp_path, [a, b, c], out, workflow("gs_hang", gate=str(gate)),
                              "--grace", "1")) as sweep:
-        wait_for(lambda: all(tuple(map(len, ours(s, "gs_hang"))) == (1, 1) for s in (a, b, c)), "every server full")
+        wait_until_full([a, b, c], "gs_hang")
         on_b = held(b, "gs_hang")
         b.proc.send_signal(signal.SIGSTOP)
         try:
@@ -284,10 +294,8 @@ def test_a_server_that_hangs_gives_up_its_runs_and_takes_back_those_no_one_took(
         gate.unlink()
     returncode, stderr = sweep.wait()
     assert returncode == 0, stderr
-    ran = {s.url: executed(s, "gs_hang") for s in (a, b, c)}
-    assert Counter(v for by_id in ran.values() for v in by_id.values()) == grid()
+    ran = ran_each_run_once([a, b, c], "gs_hang", out)
     assert Counter(ran[b.url].values()) >= on_b
-    assert all(ran[r["server"]][r["prompt_id"]] == settings_of(r) for r in read_runs(out))
 
 
 def test_ctrl_c_takes_the_sweep_off_every_server_and_a_resume_on_other_servers_queues_only_the_rest(tmp_path, servers, gate):
@@ -297,8 +305,7 @@ def test_ctrl_c_takes_the_sweep_off_every_server_and_a_resume_on_other_servers_q
     with Sweep(first) as sweep:
         wait_for(lambda: sum(r["status"] == "success" for r in read_runs(out)) >= 2, "two runs finished")
         gate.touch()
-        # each server holds two runs of the sweep: one running (held by the gate), one waiting in its queue
-        wait_for(lambda: all(tuple(map(len, ours(s, "gs_resume"))) == (1, 1) for s in (a, b)), "A and B full")
+        wait_until_full([a, b], "gs_resume")
         sweep.process.send_signal(signal.SIGINT)
     returncode, stderr = sweep.wait(timeout=120)
     assert returncode == 130, stderr
@@ -333,7 +340,7 @@ def test_an_error_on_the_sweeps_side_stops_it_with_the_reason_and_takes_its_prom
     out = tmp_path / "local"
     gate.touch()
     with Sweep(sweep_command(tmp_path, [a, b], out, workflow("gs_local", gate=str(gate)))) as sweep:
-        wait_for(lambda: all(tuple(map(len, ours(s, "gs_local"))) == (1, 1) for s in (a, b)), "A and B full")
+        wait_until_full([a, b], "gs_local")
         (out / "images").rmdir()
         (out / "images").write_text("not a folder")
         gate.unlink()
