@@ -416,9 +416,10 @@ class Dispatch:
     back after the others had started it."""
 
     def __init__(self, servers: list[Server], runs: list[Run], out: Path, axes: list[Axis], *, depth: int,
-                 grace: float, patience: float, progress):
+                 grace: float, patience: float, heartbeat: float, progress):
         self.servers, self.runs, self.out, self.axes = servers, runs, out, axes
         self.depth, self.grace, self.patience, self.progress = depth, grace, patience, progress
+        self.heartbeat = heartbeat  # seconds between pings: a hung server is noticed within 1.5 times that
         self.waiting: deque[Run] = deque()
         for run in runs:
             if run.status != "success":
@@ -477,7 +478,7 @@ class Dispatch:
         while True:
             try:
                 # bounded: a hung server (or proxy) accepts the connection and never answers
-                ws = await asyncio.wait_for(server.session.ws_connect(server.ws_url, heartbeat=20), 10)
+                ws = await asyncio.wait_for(server.session.ws_connect(server.ws_url, heartbeat=self.heartbeat), 10)
                 async with ws:
                     await self.catch_up(server)
                     if server.down_since is not None:
@@ -674,7 +675,7 @@ async def sweep(args, axes: list[Axis], runs: list[Run], out: Path) -> str:
         (out / "images").mkdir(parents=True, exist_ok=True)
         progress = Progress(runs, servers, axes)
         dispatch = Dispatch(servers, runs, out, axes, depth=args.depth, grace=args.grace, patience=args.patience,
-                            progress=progress)
+                            heartbeat=args.heartbeat, progress=progress)
         try:
             await dispatch.run()
         except BaseException:  # Ctrl-C, or an error on this side: nobody would collect what the servers hold
@@ -778,6 +779,9 @@ def main(argv=None) -> int:
     parser.add_argument("--grace", type=float, default=5.0, metavar="SECONDS",
                         help="how long a server that stops answering keeps its runs before they go to the others "
                              "(default %(default)s)")
+    parser.add_argument("--heartbeat", type=float, default=20.0, metavar="SECONDS",
+                        help="how often each server's connection is checked: one that hangs (accepts connections, "
+                             "never answers) is noticed within 1.5 times this (default %(default)s)")
     parser.add_argument("--patience", type=float, default=120.0, metavar="SECONDS",
                         help="how long to wait when no server answers before stopping (default %(default)s)")
     args = parser.parse_args(argv)
@@ -793,7 +797,8 @@ def main(argv=None) -> int:
             raise UsageError(f"--set: an input is given twice ({', '.join(keys)})")
         seeds = parse_seeds(args.seeds)
         args.servers = parse_servers(args.servers)
-        for name, value, least in (("--depth", args.depth, 1), ("--grace", args.grace, 0), ("--patience", args.patience, 1)):
+        for name, value, least in (("--depth", args.depth, 1), ("--grace", args.grace, 0), ("--patience", args.patience, 1),
+                                   ("--heartbeat", args.heartbeat, 1)):
             if not value >= least:
                 raise UsageError(f"{name} {value}: give {least} or more")
     except (OSError, json.JSONDecodeError) as e:
