@@ -46,6 +46,7 @@ from urllib.parse import quote, urlencode, urlsplit
 SEED_INPUTS = ("seed", "noise_seed")
 RUNS_ROUTE = "/guidance_schedules/runs"
 DEFAULT_SERVER = "http://127.0.0.1:8188"
+QUEUE_CHECK_SECONDS = 5.0  # how often a connected server's queue is read, beside its events (Dispatch.follow)
 
 
 class UsageError(Exception):
@@ -120,7 +121,7 @@ class Run:
     seed: int
     key: str  # stable: the same settings and seed in a later sweep are the same run
     prompt: dict
-    # missing (not run), waiting (for a server), queued (on `server`), success, error
+    # missing (not run), waiting (for a server), sending (being queued), queued (on `server`), success, error
     status: str = "missing"
     prompt_id: str = ""  # on `server`
     server: str = ""  # the server's URL, once queued
@@ -211,12 +212,14 @@ class ServerGone(Exception):
 class Server:
     """One ComfyUI server as the sweep sees it: its standard HTTP API, and the sweep's runs it holds."""
 
-    def __init__(self, session, url: str, client_id: str):
-        self.session, self.url, self.client_id = session, url, client_id
+    def __init__(self, session, url: str):
+        self.session, self.url = session, url
+        self.client_id = uuid.uuid4().hex  # a new one for each connection: see Dispatch.serve
         self.holding: dict[str, Run] = {}  # prompt id -> run: queued there and not yet finished
         self.sending = 0  # runs on their way to it (a POST under way)
         self.released: dict[str, Run] = {}  # runs it held when it stopped answering, given to the others since
-        self.answering = False
+        self.connected = False  # its websocket is open (it may still be catching up)
+        self.answering = False  # connected and caught up: runs are queued on it
         self.down_since: float | None = None
         self.running: Run | None = None
         self.step = (0, 0)
@@ -476,10 +479,17 @@ class Dispatch:
     async def serve(self, server: Server) -> None:
         import aiohttp
         while True:
+            # A new client id for each connection. ComfyUI keeps one websocket per client id, and where the
+            # handler of the connection before ends only after the new one came (a server that hung, or was
+            # too busy to answer a ping, sees the old one closed late), it unregisters the new one: the events
+            # of prompts queued under that id would go nowhere. Runs queued under an earlier id are followed
+            # by reading the server's queue (check).
+            server.client_id = uuid.uuid4().hex
             try:
                 # bounded: a hung server (or proxy) accepts the connection and never answers
                 ws = await asyncio.wait_for(server.session.ws_connect(server.ws_url, heartbeat=self.heartbeat), 10)
                 async with ws:
+                    server.connected = True
                     await self.catch_up(server)
                     if server.down_since is not None:
                         self.progress.say(f"{server.url} answers again")
@@ -489,24 +499,26 @@ class Dispatch:
                     await self.follow(server, ws)
                 raise ServerGone("it closed the connection")
             except (ServerGone, aiohttp.ClientError, asyncio.TimeoutError) as e:
+                server.connected = server.answering = False
+                server.running = None
                 if server.down_since is None:
                     server.down_since = time.monotonic()
                     self.progress.say(f"{server.url} does not answer ({str(e) or type(e).__name__})"
                                       + (f"; what it holds ({plural(len(server.holding), 'run')}) goes to the "
                                          f"others in {self.grace:g} s if it stays away" if server.holding else ""))
-                server.answering, server.running = False, None
                 self.progress.show(server)
             await asyncio.sleep(1.0)
 
     async def watch(self) -> None:
-        """The clocks: a server away for `grace` seconds gives up its runs; no server answering for
-        `patience` seconds ends the sweep."""
+        """The clocks: a server away for `grace` seconds gives up its runs (not while it is catching up on
+        them after reconnecting); no server answering for `patience` seconds ends the sweep."""
         nobody_since = None
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
             for server in self.servers:
-                if server.down_since is not None and server.holding and now - server.down_since >= self.grace:
+                if (server.down_since is not None and not server.connected and server.holding
+                        and now - server.down_since >= self.grace):
                     server.released.update(server.holding)
                     self.wait_again(list(server.holding.values()))
                     server.holding.clear()
@@ -538,10 +550,12 @@ class Dispatch:
         """Queue waiting runs on the server until it holds `depth` of them."""
         while server.answering and self.waiting and len(server.holding) + server.sending < self.depth:
             run = self.waiting.popleft()
+            run.status = "sending"  # out of the line: a server catching up must not take it back meanwhile
             server.sending += 1
             try:
                 prompt_id, reason = await server.queue(run.prompt)
             except ServerGone:
+                run.status = "waiting"
                 self.waiting.appendleft(run)
                 raise
             finally:
@@ -556,27 +570,45 @@ class Dispatch:
             self.progress.show(server)
 
     async def follow(self, server: Server, ws) -> None:
-        """The server's events until it closes the connection: progress, and each run's end."""
+        """The server's events until it closes the connection: progress, and each run's end. Its queue is read
+        too, every QUEUE_CHECK_SECONDS: a run whose events went elsewhere (see serve) is collected all the same."""
         import aiohttp
-        async for message in ws:
-            if message.type != aiohttp.WSMsgType.TEXT:
-                continue  # binary previews
-            event = json.loads(message.data)
-            data = event.get("data") or {}
-            run = server.holding.get(data.get("prompt_id"))
-            if run is None:
-                continue
-            if event["type"] == "executing" and data.get("node") is not None and server.running is not run:
-                server.running, server.step = run, (0, 0)
-                self.progress.show(server)
-            elif event["type"] == "progress":
-                server.step = (data.get("value", 0), data.get("max", 0))
-                self.progress.show(server, often=True)
-            # "executing" with no node comes once the server has stored the prompt's history
-            # (execution_success and execution_error come before that)
-            elif event["type"] == "executing" and data.get("node") is None:
-                await self.collect(server, data["prompt_id"])
-                await self.fill(server)
+        ended = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+        receiving = asyncio.ensure_future(ws.receive())
+        checked = time.monotonic()
+        try:
+            while True:
+                await asyncio.wait({receiving}, timeout=max(0.0, checked + QUEUE_CHECK_SECONDS - time.monotonic()))
+                if time.monotonic() >= checked + QUEUE_CHECK_SECONDS:
+                    await self.check(server)
+                    checked = time.monotonic()
+                if not receiving.done():
+                    continue
+                message = receiving.result()
+                if message.type in ended:
+                    return
+                receiving = asyncio.ensure_future(ws.receive())
+                if message.type == aiohttp.WSMsgType.TEXT:  # not the binary previews
+                    await self.on_event(server, json.loads(message.data))
+        finally:
+            receiving.cancel()
+
+    async def on_event(self, server: Server, event: dict) -> None:
+        data = event.get("data") or {}
+        run = server.holding.get(data.get("prompt_id"))
+        if run is None:
+            return
+        if event["type"] == "executing" and data.get("node") is not None and server.running is not run:
+            server.running, server.step = run, (0, 0)
+            self.progress.show(server)
+        elif event["type"] == "progress":
+            server.step = (data.get("value", 0), data.get("max", 0))
+            self.progress.show(server, often=True)
+        # "executing" with no node comes once the server has stored the prompt's history
+        # (execution_success and execution_error come before that)
+        elif event["type"] == "executing" and data.get("node") is None:
+            await self.collect(server, data["prompt_id"])
+            await self.fill(server)
 
     async def collect(self, server: Server, prompt_id: str) -> None:
         run = server.holding[prompt_id]
@@ -592,17 +624,24 @@ class Dispatch:
         if not self.unfinished():
             self.done.set()
 
+    async def check(self, server: Server) -> tuple[set, set]:
+        """The runs it holds that the server no longer has in its queue: collected where they ran, else (lost
+        with a restart) waiting again. Returns its queue: the prompt ids running, and those pending."""
+        held = list(server.holding)  # before asking: a run queued while the answer comes is not in it
+        running, pending = await server.queue_ids()
+        for prompt_id in held:
+            if prompt_id not in server.holding or prompt_id in running or prompt_id in pending:
+                continue  # collected meanwhile, or still to run
+            if await server.history(prompt_id):  # ComfyUI moves a prompt from its queue to its history at once
+                await self.collect(server, prompt_id)
+                await self.fill(server)
+            else:
+                self.wait_again([server.holding.pop(prompt_id)])
+        return running, pending
+
     async def catch_up(self, server: Server) -> None:
         """On (re)connecting: what happened to the runs the server held, or was relieved of, meanwhile."""
-        running, pending = await server.queue_ids()
-        for prompt_id, run in list(server.holding.items()):
-            if prompt_id in running or prompt_id in pending:
-                continue
-            if await server.history(prompt_id):
-                await self.collect(server, prompt_id)
-            else:  # lost with a restart
-                del server.holding[prompt_id]
-                self.wait_again([run])
+        running, pending = await self.check(server)
         for prompt_id, run in list(server.released.items()):
             queued = prompt_id in running or prompt_id in pending
             ran = not queued and run.status == "waiting" and bool(await server.history(prompt_id))
@@ -664,10 +703,9 @@ async def sweep(args, axes: list[Axis], runs: list[Run], out: Path) -> str:
     """Check the servers, then run the grid over them; "" or why the sweep stopped early.
     UsageError where a server lacks what the runs use (nothing queued)."""
     import aiohttp
-    client_id = uuid.uuid4().hex
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        servers = [Server(session, url, client_id) for url in args.servers]
+        servers = [Server(session, url) for url in args.servers]
         problems = await check_servers(servers, [r for r in runs if r.status != "success"])
         if problems:
             raise UsageError("the servers must all run what the workflow uses; nothing was queued:\n  "
@@ -683,7 +721,7 @@ async def sweep(args, axes: list[Axis], runs: list[Run], out: Path) -> str:
             raise
         finally:
             for run in runs:
-                if run.status in ("waiting", "queued"):
+                if run.status in ("waiting", "sending", "queued"):
                     run.status, run.server = "missing", ""
             save(out, axes, runs)
             progress.close()

@@ -5,11 +5,16 @@ servers that lack a node or a checkpoint refused by name.
 What ran where is read from each server's own history (the prompts it executed, with their inputs), not
 from the sweep's records; the model evaluations of a run from the pack's records on the server that ran it.
 """
+import base64
+import contextlib
 import json
 import math
+import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -280,7 +285,7 @@ def test_a_server_that_hangs_gives_up_its_runs_and_takes_back_those_no_one_took(
     out = tmp_path / "hang"
     gate.touch()
     with Sweep(sweep_command(tmp_path, [a, b, c], out, workflow("gs_hang", gate=str(gate)),
-                             "--grace", "1")) as sweep:
+                             "--grace", "1", "--heartbeat", "2")) as sweep:
         wait_until_full([a, b, c], "gs_hang")
         on_b = held(b, "gs_hang")
         b.proc.send_signal(signal.SIGSTOP)
@@ -297,6 +302,42 @@ def test_a_server_that_hangs_gives_up_its_runs_and_takes_back_those_no_one_took(
     assert returncode == 0, stderr
     ran = ran_each_run_once([a, b, c], "gs_hang", out)
     assert Counter(ran[b.url].values()) >= on_b
+
+
+@contextlib.contextmanager
+def websocket_as(server, client_id):
+    """A second websocket client of the server under `client_id`, open while the block runs (what it is sent
+    is read and dropped). ComfyUI keeps one socket per client id: the events meant for that id now come here."""
+    host, port = server.url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        key = base64.b64encode(os.urandom(16)).decode()
+        connection.sendall((f"GET /ws?clientId={client_id} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        assert connection.recv(4096).startswith(b"HTTP/1.1 101")
+        connection.settimeout(None)
+        threading.Thread(target=lambda: all(iter(lambda: connection.recv(65536), b"")), daemon=True).start()
+        try:
+            yield
+        finally:
+            connection.shutdown(socket.SHUT_RDWR)  # the reading thread's recv returns b"" and it ends
+
+
+def test_a_connection_that_hears_nothing_still_sees_its_runs_end(tmp_path, servers, gate):
+    """The sweep's connection to A stays open but is sent nothing more: another client took its client id
+    (as ComfyUI itself does to a socket that reconnected while the server was hung, when it closes the old
+    one late). Each run still ends, from A's queue and history, and the sweep with them."""
+    a = servers[0]
+    out = tmp_path / "deaf"
+    gate.touch()
+    with Sweep(sweep_command(tmp_path, [a], out, workflow("gs_deaf", gate=str(gate)))) as sweep:
+        wait_until_full([a], "gs_deaf")
+        client_id = a.get("/queue")["queue_running"][0][3]["client_id"]
+        with websocket_as(a, client_id):
+            gate.unlink()
+            returncode, stderr = sweep.wait(timeout=180)
+    assert returncode == 0, stderr
+    assert all(r["status"] == "success" for r in read_runs(out))
+    ran_each_run_once([a], "gs_deaf", out)
 
 
 def test_ctrl_c_takes_the_sweep_off_every_server_and_a_resume_on_other_servers_queues_only_the_rest(tmp_path, servers, gate):
