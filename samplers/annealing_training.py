@@ -107,9 +107,12 @@ def example_terms(network: AnnealingNetwork, denoise: Denoise, example: Example,
     with torch.no_grad():
         d_c, d_u = (d.to(x0.dtype) for d in denoise(x, example.sigma))
     _finite(f"the model's predictions at sigma {float(example.sigma[0]):.4g}", d_c, d_u)
-    net_dtype = next(network.parameters()).dtype
-    w = network(example.timestep.to(net_dtype), ((d_c - d_u) / s).flatten(1).norm(dim=1).to(net_dtype),
-                example.lam.to(net_dtype)).to(x0.dtype)
+    # The network is trained where it was made (the CPU: it is tiny), the model's evaluations stay on the
+    # model's device: its three inputs go to the network, its weights come back (autograd follows both copies).
+    net = next(network.parameters())
+    w = network(example.timestep.to(net.device, net.dtype),
+                ((d_c - d_u) / s).flatten(1).norm(dim=1).to(net.device, net.dtype),
+                example.lam.to(net.device, net.dtype)).to(x0)
     _finite("the network's guidance weights", w)
     d_g = d_u + _per_sample(w, x0) * (d_c - d_u)
     noise_u = (x - signal_scale(space, s) * d_u) / s
