@@ -497,7 +497,8 @@ class Dispatch:
                     self.progress.show(server)
                     await self.fill(server)
                     await self.follow(server, ws)
-                raise ServerGone("it closed the connection")
+                failure = ws.exception()  # no answer to a ping, for one
+                raise ServerGone(f"{type(failure).__name__}: {failure}" if failure else "it closed the connection")
             except (ServerGone, aiohttp.ClientError, asyncio.TimeoutError) as e:
                 server.connected = server.answering = False
                 server.running = None
