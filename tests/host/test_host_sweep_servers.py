@@ -24,6 +24,7 @@ import pytest
 import comfy.samplers
 import tiny_models
 from comfy_server import ComfyServer
+from path_proxy import PathProxy
 
 SWEEP = Path(__file__).resolve().parents[2] / "scripts" / "sweep.py"
 STEPS = 8
@@ -219,6 +220,29 @@ def test_a_grid_spreads_over_three_servers_each_run_once(tmp_path, servers):
     header = (out / "runs.csv").read_text().splitlines()[0]
     assert header.startswith("prompt_id,status,server,seed,Interval.sigma_hi,4.cfg,")
     assert "12 of 12 runs succeeded" in done.stderr
+
+
+def test_a_server_behind_a_proxy_under_a_path_takes_its_share(tmp_path, servers):
+    """B reached through a reverse proxy that serves it under /gpu2 (HTTP and the websocket), A directly: the
+    grid spreads over both, each run once; each row names the address the sweep was given, and B's images
+    come through the proxy."""
+    a, b, _, _ = servers
+    out = tmp_path / "proxy"
+    with PathProxy(b.url, "/gpu2") as proxy:
+        done = subprocess.run(sweep_command(tmp_path, [a, proxy], out, workflow("gs_proxy", wait=0.3)),
+                              capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    behind = {a.url: a, proxy.url: b}
+    rows = read_runs(out)
+    assert len(rows) == 12 and all(r["status"] == "success" for r in rows)
+    assert {r["server"] for r in rows} == set(behind)
+    ran = {url: executed(server, "gs_proxy") for url, server in behind.items()}
+    assert Counter(v for by_id in ran.values() for v in by_id.values()) == grid()
+    for row in rows:
+        assert ran[row["server"]][row["prompt_id"]] == settings_of(row)
+        history = behind[row["server"]].get(f"/history/{row['prompt_id']}")[row["prompt_id"]]
+        saved = [item for output in history["outputs"].values() for item in output.get("images", [])]
+        assert (out / row["images"][0]).read_bytes() == behind[row["server"]].output_path(saved[0]).read_bytes()
 
 
 def test_a_server_killed_mid_sweep_its_runs_finish_elsewhere_and_it_is_used_again_once_back(tmp_path, servers, gate):
