@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 from comfy_server import free_port
 
 
 class PathProxy:
-    def __init__(self, target: str, prefix: str = "/gpu2"):
+    def __init__(self, target: str, prefix: str = "/gpu2", delays: dict | None = None):
+        """`delays`: seconds to hold a request before forwarding it, by "METHOD /path" (a slow link); the
+        start of each held request (time.monotonic()) goes to `holding` at once, its (start, end) to `held`."""
         self.target, self.prefix, self.port = target, prefix, free_port()
         self.url = f"http://127.0.0.1:{self.port}{prefix}"
+        self.delays, self.holding, self.held = delays or {}, [], []
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=30)
@@ -37,6 +41,12 @@ class PathProxy:
     async def _forward(self, request):
         from aiohttp import web
         url = self.target + request.raw_path[len(self.prefix):]  # as sent: quoted names stay quoted
+        delay = self.delays.get(f"{request.method} {request.path[len(self.prefix):]}", 0)
+        if delay:
+            start = time.monotonic()
+            self.holding.append(start)
+            await asyncio.sleep(delay)
+            self.held.append((start, time.monotonic()))
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._forward_websocket(request, url.replace("http", "ws", 1))
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "accept")}

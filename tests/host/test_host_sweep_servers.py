@@ -328,6 +328,42 @@ def test_a_server_that_hangs_gives_up_its_runs_and_takes_back_those_no_one_took(
     assert Counter(ran[b.url].values()) >= on_b
 
 
+def test_a_server_back_while_its_run_is_on_its_way_to_another_leaves_it_to_that_one(tmp_path, servers, gate):
+    """B stops and its two runs go back in line; A, behind a link that holds each queued prompt 6 s, takes
+    them as its own runs end, and B answers again while they are still on their way to A. B leaves them to
+    A (they are out of the line: taking them back would take them out twice) and the sweep goes on; only
+    the run B was running when it stopped runs twice (B finishes it too)."""
+    a, b, _, _ = servers
+    out = tmp_path / "sending"
+    gate.touch()
+    with PathProxy(a.url, "/a", delays={"POST /prompt": 6.0}) as slow_a, \
+            Sweep(sweep_command(tmp_path, [slow_a, b], out, workflow("gs_sending", gate=str(gate)),
+                                "--grace", "1", "--heartbeat", "2")) as sweep:
+        wait_until_full([a, b], "gs_sending")
+        b.proc.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: sweep.said(f"{b.url} does not answer"), "the sweep noticing", timeout=120)
+            time.sleep(2)  # its grace: B's runs wait again; A is full
+            queued_before = len(slow_a.holding)
+            gate.unlink()  # A's runs end; it takes the waiting ones, on their way for 6 s
+            wait_for(lambda: len(slow_a.holding) > queued_before, "A taking a run of B's", timeout=60)
+        finally:
+            b.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: sweep.said(f"{b.url} answers again") or sweep.process.poll() is not None,
+                 "B answering again", timeout=60)
+        back = time.monotonic()
+        returncode, stderr = sweep.wait()
+    assert returncode == 0, stderr
+    assert back < slow_a.held[queued_before][1], "B came back only after the run reached A: the race was not tested"
+    rows = read_runs(out)
+    assert len(rows) == 12 and all(r["status"] == "success" for r in rows)
+    behind = {slow_a.url: a, b.url: b}
+    ran = {url: executed(server, "gs_sending") for url, server in behind.items()}
+    counts = Counter(v for by_id in ran.values() for v in by_id.values())
+    assert set(counts) == set(grid()) and sum(counts.values()) - 12 <= 1, counts
+    assert all(ran[r["server"]][r["prompt_id"]] == settings_of(r) for r in rows)
+
+
 @contextlib.contextmanager
 def websocket_as(server, client_id):
     """A second websocket client of the server under `client_id`, open while the block runs (what it is sent
