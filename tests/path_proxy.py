@@ -13,8 +13,9 @@ from comfy_server import free_port
 
 class PathProxy:
     def __init__(self, target: str, prefix: str = "/gpu2", delays: dict | None = None):
-        """`delays`: seconds to hold a request before forwarding it, by "METHOD /path" (a slow link); the
-        start of each held request (time.monotonic()) goes to `holding` at once, its (start, end) to `held`."""
+        """`delays`: seconds to hold a request before forwarding it, by "METHOD /path" (a slow link; a test may
+        change them while the proxy runs); the start of each held request (time.monotonic()) goes to `holding`
+        at once, its (start, end) to `held`."""
         self.target, self.prefix, self.port = target, prefix, free_port()
         self.url = f"http://127.0.0.1:{self.port}{prefix}"
         self.delays, self.holding, self.held = delays or {}, [], []
