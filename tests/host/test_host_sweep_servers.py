@@ -1,6 +1,7 @@
 """scripts/sweep.py over several real ComfyUI servers (loopback ports, the tiny test model): one grid spread
-over three, one server killed and brought back mid-sweep, Ctrl-C and a resume on another set of servers,
-servers that lack a node or a checkpoint refused by name.
+over three, one behind a reverse proxy under a path, servers killed, restarted and hung mid-sweep (one of
+them coming back while its runs are on their way to another), a connection that is sent no more events,
+Ctrl-C and a resume on another set of servers, servers that lack a node or a checkpoint refused by name.
 
 What ran where is read from each server's own history (the prompts it executed, with their inputs), not
 from the sweep's records; the model evaluations of a run from the pack's records on the server that ran it.
