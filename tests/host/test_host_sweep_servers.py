@@ -373,6 +373,26 @@ def test_a_server_back_while_its_run_is_on_its_way_to_another_leaves_it_to_that_
     assert all(ran[r["server"]][r["prompt_id"]] == settings_of(r) for r in rows)
 
 
+def test_runs_someone_clears_from_a_servers_queue_are_queued_again(tmp_path, servers, gate):
+    """Someone clears A's queue mid-sweep (the Clear button of a shared server's UI): the run that waited
+    there leaves without a word to the sweep and without a history; it is found missing from A's queue and
+    queued again. Every run once."""
+    a = servers[0]
+    out = tmp_path / "cleared"
+    gate.touch()
+    with Sweep(sweep_command(tmp_path, [a], out, workflow("gs_cleared", gate=str(gate)), seeds=1)) as sweep:
+        wait_until_full([a], "gs_cleared")
+        (pending,) = ours(a, "gs_cleared")[1]
+        assert a.post("/queue", {"clear": True})[0] == 200
+        wait_for(lambda: len(ours(a, "gs_cleared")[1]) == 1 and pending not in ours(a, "gs_cleared")[1],
+                 "the run queued again", timeout=60)
+        gate.unlink()
+        returncode, stderr = sweep.wait()
+    assert returncode == 0, stderr
+    assert all(r["status"] == "success" for r in read_runs(out))
+    ran_each_run_once([a], "gs_cleared", out, seeds=1)
+
+
 @contextlib.contextmanager
 def websocket_as(server, client_id):
     """A second websocket client of the server under `client_id`, open while the block runs (what it is sent
