@@ -214,7 +214,7 @@ class Server:
 
     def __init__(self, session, url: str):
         self.session, self.url = session, url
-        self.client_id = uuid.uuid4().hex  # a new one for each connection: see Dispatch.serve
+        self.client_id = ""  # a new one for each connection, given by Dispatch.serve
         self.holding: dict[str, Run] = {}  # prompt id -> run: queued there and not yet finished
         self.sending = 0  # runs on their way to it (a POST under way)
         self.released: dict[str, Run] = {}  # runs it held when it stopped answering, given to the others since
