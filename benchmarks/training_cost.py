@@ -119,7 +119,7 @@ def measure(arch, built, size, images):
     model, pos, neg, channels = built
     mm.load_models_gpu([model])
     x0 = torch.randn(images + 1, channels, size // 8, size // 8)
-    grid, scheduler = training_grid(model.get_model_object("model_sampling"), 50, "auto")
+    grid, scheduler = training_grid(model, 50, "auto")
     sampling_step(model, pos, neg, x0[:1])  # warm up
     with CudaPeak() as sampling_peak:
         start = time.perf_counter()

@@ -14,7 +14,7 @@ from .files import (new_output_path, output_file_key, register_model_folder, wri
                     written_file_key, wrote_file)
 from .guidance import patch_model
 from .method_nodes import CATEGORY, GuidanceMethod, ScheduleGuider, ScheduleGuiderNode, SchedulePatchNode
-from .host_facts import prediction_of
+from .host_facts import model_facts
 from .rehearsal import sampler_function_name
 
 log = logging.getLogger("guidance_schedules")
@@ -128,7 +128,7 @@ class LinearAGCalibrate:
             sampler=sampler_function_name(sampler), steps=len(sigmas) - 1,
             sigmas=tuple(float(s) for s in sigmas.flatten().tolist()),
             model=type(model.model.model_config).__name__ + " " + model.model.model_type.name, cfg=float(cfg),
-            runs=len(trajectories), prediction=prediction_of(model.get_model_object("model_sampling")))
+            runs=len(trajectories), prediction=model_facts(model).prediction)
         written = write_under_a_free_name(path, lambda p: linear_ag_files.save(result, fitted_for, p))
         if written == path:
             wrote_file(path, cache_key)

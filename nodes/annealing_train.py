@@ -33,7 +33,7 @@ from .annealing import FOLDER
 from .files import new_output_path, output_file_key, write_under_a_free_name, written_file_key, wrote_file
 from .guidance import history_of, plain_value_errors
 from .method_nodes import CATEGORY
-from .host_facts import model_family_of, noise_scale_of, prediction_of, sigma_space_of, timesteps_of
+from .host_facts import model_facts
 
 log = logging.getLogger("guidance_schedules")
 
@@ -110,20 +110,21 @@ def run_example(model, positive, negative, x0: torch.Tensor, grid_sigmas: torch.
     guider.sample(torch.zeros_like(x0), x0, _OneExample(work), grid_sigmas, disable_pbar=True, seed=0)
 
 
-def training_space(model_sampling) -> str:
+def training_space(facts) -> str:
     """The training loss's sampling space, the model's sigma space: flow for rectified-flow models, EDM sigmas
     (x = x0 + sigma n) for EPS, v-prediction, EDM, x0 and CogVideoX's V_PREDICTION_DDPM models."""
-    if prediction_of(model_sampling) == "x0_flow":
+    if facts.prediction == "x0_flow":
         raise ValueError("model: an image-to-image flow model (ComfyUI's IMG_TO_IMG_FLOW) samples from a source image, "
                          "not from noise; the annealing objective trains on noised latents, so it cannot train for it")
-    return sigma_space_of(model_sampling)
+    return facts.sigma_space
 
 
-def training_grid(model_sampling, steps: int, scheduler: str) -> tuple[Grid, str]:
+def training_grid(model, steps: int, scheduler: str) -> tuple[Grid, str]:
     """The sampling grid trained for, from ComfyUI's own scheduler (the final 0 left out): ddim_uniform for
     EPS-space models (the paper's DDIM grid), simple (the model's own schedule) for flow models."""
+    model_sampling = model.get_model_object("model_sampling")
     if scheduler == AUTO:
-        scheduler = "simple" if training_space(model_sampling) == FLOW else "ddim_uniform"
+        scheduler = "simple" if training_space(model_facts(model)) == FLOW else "ddim_uniform"
     sigmas = comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps).double()
     sigmas = sigmas[sigmas > 0]
     if len(sigmas) < 2:
@@ -297,7 +298,7 @@ class AnnealingGuidanceTrain:
         if history_of(model) is not None:
             raise ValueError("model: this model carries a guidance schedule of this pack; train on the model "
                              "itself (before any guidance node)")
-        grid, scheduler = training_grid(model.get_model_object("model_sampling"), steps, scheduler)
+        grid, scheduler = training_grid(model, steps, scheduler)
         x0 = _latents(latents)
         positives = _positives(positive, len(x0))
         _warn_about_the_images(settings)
@@ -316,8 +317,8 @@ class AnnealingGuidanceTrain:
 def timestep_scale(model) -> float:
     """The network reads t / this. DDPM timesteps and flow's 1000 sigma run over 0..1000, as in the paper; other
     models' own timesteps (EDM's log(sigma) / 4) are already of order 1."""
-    model_sampling = model.get_model_object("model_sampling")
-    on_1000 = timesteps_of(model_sampling) == "discrete_1000" or training_space(model_sampling) == FLOW
+    facts = model_facts(model)
+    on_1000 = facts.timesteps == "discrete_1000" or training_space(facts) == FLOW
     return 1000.0 if on_1000 else 1.0
 
 
@@ -377,10 +378,10 @@ def train_network(model, x0: torch.Tensor, positives: list, negative, grid: Grid
     given, runs after every optimizer step (the test beds measure a held-out loss there); gradient_checkpointing
     recomputes the model's activations per block in the backward pass."""
     model = trainable(model)
-    model_sampling = model.get_model_object("model_sampling")
-    space = training_space(model_sampling)
-    trained_for = TrainedFor(model_family=model_family_of(model), prediction=prediction_of(model_sampling),
-                             latent_channels=int(x0.shape[1]), timesteps=timesteps_of(model_sampling),
+    facts = model_facts(model)
+    space = training_space(facts)
+    trained_for = TrainedFor(model_family=facts.family, prediction=facts.prediction,
+                             latent_channels=int(x0.shape[1]), timesteps=facts.timesteps,
                              source=f"AnnealingGuidanceTrain ({os.path.basename(path)})")
     fingerprint = {"latents": list(x0.shape), "latent_sum": round(float(x0.double().sum()), 6),
                    "conditionings": len(positives)}
@@ -391,7 +392,7 @@ def train_network(model, x0: torch.Tensor, positives: list, negative, grid: Grid
         torch.manual_seed(settings.seed)
         network = AnnealingNetwork(NetworkConfig(delta_embed_normalization=settings.delta_normalization,
                                                  t_embed_normalization=timestep_scale(model)))
-    noise_scale = noise_scale_of(model_sampling)
+    noise_scale = facts.noise_scale
     if noise_scale != 1.0:  # recorded only where it differs, so checkpoints of earlier versions still resume
         record["noise_scale"] = noise_scale
     trainer = Trainer(network.train(), grid, space, settings, dataset_size=len(x0), noise_scale=noise_scale)

@@ -31,8 +31,7 @@ from comfy.patcher_extension import WrapperExecutor, WrappersMP
 
 from ..samplers.schedule import Evaluation, GuidanceSchedule, RunInfo, RunRecord, ScheduleDriver
 from ..samplers.steps import StepTracker
-from .host_facts import (OwnGuidance, model_family_of, noise_scale_of, own_guidance_of, prediction_of,
-                         renoises_with_uncond, sigma_space_of, takes_flow_step, timesteps_of)
+from .host_facts import OwnGuidance, model_facts, own_guidance_of, renoises_with_uncond, takes_flow_step
 from .rehearsal import rehearse_steps, sampler_function_name
 from .reports import report
 
@@ -46,10 +45,11 @@ ScheduleFactory = Callable[[RunInfo], GuidanceSchedule]
 
 
 def fingerprint(latent: torch.Tensor) -> torch.Tensor:
-    """A small, device-free sample of a latent, enough to tell which sampler made a LATENT."""
+    """A small sample of a latent, enough to tell which sampler made a LATENT, kept on the latent's device (a
+    finished run copies nothing to the host for it: the plot node, which may never come, compares there)."""
     flat = latent.detach().flatten()
-    return torch.cat([torch.tensor(latent.shape, dtype=torch.float32),
-                      flat[:: max(1, flat.numel() // 1024)][:1024].to("cpu", torch.float32)])
+    return torch.cat([torch.tensor(latent.shape, dtype=torch.float32).to(latent.device),
+                      flat[:: max(1, flat.numel() // 1024)][:1024].to(torch.float32)])
 
 
 class RunHistory:
@@ -78,18 +78,59 @@ class RunHistory:
         """The kept run whose sampler returned `latent` (the newest, where several did)."""
         seen = fingerprint(latent)
         for mark, record in reversed(self.runs):
-            if mark.shape == seen.shape and torch.allclose(mark, seen, rtol=1e-4, atol=1e-6):
+            if mark.shape == seen.shape and torch.allclose(mark, seen.to(mark.device), rtol=1e-4, atol=1e-6):
                 return record
         return None
 
 
 class GuidanceRun:
-    """Per-run state: the step tracker and the driver of the run's schedule (which keeps its record)."""
+    """Per-run state: the step tracker, the driver of the run's schedule (which keeps its record), and what is
+    made once per run so that an evaluation costs no more than it must: the model's own timestep of each
+    planned evaluation, and the sigmas the sampler really evaluated at, kept on their device and checked
+    against the plan once the run is over."""
 
-    def __init__(self, schedule: GuidanceSchedule, tracker: StepTracker):
+    def __init__(self, schedule: GuidanceSchedule, tracker: StepTracker, model_sampling):
         self.tracker = tracker
         self.driver = ScheduleDriver(schedule, RunRecord(steps=tracker.steps))
+        self.model_sampling = model_sampling
         self.warned = False
+        self.evaluated_sigmas: list[torch.Tensor] = []  # the sampler's sigmas of the planned evaluations, on the device
+        self.evaluated_plan: list[int] = []  # and the plan's index each was attributed to
+        plan = tracker.plan or []
+        # one conversion of sigma to the model's timestep for the run (the annealing network reads it)
+        self.model_timesteps = model_sampling.timestep(torch.tensor([p.sigma for p in plan], dtype=torch.float32)
+                                                       ).flatten().tolist() if plan else []
+
+    def locate(self, timestep: torch.Tensor) -> tuple[int, bool, float, float]:
+        """(step, first of its step, sigma, model timestep) of the next evaluation, at `timestep` (the sampler's
+        sigma per sample). While the run follows its rehearsal nothing is read from the device."""
+        planned = self.tracker.next_planned()
+        if planned is not None:
+            k = self.tracker.evaluations - 1
+            self.evaluated_sigmas.append(timestep)
+            self.evaluated_plan.append(k)
+            return planned.step, planned.first_of_step, planned.sigma, self.model_timesteps[k]
+        sigma = float(timestep.max())
+        step, first = self.tracker.locate(sigma)
+        model_timestep = float(self.model_sampling.timestep(torch.tensor([sigma], dtype=torch.float32)).flatten()[0])
+        return step, first, sigma, model_timestep
+
+    def departure(self) -> int | None:
+        """The first evaluation where the run left its rehearsal: the sigmas are compared with the plan on their
+        device, and one bool is read, once, at the run's end."""
+        if not self.evaluated_sigmas:
+            return self.tracker.departed_at
+        shapes = {t.shape for t in self.evaluated_sigmas}
+        if len(shapes) == 1:  # one batch size for the run: one operation
+            seen = torch.stack(self.evaluated_sigmas).reshape(len(self.evaluated_sigmas), -1).amax(dim=1)
+        else:
+            seen = torch.stack([t.reshape(-1).max() for t in self.evaluated_sigmas])
+        plan = self.tracker.plan
+        planned = torch.tensor([plan[k].sigma for k in self.evaluated_plan], dtype=torch.float32).to(seen.device)
+        # the tracker's tolerance (steps._close), in float32 since some devices have no float64
+        if bool(torch.isclose(seen.float(), planned, rtol=1e-5, atol=1e-9).all()):
+            return self.tracker.departed_at
+        return self.tracker.departure(list(zip(self.evaluated_plan, seen.to("cpu", torch.float64).tolist())))
 
 
 def patch_model(model, make_schedule: ScheduleFactory, describe: str, method: str = "", settings: dict | None = None,
@@ -112,6 +153,11 @@ def patch_model(model, make_schedule: ScheduleFactory, describe: str, method: st
     m.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,
                            functools.partial(_run_with_schedule, make_schedule, history))
     m.add_wrapper_with_key(WrappersMP.PREDICT_NOISE, WRAPPER_KEY, _predict_noise_with_schedule)
+    # first, i.e. outermost: a PREDICT_NOISE wrapper of a node applied before this one (LazyCache) may answer an
+    # evaluation itself, and the run's step tracker has to see it (wrappers run in the order of their keys)
+    wrappers = m.wrappers[WrappersMP.PREDICT_NOISE]
+    m.wrappers[WrappersMP.PREDICT_NOISE] = {WRAPPER_KEY: wrappers[WRAPPER_KEY],
+                                            **{k: v for k, v in wrappers.items() if k != WRAPPER_KEY}}
     return m
 
 
@@ -151,34 +197,63 @@ def _run_with_schedule(make_schedule: ScheduleFactory, history: RunHistory, exec
     model_sampling = guider.model_patcher.get_model_object("model_sampling")
     noise = args[1] if len(args) > 1 else kwargs.get("noise")
     own = own_guidance_of(guider)
+    facts = model_facts(guider.model_patcher)
     info = RunInfo(sigmas=tuple(float(s) for s in sigmas.flatten().tolist()),
-                   sigma_space=sigma_space_of(model_sampling), sampler=name,
+                   sigma_space=facts.sigma_space, sampler=name,
                    renoises_with_uncond=renoises_with_uncond(name), takes_flow_step=takes_flow_step(name),
                    guider=own.node if own is not None else "",
-                   prediction=prediction_of(model_sampling), timesteps=timesteps_of(model_sampling),
+                   prediction=facts.prediction, timesteps=facts.timesteps,
                    latent_shape=tuple(noise.shape) if noise is not None else (),
-                   model_family=model_family_of(guider.model_patcher), noise_scale=noise_scale_of(model_sampling))
+                   model_family=facts.family, noise_scale=facts.noise_scale)
     if info.steps == 0:
         return executor(guider, sigmas, extra_args, *args, **kwargs)
     plan = rehearse_steps(sampler, guider, sigmas, extra_args, noise)
     with plain_value_errors():
         schedule = make_schedule(info)
-    run = GuidanceRun(schedule, StepTracker(info.sigmas, plan))
+    run = GuidanceRun(schedule, StepTracker(info.sigmas, plan), model_sampling)
+    args = _with_step_callback(run, args, kwargs)
     extra_args = dict(extra_args)
     extra_args["model_options"] = {**extra_args.get("model_options", {}), RUN_KEY: run}
     out = executor(guider, sigmas, extra_args, *args, **kwargs)
-    if run.tracker.departed_at is not None:
+    departed = run.departure()
+    if departed is not None:
         log.warning("Guidance schedules: sampler %s evaluated the model elsewhere than its rehearsal from evaluation "
-                    "%d on; those evaluations were attributed to steps by sigma.", name, run.tracker.departed_at)
+                    "%d on; guidance decisions from there may belong to other steps than the ones the run took.",
+                    name, departed)
     # what the sampler node will return: ComfyUI's inner_sample hands the latent on through process_latent_out
-    history.add(guider.inner_model.process_latent_out(out.detach().float()), run.driver.record)
-    report({"method": history.method, "settings": history.settings, "describe": history.describe, "sampler": name,
-            "sigma_space": info.sigma_space, "cfg": float(guider.cfg), **run.driver.record.as_dict()})
-    details = run.driver.schedule.summary()
-    if history.log_runs:
-        log.info("%s (%s, %s): %s%s", history.describe, name, info.sigma_space, run.driver.record.describe(),
-                 f"; {details}" if details else "")
+    finished(history, run.driver, guider.inner_model.process_latent_out(out.detach()), name, info.sigma_space,
+             float(guider.cfg))
     return out
+
+
+def _with_step_callback(run: GuidanceRun, args: tuple, kwargs: dict) -> tuple:
+    """The sampler's callback (SAMPLER_SAMPLE's first argument after extra_args: callback(step, denoised, x,
+    total_steps)), also telling the run's step tracker that a step's first evaluation is done (StepTracker.
+    after_callback). ComfyUI's nodes always pass one; where none is given, the tracker's alone."""
+    def callback(step, *rest):
+        run.tracker.after_callback(int(step))
+        if given is not None:
+            return given(step, *rest)
+    if "callback" in kwargs:
+        given = kwargs["callback"]
+        kwargs["callback"] = callback
+        return args
+    given = args[0] if args else None
+    return (callback, *args[1:]) if args else args
+
+
+def finished(history: RunHistory, driver: ScheduleDriver, output: torch.Tensor, sampler: str, sigma_space: str,
+             cfg: float) -> None:
+    """Where a finished run's record goes, in one place: the model's history (the plot node), the API's run
+    records and event (nodes/reports.py) and the log."""
+    record = driver.record
+    history.add(output, record)
+    report({"method": history.method, "settings": history.settings, "describe": history.describe, "sampler": sampler,
+            "sigma_space": sigma_space, "cfg": cfg, **record.as_dict()})
+    if history.log_runs:
+        details = driver.schedule.summary()
+        log.info("%s (%s, %s): %s%s", history.describe, sampler, sigma_space, record.describe(),
+                 f"; {details}" if details else "")
 
 
 def _is_stock_cfg_guider(guider) -> bool:
@@ -192,35 +267,39 @@ def _predict_noise_with_schedule(executor, x, timestep, model_options={}, seed=N
     if run is None:
         return executor(x, timestep, model_options, seed)
     own = own_guidance_of(guider)
-    if own is not None:
-        return _own_guidance_prediction(executor, guider, own, run, x, timestep, model_options, seed)
-    if not _is_stock_cfg_guider(guider):
+    if own is None and not _is_stock_cfg_guider(guider):
         if not run.warned:
             log.warning("Guidance schedule inactive: the guider %s computes its own guidance; "
                         "use the pack's guider node or KSampler instead.", type(guider).__name__)
             run.warned = True
         return executor(x, timestep, model_options, seed)
+    # Ours is the outermost PREDICT_NOISE wrapper (patch_model puts it first): every evaluation of the run
+    # reaches it, also one that a wrapper inside answers itself (LazyCache), so it is counted here.
+    located = run.locate(timestep)
+    if own is not None:
+        return _own_guidance_prediction(executor, guider, own, run, located, x, timestep, model_options, seed)
     # Run the remaining (inner) PREDICT_NOISE wrappers, then ours instead of the stock computation.
-    # Everything is read there, innermost, so that a wrapper that changes guider.cfg for part of the
+    # Everything else is read there, innermost, so that a wrapper that changes guider.cfg for part of the
     # run (ComfyUI's CFGOverride) acts whether it was added before or after this pack's patch.
-    final = functools.partial(_guided_prediction, guider, run)
+    if executor.idx + 1 >= len(executor.wrappers):  # no other wrapper (the common case)
+        return _guided_prediction(guider, run, located, x, timestep, model_options, seed)
+    final = functools.partial(_guided_prediction, guider, run, located)
     inner = WrapperExecutor.new_class_executor(final, guider, executor.wrappers, executor.idx + 1)
     return inner.execute(x, timestep, model_options, seed)
 
 
-def _evaluation(guider, run: GuidanceRun, x, timestep, model_options, cfg1_shortcut: bool) -> Evaluation:
+def _evaluation(guider, located: tuple, x, model_options, cfg1_shortcut: bool) -> Evaluation:
     """The evaluation as the schedule sees it: its step, sigma, the guider's cfg, whether ComfyUI's cfg == 1
     shortcut may skip the unconditional pass (not where the guider applies its own shortcuts), and whether a
     patch of the model reads that pass itself: one that asked ComfyUI to run it even at cfg 1
     (disable_model_cfg1_optimization: SelfAttentionGuidance, NAGuidance). The CFG++ samplers ask the same for
     their run only (in the sampler's model_options, not the model's): they re-noise with whatever the slot
     holds, so for them the pass is still skipped (decision 4)."""
-    sigma = timestep.max()
-    step, first = run.tracker.locate(float(sigma))
-    return Evaluation(step=step, first_of_step=first, sigma=float(sigma), batch_size=x.shape[0],
+    step, first, sigma, model_timestep = located
+    return Evaluation(step=step, first_of_step=first, sigma=sigma, batch_size=x.shape[0],
                       cond_scale=check_cfg(guider.cfg),
                       skip_uncond_at_weight_one=cfg1_shortcut and not model_options.get("disable_cfg1_optimization", False),
-                      model_timestep=float(guider.inner_model.model_sampling.timestep(sigma.reshape(1)).flatten()[0]),
+                      model_timestep=model_timestep,
                       hooks_read_uncond=cfg1_shortcut and bool(guider.model_options.get("disable_cfg1_optimization")))
 
 
@@ -242,7 +321,7 @@ def _passes(model, conds: list, x, timestep, model_options, cond_scale: float) -
     return out[0], out[1]
 
 
-def _guided_prediction(guider, run: GuidanceRun, x, timestep, model_options={}, seed=None):
+def _guided_prediction(guider, run: GuidanceRun, located: tuple, x, timestep, model_options={}, seed=None):
     """comfy.samplers.sampling_function with a per-sample choice of the unconditional pass and weight.
 
     It mirrors the host's sampling_function, identical in ComfyUI 0.3.64, 0.8.0 and 0.33.0: the cfg == 1
@@ -254,7 +333,7 @@ def _guided_prediction(guider, run: GuidanceRun, x, timestep, model_options={}, 
     post-CFG and cfg patches of the host composed in both orders)."""
     model = guider.inner_model
     positive, negative = guider.conds.get("positive"), guider.conds.get("negative")
-    ev = _evaluation(guider, run, x, timestep, model_options, cfg1_shortcut=True)
+    ev = _evaluation(guider, located, x, model_options, cfg1_shortcut=True)
 
     def predict(run_uncond: bool):
         return _passes(model, [positive, negative if run_uncond else None], x, timestep, model_options, ev.cond_scale)
@@ -268,15 +347,15 @@ def _guided_prediction(guider, run: GuidanceRun, x, timestep, model_options={}, 
                                        uncond=negative if guided.ran_uncond else positive)
 
 
-def _own_guidance_prediction(executor, guider, own: OwnGuidance, run: GuidanceRun, x, timestep, model_options,
-                             seed):
+def _own_guidance_prediction(executor, guider, own: OwnGuidance, run: GuidanceRun, located: tuple, x, timestep,
+                             model_options, seed):
     """One evaluation under a core guider that combines its passes its own way (PerpNeg, DualCFG, DualModel): where
     a sample is guided, the guider's own prediction, exactly (the rest of the PREDICT_NOISE chain and its
     predict_noise run, every pass of theirs included); where none is, the positive pass alone, as a CFG step
     without guidance (cfg_function with the conditional prediction in both slots). Adaptive Guidance compares the
     positive prediction with the one `own` names, read from the guider's calc_cond_batch calls."""
     model, positive = guider.inner_model, guider.conds.get("positive")
-    ev = _evaluation(guider, run, x, timestep, model_options, cfg1_shortcut=False)  # the guider's own shortcuts
+    ev = _evaluation(guider, located, x, model_options, cfg1_shortcut=False)  # the guider's own shortcuts
     guiders_own = {}
 
     def predict(run_uncond: bool):
@@ -287,14 +366,13 @@ def _own_guidance_prediction(executor, guider, own: OwnGuidance, run: GuidanceRu
         return own.prediction(calls, own.cond), own.prediction(calls, own.uncond)
 
     guided = run.driver.evaluate(ev, predict)
-    if guided.ran_uncond and bool(guided.guided.all()):
+    if guided.ran_uncond and all(guided.guided):
         return guiders_own["prediction"]
     alone = comfy.samplers.cfg_function(model, guided.cond, guided.cond, 1.0, x, timestep, model_options=model_options,
                                         cond=positive, uncond=positive)
-    if not guided.ran_uncond or not bool(guided.guided.any()):
+    if not guided.ran_uncond or not any(guided.guided):
         return alone
-    mask = guided.guided.to(x.device).view(-1, *([1] * (x.ndim - 1)))
-    return torch.where(mask, guiders_own["prediction"], alone)
+    return torch.where(run.driver.mask(guided.guided, x), guiders_own["prediction"], alone)
 
 
 def _capturing_passes(model_options: dict, calls: list) -> dict:

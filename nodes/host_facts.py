@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import comfy.model_sampling
 
 from ..samplers import spaces
-from ..samplers.spaces import FLOW
+from ..samplers.spaces import FLOW, ModelFacts
 
 # (ComfyUI's class, the pack's name for what it predicts: spaces.PREDICTION_SPACE), most derived class first:
 # the first isinstance match wins (EDM < V_PREDICTION < EPS, IMG_TO_IMG < X0 < EPS, IMG_TO_IMG_FLOW < CONST).
@@ -29,6 +29,15 @@ _PREDICTIONS = [(getattr(comfy.model_sampling, cls, None), name) for cls, name i
     ("EPS", "eps"),
 )]
 _PREDICTIONS = [row for row in _PREDICTIONS if row[0] is not None]
+
+
+def model_facts(model) -> ModelFacts:
+    """Everything the pack reads off a MODEL (a ModelPatcher, or a guider's), once: its model sampling's
+    prediction, timesteps and noise scale, and its family."""
+    patcher = getattr(model, "model_patcher", model)
+    model_sampling = patcher.get_model_object("model_sampling")
+    return ModelFacts(prediction=prediction_of(model_sampling), timesteps=timesteps_of(model_sampling),
+                      family=model_family_of(patcher), noise_scale=noise_scale_of(model_sampling))
 
 
 def prediction_of(model_sampling) -> str:

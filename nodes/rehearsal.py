@@ -8,6 +8,8 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
+import weakref
+from collections import OrderedDict
 
 import torch
 
@@ -65,10 +67,45 @@ def _cheap_noise(function, x) -> dict:
     return {"noise_sampler": lambda sigma, sigma_next: torch.zeros_like(x)} if takes_it else {}
 
 
+# Plans of earlier runs, per model sampling object (a rehearsal of many steps costs about a tenth of a cheap step
+# per step: the same sampler on the same grid, queued again, rehearses once). What a rehearsal depends on is the key:
+# the sampler function and its options, the sigmas, the latent's layout, and the model sampling (some samplers
+# branch on it).
+_PLANS_KEPT = 16
+_plans: "weakref.WeakKeyDictionary[object, OrderedDict]" = weakref.WeakKeyDictionary()
+
+
+def _plan_key(sampler, sigmas: torch.Tensor, noise, model_options: dict) -> tuple:
+    function = getattr(sampler, "sampler_function", None)
+    options = getattr(sampler, "extra_options", {})
+    layout = (noise.ndim, noise.shape[1] if noise.ndim > 1 else 0) if noise is not None else None
+    hooks = tuple(id(h) for h in model_options.get("sampler_post_cfg_function", []))
+    return (function, repr(sorted(options.items(), key=lambda kv: str(kv[0]))), layout, hooks,
+            tuple(float(s) for s in sigmas.flatten().tolist()))
+
+
 def rehearse_steps(sampler, guider, sigmas: torch.Tensor, extra_args: dict, noise) -> list[PlannedEvaluation] | None:
     """Which step each evaluation of this run belongs to, from a rehearsal of the sampler's own function
-    on a one-pixel latent with a stand-in model (samplers/steps.py explains why). None where the
-    sampler cannot be rehearsed; its evaluations are then placed by sigma."""
+    on a one-pixel latent with a stand-in model (samplers/steps.py explains why), or from the same rehearsal
+    made for an earlier run. None where the sampler cannot be rehearsed; its evaluations are then placed by
+    sigma."""
+    model_sampling = guider.model_patcher.get_model_object("model_sampling")
+    try:
+        kept = _plans.setdefault(model_sampling, OrderedDict())
+    except TypeError:  # not weakly referable: rehearse every run
+        kept = OrderedDict()
+    key = _plan_key(sampler, sigmas, noise, extra_args.get("model_options", {}))
+    if key in kept:
+        kept.move_to_end(key)
+        return kept[key]
+    plan = _rehearse(sampler, guider, sigmas, extra_args, noise)
+    kept[key] = plan
+    while len(kept) > _PLANS_KEPT:
+        kept.popitem(last=False)
+    return plan
+
+
+def _rehearse(sampler, guider, sigmas: torch.Tensor, extra_args: dict, noise) -> list[PlannedEvaluation] | None:
     name = sampler_function_name(sampler)
     function = getattr(sampler, "sampler_function", None)
     reason = None

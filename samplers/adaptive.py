@@ -22,19 +22,29 @@ import math
 import torch
 
 from . import linear_ag
-from .schedule import Evaluation, Guidance, GuidanceSchedule, RunInfo, StepPlan
+from .schedule import Evaluation, Guidance, GuidanceSchedule, Mask, RunInfo, StepPlan
 
 log = logging.getLogger("guidance_schedules")
 
 
-def cosine_per_sample(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of each sample's flattened a and b, in float64, on the CPU: (B,).
+def cosine_per_sample(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None = None) -> list[float]:
+    """Cosine similarity of each sample's flattened a and b, one float per sample.
 
-    On the CPU, so that a sample's value does not depend on the rest of its batch (the stop step of
-    a sample in a batch is the one it has alone) and the sampling device needs no float64 tensor
-    (Apple's MPS has none); a latent is small next to a model evaluation."""
-    a, b = a.flatten(1).cpu().to(torch.float64), b.flatten(1).cpu().to(torch.float64)
-    return torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-12)
+    Taken on the predictions' device, so that only a few numbers per sample reach the host: a full prediction
+    copied to the CPU every step grows with the latent and makes the host wait for the device, and every
+    tensor operation costs host time in every step. In float64, from the norms |a|, |b| and |a - b| of every
+    sample (one reduction): cos = (|a|^2 + |b|^2 - |a - b|^2) / (2 |a| |b|), which keeps its precision near 1,
+    where thresholds lie. Where the device has no float64 (Apple's MPS), torch's cosine similarity in float32
+    (the identity loses digits there when |a| and |b| differ much). Per sample, so that a sample's value does
+    not depend on the rest of its batch (the stop step of a sample in a batch is the one it has alone). As
+    torch's cosine_similarity, |a| |b| is at least 1e-12."""
+    dtype = dtype or (torch.float32 if a.device.type == "mps" else torch.float64)
+    if dtype != torch.float64:
+        return torch.nn.functional.cosine_similarity(a.reshape(a.shape[0], -1).to(dtype),
+                                                     b.reshape(b.shape[0], -1).to(dtype), dim=1, eps=1e-12).tolist()
+    parts = torch.stack([a, b, a - b], dim=1).reshape(a.shape[0], 3, -1)
+    norms = torch.linalg.vector_norm(parts, dim=2, dtype=dtype).tolist()
+    return [(na * na + nb * nb - nd * nd) / (2 * max(na * nb, 1e-12)) for na, nb, nd in norms]
 
 
 def check_threshold(threshold: float) -> float:
@@ -52,7 +62,7 @@ class AdaptiveSchedule(GuidanceSchedule):
     def __init__(self, run: RunInfo, threshold: float, linear: linear_ag.LinearAGFile | None = None):
         super().__init__(run)
         self.threshold = check_threshold(threshold)
-        self.stopped: torch.Tensor | None = None  # per sample: conditional-only from now on
+        self.stopped: list[bool] = []  # per sample: conditional-only from now on
         self.stop_step: list[int | None] = []  # per sample: the crossing step
         if linear is not None:
             if run.guider:
@@ -66,11 +76,11 @@ class AdaptiveSchedule(GuidanceSchedule):
         self.estimating_step: int | None = None  # the step whose unconditional prediction is estimated
 
     def plan_step(self, ev: Evaluation) -> StepPlan:
-        if self.stopped is None:
-            self.stopped = torch.zeros(ev.batch_size, dtype=torch.bool)
+        if not self.stopped:
+            self.stopped = [False] * ev.batch_size
             self.stop_step = [None] * ev.batch_size
-        guided = ~self.stopped
-        estimated = (self.linear is not None and linear_ag.estimated_step(ev.step) and bool(guided.any())
+        guided = tuple(not s for s in self.stopped)
+        estimated = (self.linear is not None and linear_ag.estimated_step(ev.step) and any(guided)
                      and self.previous is not None and self.previous[0] == ev.step - 1)
         self.estimated_steps += int(estimated)
         self.estimating_step = ev.step if estimated else None
@@ -85,18 +95,21 @@ class AdaptiveSchedule(GuidanceSchedule):
         _, prev_cond, prev_uncond = self.previous
         return linear_ag.estimate(self.linear.coefficients, ev.step, cond, prev_cond, prev_uncond)
 
-    def guide(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor, candidates: torch.Tensor) -> Guidance:
+    def guide(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor, candidates: Mask) -> Guidance:
         guided = candidates
         if ev.first_of_step and self.estimating_step != ev.step:  # gamma is measured on real passes only
-            self.previous = (ev.step, cond, uncond)
-            crossing = candidates & (self.similarity_of(ev, cond, uncond) >= self.threshold)
-            for b in torch.nonzero(crossing).flatten().tolist():
-                self.stopped[b] = True
-                self.stop_step[b] = ev.step
-            guided = candidates & ~crossing
-        return Guidance(torch.full((ev.batch_size,), float(ev.cond_scale), dtype=torch.float64), guided)
+            if self.linear is not None:  # kept for the next step's estimate only where there is one
+                self.previous = (ev.step, cond, uncond)
+            similarity = self.similarity_of(ev, cond, uncond)  # a few numbers per sample: the step's one read
+            crossing = [c and s >= self.threshold for c, s in zip(candidates, similarity)]
+            for b, crossed in enumerate(crossing):
+                if crossed:
+                    self.stopped[b] = True
+                    self.stop_step[b] = ev.step
+            guided = tuple(c and not x for c, x in zip(candidates, crossing))
+        return Guidance(ev.cond_scale, guided)
 
-    def similarity_of(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+    def similarity_of(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor) -> list[float]:
         """gamma per sample: cosine similarity of the denoised predictions."""
         return cosine_per_sample(cond, uncond)
 

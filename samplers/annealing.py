@@ -20,10 +20,11 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 
 from .files import FileRefused, checked_file, shown, write_new
-from .schedule import Evaluation, Guidance, GuidanceSchedule, RunInfo
+from .schedule import Evaluation, Guidance, GuidanceSchedule, Mask, RunInfo
 from .spaces import FLOW
 
 FORMAT = "guidance_schedules/annealing_scheduler"
@@ -108,6 +109,13 @@ class AnnealingScheduler:
     trained_for: TrainedFor
     path: str = ""
     _cpu_float64: AnnealingNetwork | None = field(default=None, repr=False)
+    _layers: list = field(default_factory=list, repr=False)  # [(W^T, b)] in float64 numpy, for `scales`
+
+    def __post_init__(self):
+        # made with the file's loading, so that no sampling run copies weights to the host
+        linears = [m for m in self.network.combined_head if isinstance(m, torch.nn.Linear)]
+        self._layers = [(m.weight.detach().to("cpu", torch.float64).numpy().T.copy(),
+                         m.bias.detach().to("cpu", torch.float64).numpy().copy()) for m in linears]
 
     def cpu_float64_network(self) -> AnnealingNetwork:
         """The network as it runs while sampling: float64 on the CPU, made once per loaded file.
@@ -120,6 +128,25 @@ class AnnealingScheduler:
             net.load_state_dict(self.network.state_dict())
             self._cpu_float64 = net.to(dtype=torch.float64).eval().requires_grad_(False)
         return self._cpu_float64
+
+    def scales(self, timestep: float, delta_norms: list[float], lam: float) -> list[float]:
+        """The network's guidance scale per sample, in float64 on the CPU: what sampling asks at every step.
+
+        The same arithmetic as AnnealingNetwork.forward in float64 (tests/test_annealing.py holds them equal), in
+        numpy: the network is a few 128-wide layers fed a handful of numbers, where each torch operation would
+        cost more host time than its arithmetic, and a step costs host time on a fast GPU."""
+        c = self.network.config
+        # the embedded inputs in plain Python (12 numbers a sample), then one matrix product a layer
+        rows = [_embedded(timestep / c.t_embed_normalization, c.t_embed_dim)
+                + _embedded(d / c.delta_embed_normalization, c.delta_embed_dim)
+                + _embedded(lam, c.lambda_embed_dim) for d in delta_norms]
+        x = np.array(rows, dtype=np.float64)
+        for i, (weight_t, bias) in enumerate(self._layers):
+            x = x @ weight_t
+            x += bias
+            if i + 1 < len(self._layers):
+                np.maximum(x, 0.0, out=x)
+        return (c.w_scale * x[:, 0] + c.w_bias).tolist()
 
     def check_compatible(self, prediction: str, latent_channels: int, timesteps: str, model_family: str = "") -> None:
         """Refuse a model the network was not trained for, saying why."""
@@ -142,6 +169,11 @@ class AnnealingScheduler:
                 f"{name} was trained for {t.model_family} models; this model is {model_family}. The guidance scales "
                 "it learned belong to the model it was trained on: train a network for this model "
                 "(Annealing Guidance: Train Network).")
+
+
+def _embedded(value: float, dims: int) -> list[float]:
+    """AnnealingNetwork.embed of one number: [v, cos(v), cos(2v), ...]."""
+    return [value] + [math.cos(k * value) for k in range(1, dims)]
 
 
 # Bounds on a network's sizes, checked before anything is allocated: the released network has hidden 128,
@@ -309,15 +341,18 @@ class AnnealingSchedule(GuidanceSchedule):
         self.scheduler = scheduler
         self.lam = check_lambda(lam)
 
-    def guide(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor, candidates: torch.Tensor) -> Guidance:
-        # delta = eps_u - eps_c = (D_c - D_u) / sigma in ComfyUI's sampler space (EPS models).
-        delta_norm = (cond - uncond).flatten(1).cpu().to(torch.float64).norm(dim=1) / ev.sigma
-        b = ev.batch_size
-        with torch.no_grad():
-            weight = self.scheduler.cpu_float64_network()(
-                torch.full((b,), float(ev.model_timestep), dtype=torch.float64), delta_norm,
-                torch.full((b,), self.lam, dtype=torch.float64))
-        return Guidance(weight, candidates)
+    def guide(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor, candidates: Mask) -> Guidance:
+        # delta = eps_u - eps_c = (D_c - D_u) / sigma in ComfyUI's sampler space (EPS models). The norm is taken on
+        # the predictions' device and only B numbers reach the network, on the CPU.
+        delta_norms = [n / ev.sigma for n in guidance_norm(cond, uncond)]
+        return Guidance(self.scheduler.scales(ev.model_timestep, delta_norms, self.lam), candidates)
+
+
+def guidance_norm(cond: torch.Tensor, uncond: torch.Tensor, dtype: torch.dtype | None = None) -> list[float]:
+    """||D_c - D_u|| per sample, on the predictions' device (the difference in their dtype, the norm in float64
+    where the device has it; Apple's MPS has not: float32 there): B numbers reach the host."""
+    dtype = dtype or (torch.float32 if cond.device.type == "mps" else torch.float64)
+    return torch.linalg.vector_norm((cond - uncond).reshape(cond.shape[0], -1), dim=1, dtype=dtype).tolist()
 
 
 def check_lambda(lam: float) -> float:

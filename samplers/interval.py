@@ -22,10 +22,8 @@ import math
 from dataclasses import dataclass
 from decimal import Decimal
 
-import torch
-
 from .spaces import edm_sigma
-from .schedule import Evaluation, GuidanceSchedule, RunInfo, StepPlan
+from .schedule import Evaluation, GuidanceSchedule, RunInfo, StepPlan, every
 
 log = logging.getLogger("guidance_schedules")
 
@@ -91,4 +89,4 @@ class IntervalSchedule(GuidanceSchedule):
                         interval.sigma_lo, interval.sigma_hi, run.steps, first, last)
 
     def plan_step(self, ev: Evaluation) -> StepPlan:
-        return StepPlan(guided=torch.full((ev.batch_size,), self.guided_steps[ev.step], dtype=torch.bool))
+        return StepPlan(guided=every(ev.batch_size, self.guided_steps[ev.step]))

@@ -59,12 +59,19 @@ class Evaluation:
     hooks_read_uncond: bool = False
 
 
+Mask = tuple  # tuple[bool, ...]: one decision per sample of the batch, on the host
+
+
 @dataclass(frozen=True)
 class StepPlan:
     """A schedule's decision for one solver step, taken at the step's first evaluation and kept by the
-    driver (`ScheduleDriver`) for the step's other evaluations."""
+    driver (`ScheduleDriver`) for the step's other evaluations.
 
-    guided: torch.Tensor  # bool per sample: the sample is guided in this step
+    Decisions are host values (Python bools), not tensors: whether the unconditional pass runs is decided
+    on the host before the model is called, so they are there anyway, and a handful of bools costs
+    nothing where a tensor operation per decision costs microseconds of host time per evaluation."""
+
+    guided: Mask  # per sample: guided in this step
     estimated: bool = False  # the guided samples' unconditional prediction is estimated (LinearAG), not run
 
 
@@ -74,8 +81,12 @@ class Guidance:
     are guided (those whose unconditional prediction is at hand, or fewer: a method may measure and
     then decide not to guide)."""
 
-    weight: torch.Tensor  # float64 per sample; irrelevant for samples that are not guided
-    guided: torch.Tensor  # bool per sample
+    weight: float | list[float]  # one weight for every sample, or one per sample
+    guided: Mask
+
+
+def every(batch_size: int, value: bool = True) -> Mask:
+    return (value,) * batch_size
 
 
 class GuidanceSchedule:
@@ -101,16 +112,17 @@ class GuidanceSchedule:
         self.run = run
 
     def plan_step(self, ev: Evaluation) -> StepPlan:
-        return StepPlan(guided=torch.ones(ev.batch_size, dtype=torch.bool))
+        return StepPlan(guided=every(ev.batch_size))
 
     def estimate_uncond(self, ev: Evaluation, cond: torch.Tensor) -> torch.Tensor:
         """The unconditional prediction where the step's plan has it estimated."""
         raise NotImplementedError(f"{type(self).__name__} plans estimated steps but cannot estimate")
 
-    def guide(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor, candidates: torch.Tensor) -> Guidance:
+    def guide(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor, candidates: Mask) -> Guidance:
         """Once the predictions are in: the weight per sample, and which of the candidates (the guided
-        samples whose unconditional prediction was run or estimated) are guided."""
-        return Guidance(torch.full((ev.batch_size,), float(ev.cond_scale), dtype=torch.float64), candidates)
+        samples whose unconditional prediction was run or estimated) are guided. Only a few numbers per
+        sample may reach the host here (predictions stay on their device)."""
+        return Guidance(ev.cond_scale, candidates)
 
     def summary(self) -> str:
         return ""
@@ -135,20 +147,20 @@ class RunRecord:
     # would have cost alone (in a batch the pass runs for all samples when one needs it)
     uncond_needed: list[int] = field(default_factory=list)
 
-    def add(self, ev: Evaluation, needed: torch.Tensor, guided: torch.Tensor, weight: torch.Tensor, ran_uncond: bool,
-            estimated: bool = False):
+    def add(self, ev: Evaluation, needed: Mask, guided: Mask, weights, ran_uncond: bool, estimated: bool = False):
+        """One evaluation: `needed`, `guided` per sample, `weights` per sample (any sequence of floats)."""
         self.evaluations += 1
         self.uncond_evaluations += int(ran_uncond)
         self.batch_size = ev.batch_size
         if not self.uncond_needed:
             self.uncond_needed = [0] * ev.batch_size
-        for b, n in enumerate(needed.tolist()):
-            self.uncond_needed[b] += int(n)
+        if any(needed):
+            self.uncond_needed = [n + int(bool(k)) for n, k in zip(self.uncond_needed, needed)]
         if ev.first_of_step:
             if estimated:
                 self.estimated.add(ev.step)
-            self.guided[ev.step] = [bool(g) for g in guided.tolist()]
-            self.weight[ev.step] = [float(w) if g else 1.0 for w, g in zip(weight.tolist(), guided.tolist())]
+            self.guided[ev.step] = [bool(g) for g in guided]
+            self.weight[ev.step] = [float(w) if g else 1.0 for w, g in zip(weights, guided)]
 
     def guided_steps(self, sample: int = 0) -> list[int]:
         return [s for s, g in sorted(self.guided.items()) if sample < len(g) and g[sample]]
@@ -191,17 +203,22 @@ class GuidedPrediction:
     uncond_slot: torch.Tensor  # the real or estimated unconditional prediction, cond for unguided samples
     cond_scale: float | torch.Tensor  # cfg_function's cond_scale argument
     ran_uncond: bool  # the unconditional pass ran (for the whole batch)
-    guided: torch.Tensor  # bool per sample: guided in this evaluation
+    guided: Mask  # per sample: guided in this evaluation
 
 
 class ScheduleDriver:
     """Runs a schedule over one run's evaluations: keeps each step's plan, asks the schedule in the
-    contract's order and records what happened. One per run, made by the glue with the schedule."""
+    contract's order and records what happened. One per run, made by the glue with the schedule.
+
+    Its own work per evaluation is host work on a few bools per sample: it runs inside every model
+    evaluation, where on a fast GPU at batch 1 host time is what a step costs (benchmarks/overhead.py),
+    and it never reads a prediction (the schedules read the few numbers they need)."""
 
     def __init__(self, schedule: GuidanceSchedule, record: RunRecord):
         self.schedule = schedule
         self.record = record
         self.plan: tuple[int, StepPlan] | None = None  # (step, its plan)
+        self._masks: dict = {}  # (mask, device) -> the mask as a tensor that broadcasts over a latent
 
     def step_plan(self, ev: Evaluation) -> StepPlan:
         if self.plan is None or ev.first_of_step or self.plan[0] != ev.step:
@@ -214,23 +231,24 @@ class ScheduleDriver:
         the weights, the record. predict(run_uncond) runs the model and returns (cond, uncond); without the
         pass its second item is ignored. uncond_available is False when there is no negative conditioning."""
         plan = self.step_plan(ev)
-        guidable = plan.guided & self.guidance_applies(ev)
-        estimate = plan.estimated and bool(guidable.any())
-        needs_pass = guidable & (not estimate) & uncond_available
-        ran_uncond = bool(needs_pass.any()) or (ev.hooks_read_uncond and uncond_available)
+        nobody = every(ev.batch_size, False)
+        guidable = plan.guided if self.guidance_applies(ev) else nobody
+        estimate = plan.estimated and any(guidable)
+        needs_pass = guidable if uncond_available and not estimate else nobody
+        ran_uncond = any(needs_pass) or (ev.hooks_read_uncond and uncond_available)
         cond, uncond = predict(ran_uncond)
         if estimate:
             uncond = self.schedule.estimate_uncond(ev, cond)
         with_uncond = guidable if estimate or ran_uncond else needs_pass  # the samples whose uncond is at hand
         weight, guided = self.weights(ev, cond, uncond, with_uncond)
         self.keep_for_the_step(ev, plan, with_uncond, guided)
-        self.record.add(ev, needs_pass, guided, weight, ran_uncond, estimate)
+        weights = _per_sample(weight, ev.batch_size)
+        self.record.add(ev, needs_pass, guided, weights, ran_uncond, estimate)
         if ran_uncond and ev.hooks_read_uncond:  # the real prediction for every sample, weight 1 where unguided
-            everyone = torch.ones_like(guided)
-            return GuidedPrediction(cond, uncond, scale_argument(torch.where(guided, weight, 1.0), everyone, like=cond),
-                                    ran_uncond, guided)
-        return GuidedPrediction(cond, unguided_to_cond(cond, uncond, guided), scale_argument(weight, guided, like=cond),
-                                ran_uncond, guided)
+            real = [w if g else 1.0 for w, g in zip(weights, guided)]
+            return GuidedPrediction(cond, uncond, scale_argument(real, every(ev.batch_size), cond), ran_uncond, guided)
+        return GuidedPrediction(cond, self.unguided_to_cond(cond, uncond, guided),
+                                self.scale(weight, weights, guided, cond), ran_uncond, guided)
 
     def guidance_applies(self, ev: Evaluation) -> bool:
         """False where ComfyUI's cfg == 1 shortcut holds: per evaluation, since another node may change cfg
@@ -239,39 +257,76 @@ class ScheduleDriver:
                     and math.isclose(ev.cond_scale, 1.0))
 
     def weights(self, ev: Evaluation, cond: torch.Tensor, uncond: torch.Tensor,
-                candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weight, guided) per sample: the schedule's, among the candidates; no sample guided without one."""
-        if not bool(candidates.any()):
-            return torch.ones(ev.batch_size, dtype=torch.float64), candidates
+                candidates: Mask) -> tuple[float | list[float], Mask]:
+        """(weight, guided): the schedule's, among the candidates; no sample guided without one."""
+        if not any(candidates):
+            return 1.0, candidates
         guidance = self.schedule.guide(ev, cond, uncond, candidates)
-        return guidance.weight, guidance.guided & candidates
+        if guidance.guided is candidates:
+            return guidance.weight, candidates
+        return guidance.weight, tuple(bool(g) and c for g, c in zip(guidance.guided, candidates))
 
-    def keep_for_the_step(self, ev: Evaluation, plan: StepPlan, candidates: torch.Tensor, guided: torch.Tensor):
+    def keep_for_the_step(self, ev: Evaluation, plan: StepPlan, candidates: Mask, guided: Mask):
         """A method may stop guiding samples at a step's first evaluation (AG's crossing): the step's other
         evaluations (Heun's correction) follow that decision."""
-        if ev.first_of_step:
-            self.plan = (ev.step, StepPlan(guided=plan.guided & (guided | ~candidates), estimated=plan.estimated))
+        if ev.first_of_step and guided != candidates:
+            kept = tuple(p and (g or not c) for p, g, c in zip(plan.guided, guided, candidates))
+            self.plan = (ev.step, StepPlan(guided=kept, estimated=plan.estimated))
+
+    def mask(self, guided: Mask, like: torch.Tensor) -> torch.Tensor:
+        """`guided` as a bool tensor on `like`'s device that broadcasts over it, made once per run and device."""
+        key = (guided, like.device, like.ndim)
+        if key not in self._masks:
+            self._masks[key] = torch.tensor(guided, dtype=torch.bool).to(like.device).view(-1, *([1] * (like.ndim - 1)))
+        return self._masks[key]
+
+    def unguided_to_cond(self, cond: torch.Tensor, uncond: torch.Tensor, guided: Mask) -> torch.Tensor:
+        if all(guided):
+            return uncond
+        if not any(guided):
+            return cond
+        return torch.where(self.mask(guided, cond), uncond, cond)
+
+    def scale(self, weight: float | list[float], weights: list[float], guided: Mask, like: torch.Tensor):
+        if isinstance(weight, (int, float)):  # one weight for every sample
+            return float(weight) if any(guided) else 1.0
+        return scale_argument(weights, guided, like)
 
 
-def unguided_to_cond(cond: torch.Tensor, uncond: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
+def _per_sample(weight: float | list[float], batch_size: int) -> list[float]:
+    """A schedule's weight as one float per sample."""
+    if isinstance(weight, (int, float)):
+        return [float(weight)] * batch_size
+    return [float(w) for w in weight]
+
+
+def _as_mask(guided) -> Mask:
+    return tuple(bool(g) for g in (guided.tolist() if isinstance(guided, torch.Tensor) else guided))
+
+
+def unguided_to_cond(cond: torch.Tensor, uncond: torch.Tensor, guided) -> torch.Tensor:
     """The unconditional slot handed on: the real prediction for guided samples, the conditional
     one for the others, so that D = cond for them and hooks (CFG++ re-noising, post-CFG patches)
     see what they would see had the pass been skipped for that sample alone, never zeros."""
-    if bool(guided.all()):
+    guided = _as_mask(guided)
+    if all(guided):
         return uncond
-    mask = guided.to(cond.device).view(-1, *([1] * (cond.ndim - 1)))
+    mask = torch.tensor(guided, dtype=torch.bool).to(cond.device).view(-1, *([1] * (cond.ndim - 1)))
     return torch.where(mask, uncond, cond)
 
 
-def scale_argument(weights: torch.Tensor, guided: torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+def scale_argument(weights, guided, like: torch.Tensor) -> float | torch.Tensor:
     """The cond_scale to hand to ComfyUI's cfg_function: a float when every guided sample shares
     one weight (the common case, and what other patches expect), else a per-sample tensor that
     broadcasts over the latent. Unguided samples carry cond in both slots, so their entry only
     has to keep the value common; 1.0 when no sample is guided."""
-    if not bool(guided.any()):
+    guided = _as_mask(guided)
+    weights = weights.tolist() if isinstance(weights, torch.Tensor) else list(weights)
+    if not any(guided):
         return 1.0
-    w = torch.where(guided, weights.to(torch.float64), weights[guided][0].to(torch.float64))
-    if bool((w == w[0]).all()):
-        return float(w[0])
-    # the dtype first, on the CPU: some devices (Apple's MPS) cannot hold the float64 weights
-    return w.to(dtype=like.dtype).to(like.device).view(-1, *([1] * (like.ndim - 1)))
+    common = next(w for w, g in zip(weights, guided) if g)
+    w = [float(v) if g else float(common) for v, g in zip(weights, guided)]
+    if all(v == w[0] for v in w):
+        return w[0]
+    # made on the CPU in the latent's dtype, then moved: some devices (Apple's MPS) cannot hold float64
+    return torch.tensor(w, dtype=like.dtype).to(like.device).view(-1, *([1] * (like.ndim - 1)))

@@ -10,6 +10,7 @@ The annealing trainer works in the sigma space of its model: the two spaces are 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -26,6 +27,21 @@ PREDICTION_SPACE = {
     "flow": FLOW,
     "x0_flow": FLOW,  # a flow from a source image, x0 predicted (ComfyUI 0.33's IMG_TO_IMG_FLOW)
 }
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the pack needs to know of a model, read once (nodes/host_facts.py: model_facts) and handed to the
+    sampling run, the trainer and the calibration."""
+
+    prediction: str = "eps"  # PREDICTION_SPACE's names; a class the pack does not know keeps its own name
+    timesteps: str = "discrete_1000"  # discrete_1000 (the model's own 0..999) or continuous
+    family: str = ""  # the model's family as ComfyUI detected it (sdxl, sd15, sd3, ...), "" if unknown
+    noise_scale: float = 1.0  # std of a flow model's noise; 1 elsewhere
+
+    @property
+    def sigma_space(self) -> str:
+        return sigma_space_of(self.prediction)
 
 
 def sigma_space_of(prediction: str) -> str:

@@ -85,9 +85,13 @@ def plan_from_events(events: Sequence[Evaluated | Called], sigmas: Sequence[floa
 class StepTracker:
     """Attributes each model evaluation of one run to a solver step, in call order. One instance per run.
 
-    With a plan (from a rehearsal) evaluation k gets the plan's step for evaluation k, as long as
-    the real run evaluates where the rehearsal did; without one, or from the first departure on,
-    evaluations are placed by sigma (the module docstring gives the rule)."""
+    With a plan (from a rehearsal) evaluation k gets the plan's step for evaluation k (`next_planned`),
+    without reading the sigma the sampler evaluates at: on an accelerator that read would make the host
+    wait for the device at every evaluation. The sampler's callback, which follows each step's first
+    evaluation in the run as in the rehearsal, puts the count right again (`after_callback`) where an
+    evaluation did not reach the pack (a cache outside it, such as ComfyUI's LazyCache, answered it), and
+    the glue checks the sigmas against the plan once the run is over (`departure`). Without a plan, and
+    past its end, evaluations are placed by sigma (`locate`; the module docstring gives the rule)."""
 
     def __init__(self, sigmas: Sequence[float], plan: Sequence[PlannedEvaluation] | None = None):
         self.sigmas = [float(s) for s in sigmas]
@@ -95,20 +99,55 @@ class StepTracker:
             raise ValueError("a sampling run needs at least two sigmas")
         self.steps = len(self.sigmas) - 1
         self.plan = list(plan) if plan is not None else None
-        self.evaluations = 0
+        self.evaluations = 0  # the plan's index of the next evaluation
         self.departed_at: int | None = None  # the evaluation where the run left its plan
         self.step = -1
+        # the plan's index of each step's first evaluation: the one the sampler's callback for that step follows
+        self.first_evaluation = {p.step: k for k, p in enumerate(self.plan or []) if p.first_of_step}
+        self.missed = 0  # planned evaluations that did not reach the pack (answered by something outside it)
+
+    def next_planned(self) -> PlannedEvaluation | None:
+        """The plan's entry for the next evaluation, counted as made; None where there is no plan or the run
+        has more evaluations than its plan (then `locate` places it, by sigma)."""
+        k = self.evaluations
+        if self.plan is None or self.departed_at is not None:
+            return None
+        if k >= len(self.plan):
+            self.departed_at = k
+            return None
+        self.evaluations += 1
+        self.step = self.plan[k].step
+        return self.plan[k]
+
+    def after_callback(self, step: int) -> None:
+        """The sampler called its callback for `step`: the next evaluation is the one after that step's first."""
+        k = self.first_evaluation.get(step)
+        if k is None or self.departed_at is not None:
+            return
+        if self.evaluations < k + 1:
+            self.missed += k + 1 - self.evaluations
+            self.evaluations = k + 1
+            self.step = step
+
+    def departure(self, evaluated: Sequence[tuple[int, float]]) -> int | None:
+        """The first evaluation, among those attributed by the plan ((plan index, sigma the sampler evaluated
+        at)), whose sigma is not the planned one; None when the run followed its plan. Also kept as departed_at."""
+        for k, seen in evaluated:
+            if not _close(float(seen), self.plan[k].sigma):
+                self.departed_at = k if self.departed_at is None else min(k, self.departed_at)
+                break
+        return self.departed_at
 
     def locate(self, sigma: float) -> tuple[int, bool]:
-        """(step, is_first_evaluation_of_step) for the next evaluation, at `sigma`."""
+        """(step, is_first_evaluation_of_step) for the next evaluation, at `sigma`, by the plan while the run
+        follows it (checked here, for callers that have the sigma at hand), else by sigma."""
         k, s = self.evaluations, float(sigma)
-        self.evaluations += 1
         if self.plan is not None and self.departed_at is None:
             if k < len(self.plan) and _close(s, self.plan[k].sigma):
-                planned = self.plan[k]
-                self.step = planned.step
+                planned = self.next_planned()
                 return planned.step, planned.first_of_step
             self.departed_at = k
+        self.evaluations += 1
         return self._by_sigma(s)
 
     def _by_sigma(self, s: float) -> tuple[int, bool]:

@@ -99,3 +99,27 @@ def test_linear_ag_estimates_odd_steps_from_the_previous_real_step():
 def test_linear_ag_for_another_run_is_refused():
     with pytest.raises(FileRefused, match="fitted for 8 steps; this run has 4"):
         AdaptiveSchedule(RunInfo(sigmas=(3.0, 2.0, 1.0, 0.5, 0.0), sampler="sample_euler"), 0.995, linear([1, 0, 0, 0]))
+
+
+def test_the_similarity_is_torchs_cosine_per_sample_from_a_few_numbers():
+    """Taken on the predictions' device from three norms per sample: torch's own cosine similarity (float64),
+    near 1 too; in float32 (devices without float64) the crossing of the default threshold does not move."""
+    from guidance_schedules.samplers.adaptive import cosine_per_sample
+    torch.manual_seed(0)
+    a = torch.randn(4, 4, 16, 16)
+    b = torch.stack([a[0] + 1e-3 * torch.randn(4, 16, 16), -a[1], torch.randn(4, 16, 16), a[3] * 2.0])
+    expected = torch.nn.functional.cosine_similarity(a.flatten(1).double(), b.flatten(1).double(), dim=1)
+    got = torch.tensor(cosine_per_sample(a, b), dtype=torch.float64)
+    # a - b is taken in the predictions' dtype: exact near 1 (where thresholds lie), 1e-9 off near 0
+    assert torch.allclose(got, expected, rtol=0, atol=1e-8)
+    assert abs(got[0] - expected[0]) <= 1e-12
+    assert cosine_per_sample(torch.zeros(1, 8), torch.zeros(1, 8)) == [0.0]  # as torch's: 0 for a zero vector
+    for gamma in (0.99, 0.994, 0.996, 0.9999):
+        x = torch.randn(2, 4, 32, 32)
+        noise = torch.randn(2, 4, 32, 32)
+        noise -= (noise * x).sum(dim=(1, 2, 3), keepdim=True) / (x * x).sum(dim=(1, 2, 3), keepdim=True) * x
+        y = gamma * x / x.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + (1 - gamma ** 2) ** 0.5 * noise / \
+            noise.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        in64, in32 = cosine_per_sample(x, y), cosine_per_sample(x, y, dtype=torch.float32)
+        assert all(abs(p - q) <= 1e-5 for p, q in zip(in64, in32))
+        assert [v >= 0.995 for v in in64] == [v >= 0.995 for v in in32]

@@ -37,7 +37,7 @@ def test_the_schedule_computes_delta_from_denoised_predictions(tmp_path):
         ev = Evaluation(step=0, first_of_step=True, sigma=sigma, batch_size=1, cond_scale=1.0,
                         model_timestep=float(PARITY["mlp.t"][i]))
         schedule.lam = float(PARITY["mlp.lambda"][i])
-        w = schedule.guide(ev, cond[i:i + 1], uncond[i:i + 1], torch.ones(1, dtype=torch.bool)).weight
+        w = schedule.guide(ev, cond[i:i + 1], uncond[i:i + 1], (True,)).weight
         assert abs(float(w[0]) - float(PARITY["mlp.w"][i])) <= 1e-6
 
 
@@ -198,3 +198,29 @@ def test_bad_metadata_is_refused_by_file_and_field_before_anything_is_allocated(
     with pytest.raises(FileRefused, match=message) as refused:
         load_scheduler(str(bad))
     assert str(refused.value).startswith("bad.safetensors") and len(str(refused.value)) < 300
+
+
+def test_the_sampling_path_of_the_network_is_its_float64_forward():
+    """AnnealingScheduler.scales (numpy, what sampling asks every step) against the torch network in float64."""
+    torch.manual_seed(3)
+    from guidance_schedules.samplers.annealing import AnnealingNetwork, AnnealingScheduler, TrainedFor
+    scheduler = AnnealingScheduler(AnnealingNetwork(NetworkConfig(t_embed_dim=3, delta_embed_dim=5, w_scale=0.7,
+                                                                  w_bias=0.9)), TrainedFor())
+    t, deltas, lam = 613.0, [0.05, 3.7, 41.0], 0.3
+    expected = scheduler.cpu_float64_network()(torch.full((3,), t, dtype=torch.float64),
+                                               torch.tensor(deltas, dtype=torch.float64),
+                                               torch.full((3,), lam, dtype=torch.float64))
+    assert torch.allclose(torch.tensor(scheduler.scales(t, deltas, lam), dtype=torch.float64), expected,
+                          rtol=0, atol=1e-12)
+
+
+def test_the_guidance_norm_in_float32_moves_the_scale_by_less_than_the_parity_tolerance():
+    """Where a device has no float64 (Apple's MPS) the norm is taken in float32."""
+    from guidance_schedules.samplers import annealing
+    scheduler = load_scheduler(str(reference.CHECKPOINT))
+    cond, uncond = PARITY["mlp.eps_cond"].float(), PARITY["mlp.eps_uncond"].float()
+    in64 = annealing.guidance_norm(cond, uncond)
+    in32 = annealing.guidance_norm(cond, uncond, dtype=torch.float32)
+    for i in range(0, len(in64), 8):
+        t, lam = float(PARITY["mlp.t"][i]), float(PARITY["mlp.lambda"][i])
+        assert abs(scheduler.scales(t, [in64[i]], lam)[0] - scheduler.scales(t, [in32[i]], lam)[0]) <= 3.1e-5

@@ -90,10 +90,11 @@ def held_out_terms(network, model, held, negative, grid, space) -> tuple[float, 
 
 def train(name: str, images: int, seed: int = 0, out: Path | None = None):
     from guidance_schedules.nodes.annealing_train import timestep_scale, train_network, training_space
+    from guidance_schedules.nodes.host_facts import model_facts
     from guidance_schedules.samplers.annealing import AnnealingNetwork, NetworkConfig, load_scheduler
     from guidance_schedules.samplers.annealing_training import TrainingSettings
     model, x0, positives, negative, grid, grid_settings, held = bed(name)
-    space = training_space(model.get_model_object("model_sampling"))
+    space = training_space(model_facts(model))
     settings = TrainingSettings(training_images=images, seed=seed)
     with torch.random.fork_rng(devices=[]):  # the network the trainer starts from (train_network's initialisation)
         torch.manual_seed(settings.seed)
