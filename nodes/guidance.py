@@ -96,10 +96,17 @@ class GuidanceRun:
         self.warned = False
         self.evaluated_sigmas: list[torch.Tensor] = []  # the sampler's sigmas of the planned evaluations, on the device
         self.evaluated_plan: list[int] = []  # and the plan's index each was attributed to
-        plan = tracker.plan or []
-        # one conversion of sigma to the model's timestep for the run (the annealing network reads it)
-        self.model_timesteps = model_sampling.timestep(torch.tensor([p.sigma for p in plan], dtype=torch.float32)
-                                                       ).flatten().tolist() if plan else []
+        self._model_timesteps: list[float] | None = None
+        self.reads_model_timestep = schedule.reads_model_timestep
+
+    @property
+    def model_timesteps(self) -> list[float]:
+        """The model's timestep of every planned evaluation (the annealing network reads it): one conversion for
+        the run, made when first asked."""
+        if self._model_timesteps is None:
+            sigmas = torch.tensor([p.sigma for p in self.tracker.plan or []], dtype=torch.float32)
+            self._model_timesteps = self.model_sampling.timestep(sigmas).flatten().tolist() if len(sigmas) else []
+        return self._model_timesteps
 
     def locate(self, timestep: torch.Tensor) -> tuple[int, bool, float, float]:
         """(step, first of its step, sigma, model timestep) of the next evaluation, at `timestep` (the sampler's
@@ -109,10 +116,12 @@ class GuidanceRun:
             k = self.tracker.evaluations - 1
             self.evaluated_sigmas.append(timestep)
             self.evaluated_plan.append(k)
-            return planned.step, planned.first_of_step, planned.sigma, self.model_timesteps[k]
+            return (planned.step, planned.first_of_step, planned.sigma,
+                    self.model_timesteps[k] if self.reads_model_timestep else 0.0)
         sigma = float(timestep.max())
         step, first = self.tracker.locate(sigma)
-        model_timestep = float(self.model_sampling.timestep(torch.tensor([sigma], dtype=torch.float32)).flatten()[0])
+        model_timestep = float(self.model_sampling.timestep(torch.tensor([sigma], dtype=torch.float32)).flatten()[0]) \
+            if self.reads_model_timestep else 0.0
         return step, first, sigma, model_timestep
 
     def departure(self) -> int | None:

@@ -317,6 +317,7 @@ class AnnealingSchedule(GuidanceSchedule):
     sampler without CFG++ re-noising and a model the network was not trained for."""
 
     follows_cfg1_shortcut = False  # the network sets the scale; the sampler's cfg is not used
+    reads_model_timestep = True  # the network reads the model's own timestep
 
     def __init__(self, run: RunInfo, scheduler: AnnealingScheduler, lam: float):
         super().__init__(run)

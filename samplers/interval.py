@@ -42,10 +42,6 @@ def written_decimals(value: float) -> int:
     return max(-int(exponent), 0)
 
 
-def at_precision_of(sigma: float, bound: float) -> float:
-    return round(sigma, max(2, written_decimals(bound))) if math.isfinite(sigma) else sigma
-
-
 @dataclass(frozen=True)
 class GuidanceInterval:
     """The interval (sigma_lo, sigma_hi] in EDM sigma units."""
@@ -66,14 +62,24 @@ class GuidanceInterval:
 
     def contains(self, sigma: float) -> bool:
         """Is a step starting at EDM sigma `sigma` guided?"""
+        return self._test()(sigma)
+
+    def _test(self):
+        """contains() with the bounds' written precision worked out once (a run asks it for every step)."""
         lo, hi = as_written(self.sigma_lo), as_written(self.sigma_hi)
-        above_lo = at_precision_of(sigma, lo) > lo
-        below_hi = hi >= SIGMA_HI_UNBOUNDED or at_precision_of(sigma, hi) <= hi
-        return above_lo and below_hi
+        lo_digits, hi_digits = max(2, written_decimals(lo)), max(2, written_decimals(hi))
+        unbounded = hi >= SIGMA_HI_UNBOUNDED
+
+        def test(sigma: float) -> bool:
+            if not math.isfinite(sigma):
+                return sigma > lo and (unbounded or sigma <= hi)
+            return round(sigma, lo_digits) > lo and (unbounded or round(sigma, hi_digits) <= hi)
+        return test
 
     def guided_steps(self, run: RunInfo) -> list[bool]:
         """Per step of the run: guided or not, decided on the step's starting sigma."""
-        return [self.contains(edm_sigma(s, run.sigma_space, run.noise_scale)) for s in run.sigmas[:run.steps]]
+        test = self._test()
+        return [test(edm_sigma(s, run.sigma_space, run.noise_scale)) for s in run.sigmas[:run.steps]]
 
 
 class IntervalSchedule(GuidanceSchedule):

@@ -52,7 +52,7 @@ class Evaluation:
     # ComfyUI skips the unconditional pass when cfg == 1 ("cfg1 optimisation") unless the
     # sampler needs it anyway (the CFG++ samplers re-noise with it and disable the skip).
     skip_uncond_at_weight_one: bool = True
-    model_timestep: float = 0.0  # the timestep the model itself receives (0..999 for SD/SDXL)
+    model_timestep: float = 0.0  # the timestep the model itself receives (0..999 for SD/SDXL), for schedules that read it
     # a patch of the model reads the unconditional pass itself (ComfyUI's SelfAttentionGuidance: its prediction and
     # attention map; NAGuidance: its attention beside the positive's): the pass runs at every evaluation, and a
     # sample without guidance gets weight 1 with the real prediction in the slot, as stock ComfyUI's cfg-1 step
@@ -107,6 +107,8 @@ class GuidanceSchedule:
     # ComfyUI skips the unconditional pass where cfg == 1 ("cfg1 optimisation") unless the sampler
     # disables that; a schedule that needs the pass whatever the cfg says so here.
     follows_cfg1_shortcut = True
+    # Evaluation.model_timestep is filled in only for a schedule that reads it (one conversion per run)
+    reads_model_timestep = False
 
     def __init__(self, run: RunInfo):
         self.run = run
