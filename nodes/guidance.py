@@ -343,6 +343,15 @@ def _guided_prediction(guider, run: GuidanceRun, located: tuple, x, timestep, mo
     model = guider.inner_model
     positive, negative = guider.conds.get("positive"), guider.conds.get("negative")
     ev = _evaluation(guider, located, x, model_options, cfg1_shortcut=True)
+    whole_batch = run.driver.plain_step(ev) if negative is not None and _stock_step_is_ours(guider, model_options) \
+        else None
+    if whole_batch is not None:
+        # the whole batch guided with the sampler's cfg, or none of it: then this evaluation is stock
+        # sampling_function's at that cfg or at 1 (whose shortcut skips the pass), exactly, and costs what it does
+        out = comfy.samplers.sampling_function(model, x, timestep, negative, positive,
+                                               ev.cond_scale if whole_batch else 1.0, model_options, seed)
+        run.driver.record_plain(ev, whole_batch)
+        return out
 
     def predict(run_uncond: bool):
         return _passes(model, [positive, negative if run_uncond else None], x, timestep, model_options, ev.cond_scale)
@@ -354,6 +363,19 @@ def _guided_prediction(guider, run: GuidanceRun, located: tuple, x, timestep, mo
     return comfy.samplers.cfg_function(model, guided.cond, guided.uncond_slot, guided.cond_scale, x, timestep,
                                        model_options=model_options, cond=positive,
                                        uncond=negative if guided.ran_uncond else positive)
+
+
+# What makes the general path differ from stock sampling_function's at cfg or at 1: a sampler that asks for the
+# pass at cfg 1 (the CFG++ samplers: the pack still skips it, decision 4), and functions that would see the zero
+# prediction stock puts in a skipped pass's slot (the pack puts the conditional one there, decision 4).
+_NOT_STOCK_STEP = ("disable_cfg1_optimization", "sampler_pre_cfg_function", "sampler_post_cfg_function",
+                   "sampler_cfg_function")
+
+
+def _stock_step_is_ours(guider, model_options: dict) -> bool:
+    """Does stock sampling_function, at the guider's cfg or at 1, do what the pack's general path does here?"""
+    return not any(model_options.get(key) for key in _NOT_STOCK_STEP) and \
+        not guider.model_options.get("disable_cfg1_optimization")
 
 
 def _own_guidance_prediction(executor, guider, own: OwnGuidance, run: GuidanceRun, located: tuple, x, timestep,

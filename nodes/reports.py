@@ -15,6 +15,7 @@ The records of the last KEPT_PROMPTS prompts are kept in memory; older prompts d
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections import OrderedDict
@@ -30,21 +31,36 @@ _runs: OrderedDict[str, list[dict]] = OrderedDict()
 _lock = threading.Lock()
 
 
-def _server():
+@functools.lru_cache(maxsize=1)
+def _prompt_server_class():
+    """ComfyUI's PromptServer class, looked up once (a failed import searches the whole path every time, which
+    cost milliseconds per sampling run outside a server): None outside a running ComfyUI."""
     try:
         from server import PromptServer
     except ImportError:  # imported outside a running ComfyUI (benchmarks, in-process tests)
         return None
-    return getattr(PromptServer, "instance", None)
+    return PromptServer
+
+
+def _server():
+    cls = _prompt_server_class()
+    return getattr(cls, "instance", None) if cls is not None else None
+
+
+@functools.lru_cache(maxsize=1)
+def _executing_context_getter():
+    """comfy_execution's get_executing_context, looked up once; None on a host without it."""
+    try:
+        from comfy_execution.utils import get_executing_context
+    except ImportError:
+        return None
+    return get_executing_context
 
 
 def _executing() -> tuple[str | None, str | None]:
     """(prompt id, node id) of the node ComfyUI is executing, if any."""
-    try:
-        from comfy_execution.utils import get_executing_context
-    except ImportError:
-        return None, None
-    context = get_executing_context()
+    getter = _executing_context_getter()
+    context = getter() if getter is not None else None
     return (context.prompt_id, context.node_id) if context is not None else (None, None)
 
 

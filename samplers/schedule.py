@@ -252,6 +252,27 @@ class ScheduleDriver:
         return GuidedPrediction(cond, self.unguided_to_cond(cond, uncond, guided),
                                 self.scale(weight, weights, guided, cond), ran_uncond, guided)
 
+    def plain_step(self, ev: Evaluation) -> bool | None:
+        """True (False) where this evaluation is plain CFG with the sampler's cfg (the conditional prediction alone)
+        for the whole batch, decided by the step's plan without the predictions: the schedule weighs with the cfg
+        (GuidanceSchedule.guide, not overridden) and estimates nothing. None where the predictions are needed;
+        then `evaluate`. The glue runs a plain evaluation as ComfyUI's own and tells `record_plain`."""
+        if type(self.schedule).guide is not GuidanceSchedule.guide:
+            return None
+        plan = self.step_plan(ev)
+        if plan.estimated:
+            return None
+        if all(plan.guided):
+            return True
+        return False if not any(plan.guided) else None
+
+    def record_plain(self, ev: Evaluation, guided: bool) -> None:
+        """Record a plain evaluation (`plain_step`) as `evaluate` would: the pass ran where the batch was guided and
+        ComfyUI's cfg == 1 shortcut did not hold."""
+        applied = guided and self.guidance_applies(ev)
+        mask = every(ev.batch_size, applied)
+        self.record.add(ev, mask, mask, [ev.cond_scale] * ev.batch_size, applied)
+
     def guidance_applies(self, ev: Evaluation) -> bool:
         """False where ComfyUI's cfg == 1 shortcut holds: per evaluation, since another node may change cfg
         within a step."""

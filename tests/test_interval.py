@@ -101,3 +101,21 @@ def test_cfg_one_skips_the_uncond_like_comfyui_unless_the_sampler_needs_it():
     schedule = IntervalSchedule(RunInfo(sigmas=(14.6, 7.0, 0.0)), GuidanceInterval(0.0, 20.0))
     assert not driven(schedule, evaluation(0, cfg=1.0))[0]
     assert driven(schedule, evaluation(0, cfg=1.0, skip_at_one=False))[0]
+
+
+def test_a_step_decided_by_its_plan_alone_is_recorded_as_the_general_path_records_it():
+    """ScheduleDriver.plain_step: the interval decides every step by its plan (the glue then runs ComfyUI's own
+    sampling_function at the cfg or at 1); its record equals the one the general path makes."""
+    run = RunInfo(sigmas=(14.6, 7.0, 3.0, 0.5, 0.0))
+    general, plain = RunRecord(steps=run.steps), RunRecord(steps=run.steps)
+    schedule = IntervalSchedule(run, GuidanceInterval(1.0, 8.0))
+    cond, uncond = torch.zeros(2, 4, 2, 2), torch.ones(2, 4, 2, 2)
+    for cfg in (7.0, 1.0):
+        for step in range(run.steps):
+            ev = evaluation(step, batch=2, cfg=cfg)
+            ScheduleDriver(schedule, general).evaluate(ev, lambda run_uncond: (cond, uncond))
+            driver = ScheduleDriver(schedule, plain)
+            whole_batch = driver.plain_step(ev)
+            assert whole_batch is (1.0 < [14.6, 7.0, 3.0, 0.5][step] <= 8.0)
+            driver.record_plain(ev, whole_batch)
+    assert plain == general
