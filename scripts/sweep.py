@@ -35,6 +35,7 @@ import csv
 import hashlib
 import itertools
 import json
+import math
 import sys
 import time
 import uuid
@@ -100,7 +101,19 @@ def parse_axis(workflow: dict, spec: str) -> Axis:
                          f"its inputs: {', '.join(inputs)}")
     if isinstance(inputs[input_name], list):
         raise UsageError(f"--set {spec!r}: {input_name} is a link from another node, not a value")
-    return Axis(node, input_name, target, tuple(parse_value(v.strip()) for v in values.split(",")))
+    if input_name in SEED_INPUTS:
+        raise UsageError(f"--set {spec!r}: the seeds are set with --seeds (e.g. --seeds {values}); they go to every "
+                         f"{' and '.join(SEED_INPUTS)} input of the workflow")
+    return Axis(node, input_name, target, distinct(parse_value(v.strip()) for v in values.split(",")))
+
+
+def distinct(values) -> tuple:
+    """The values in their order, each once (5 and 5.0 are one value)."""
+    kept = []
+    for value in values:
+        if not any(same_value(value, k) for k in kept):
+            kept.append(value)
+    return tuple(kept)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -111,16 +124,16 @@ def parse_seeds(text: str) -> list[int]:
     if len(values) == 1:
         if values[0] < 1:
             raise UsageError("--seeds: the count must be at least 1")
-        return list(range(values[0]))
-    return values
+        return range(values[0])
+    return list(distinct(values))
 
 
 @dataclass
 class Run:
     settings: tuple  # one value per axis
     seed: int
-    key: str  # stable: the same settings and seed in a later sweep are the same run
-    prompt: dict
+    key: str  # stable: the same prompt (seeds aside) and seed in a later sweep are the same run
+    grid: "Grid" = field(repr=False, default=None)
     # missing (not run), waiting (for a server), sending (being queued), queued (on `server`), success, error
     status: str = "missing"
     prompt_id: str = ""  # on `server`
@@ -131,63 +144,135 @@ class Run:
     records: list = field(default_factory=list)
     message: str = ""
 
+    @property
+    def prompt(self) -> dict:
+        """The API prompt of this run, made when it is needed (a grid of many runs holds no copy per run)."""
+        return self.grid.prompt(self.settings, self.seed)
 
-def run_key(axes: list[Axis], settings: tuple, seed: int) -> str:
-    text = json.dumps([[a.key for a in axes], list(settings), seed])
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+def same_value(a, b) -> bool:
+    """Values of an axis compared as a user means them: 5 and 5.0 are one number; True is not 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return a == b
+
+
+def key_value(value):
+    """A value as it enters a run's key: numbers as floats, so that 5 and 5.0 are one run."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+@dataclass
+class Grid:
+    """The runs of a sweep: the workflow with each cell's axis values and seed. Its size is known before any run
+    is made, and a run's prompt is made when it is queued."""
+
+    workflow: dict
+    axes: list[Axis]
+    seeds: list[int]
+
+    def __post_init__(self):
+        axis_targets = {(a.node, a.input) for a in self.axes}
+        self.seed_targets = [(nid, name) for nid, node in self.workflow.items() for name in SEED_INPUTS
+                             if name in node["inputs"] and not isinstance(node["inputs"][name], list)
+                             and (nid, name) not in axis_targets]
+        # the key of a run is a digest of its whole prompt but its seeds: the workflow without the values the grid
+        # sets, once, then each run's values and seed
+        blank = json.loads(json.dumps(self.workflow))
+        for nid, name in [*self.seed_targets, *axis_targets]:
+            blank[nid]["inputs"][name] = None
+        self.workflow_digest = hashlib.sha1(json.dumps(blank, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def size(self) -> int:
+        return math.prod(len(a.values) for a in self.axes) * len(self.seeds)
+
+    def prompt(self, settings: tuple, seed: int) -> dict:
+        prompt = json.loads(json.dumps(self.workflow))
+        for axis, value in zip(self.axes, settings):
+            prompt[axis.node]["inputs"][axis.input] = value
+        for nid, name in self.seed_targets:
+            prompt[nid]["inputs"][name] = seed
+        return prompt
+
+    def key(self, settings: tuple, seed: int) -> str:
+        text = json.dumps([self.workflow_digest, [[a.node, a.input] for a in self.axes],
+                           [key_value(v) for v in settings], seed])
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+    def runs(self) -> list[Run]:
+        return [Run(settings, seed, self.key(settings, seed), self)
+                for settings in itertools.product(*(a.values for a in self.axes)) for seed in self.seeds]
+
+    def prompts_to_check(self) -> list[dict]:
+        """Prompts that hold every value the grid gives (a server is checked for each, not for every run)."""
+        first = tuple(a.values[0] for a in self.axes)
+        prompts = [self.prompt(first, self.seeds[0])]
+        for i, axis in enumerate(self.axes):
+            for value in axis.values[1:]:
+                prompts.append(self.prompt(first[:i] + (value,) + first[i + 1:], self.seeds[0]))
+        return prompts
 
 
 def grid(workflow: dict, axes: list[Axis], seeds: list[int]) -> list[Run]:
-    seed_targets = [(nid, name) for nid, node in workflow.items() for name in SEED_INPUTS
-                    if name in node.get("inputs", {}) and not isinstance(node["inputs"][name], list)]
-    runs = []
-    for settings in itertools.product(*(a.values for a in axes)):
-        for seed in seeds:
-            prompt = json.loads(json.dumps(workflow))
-            for axis, value in zip(axes, settings):
-                prompt[axis.node]["inputs"][axis.input] = value
-            for nid, name in seed_targets:
-                prompt[nid]["inputs"][name] = seed
-            runs.append(Run(settings, seed, run_key(axes, settings, seed), prompt))
-    return runs
+    return Grid(workflow, axes, seeds).runs()
 
 
 # --- what is kept on disk --------------------------------------------------------------------------
 
 def load_previous(out: Path) -> dict:
+    """The runs recorded in the folder by earlier sweeps, by key; UsageError naming the file where it cannot be
+    read (nothing in the folder is touched then)."""
     path = out / "runs.json"
     if not path.is_file():
         return {}
-    return {r["key"]: r for r in json.loads(path.read_text()).get("runs", [])}
+    try:
+        runs = json.loads(path.read_text(encoding="utf-8")).get("runs", [])
+        return {r["key"]: r for r in runs}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError, KeyError) as e:
+        raise UsageError(f"{path} cannot be read ({type(e).__name__}: {e}); nothing was changed. Restore it, or move "
+                         "it away to record this folder's runs afresh (the images stay where they are)") from None
 
 
-def keep_previous(runs: list[Run], previous: dict) -> None:
-    """The runs that succeeded in an earlier sweep into the same folder, as they were (whichever server ran them)."""
+def keep_previous(runs: list[Run], previous: dict, out: Path) -> int:
+    """The runs that succeeded in an earlier sweep into the same folder, as they were (whichever server ran them);
+    a run whose images were removed since is run again. Returns how many were."""
+    gone = 0
     for run in runs:
         kept = previous.get(run.key)
         if kept and kept["status"] == "success":
+            if not all((out / image).is_file() for image in kept["images"]):
+                gone += 1
+                continue
             run.status, run.prompt_id, run.seconds = "success", kept["prompt_id"], kept["seconds"]
             run.server, run.queued_at = kept.get("server", ""), kept.get("queued_at")
             run.images, run.records = kept["images"], kept["records"]
+    return gone
 
 
-def save(out: Path, axes: list[Axis], runs: list[Run]) -> None:
-    """runs.json and runs.csv, written whole after every finished run (a new file, then renamed)."""
+def save(out: Path, axes: list[Axis], runs: list[Run], earlier: list[dict] = ()) -> None:
+    """runs.json and runs.csv, written whole after every finished run (a new file, then renamed): this sweep's
+    runs, then the folder's runs of earlier sweeps that are not in this grid (other settings, another workflow),
+    as they were recorded: the folder accumulates."""
     rows = [{"key": r.key, "prompt_id": r.prompt_id, "status": r.status if r.status in ("success", "error") else "missing",
              "server": r.server if r.status in ("success", "error") else "", "seed": r.seed,
              "settings": dict(zip([a.key for a in axes], r.settings)), "queued_at": r.queued_at, "seconds": r.seconds,
              "evaluations": evaluations(r)[0], "uncond_evaluations": evaluations(r)[1], "images": r.images,
              "message": r.message, "records": r.records} for r in runs]
+    rows += list(earlier)
     tmp = out / "runs.json.tmp"
     tmp.write_text(json.dumps({"axes": [a.key for a in axes], "runs": rows}, indent=1))
     tmp.replace(out / "runs.json")
+    keys = list(dict.fromkeys([a.key for a in axes] + [k for row in rows for k in row.get("settings", {})]))
     tmp = out / "runs.csv.tmp"
     with tmp.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["prompt_id", "status", "server", "seed", *[a.key for a in axes], "seconds", "evaluations",
+        writer.writerow(["prompt_id", "status", "server", "seed", *keys, "seconds", "evaluations",
                          "uncond_evaluations", "images", "message"])
         for row in rows:
-            writer.writerow([row["prompt_id"], row["status"], row["server"], row["seed"], *row["settings"].values(),
+            settings = row.get("settings", {})
+            writer.writerow([row["prompt_id"], row["status"], row["server"], row["seed"],
+                             *[settings.get(k, "") for k in keys],
                              "" if row["seconds"] is None else f"{row['seconds']:.3f}",
                              "" if row["evaluations"] is None else row["evaluations"],
                              "" if row["uncond_evaluations"] is None else row["uncond_evaluations"],
@@ -302,12 +387,13 @@ def plural(count: int, noun: str) -> str:
 
 
 def refusal(body: dict) -> str:
-    """The server's reason for refusing a prompt, in one line."""
+    """The server's reason for refusing a prompt, in one line: ComfyUI's own message and its details."""
     error = body.get("error", {})
     parts = [error.get("message", "") if isinstance(error, dict) else str(error)]
     for nid, node_error in (body.get("node_errors") or {}).items():
         for e in node_error.get("errors", []):
-            parts.append(f"node {nid} ({node_error.get('class_type', '')}): {e.get('details') or e.get('message')}")
+            said = ": ".join(dict.fromkeys(t for t in (e.get("message"), e.get("details")) if t))
+            parts.append(f"node {nid} ({node_error.get('class_type', '')}): {said}")
     return "; ".join(p for p in parts if p)
 
 
@@ -359,12 +445,12 @@ def combo_choices(spec) -> list | None:
     return choices if all(isinstance(c, (str, int, float)) for c in choices) else None
 
 
-def lacking(node_info: dict, runs: list[Run]) -> list[str]:
-    """What one server lacks to run the grid: node types it does not have, and the values the runs give to
+def lacking(node_info: dict, prompts: list[dict]) -> list[str]:
+    """What one server lacks to run the grid: node types it does not have, and the values the prompts give to
     a list input (a checkpoint's, a LoRA's, a sampler's name) that are not among its choices."""
     missing, seen = [], set()
-    for run in runs:
-        for nid, node in run.prompt.items():
+    for prompt in prompts:
+        for nid, node in prompt.items():
             info = node_info.get(node["class_type"])
             if not info:
                 if node["class_type"] not in seen:
@@ -382,9 +468,9 @@ def lacking(node_info: dict, runs: list[Run]) -> list[str]:
     return missing
 
 
-async def check_servers(servers: list[Server], runs: list[Run]) -> list[str]:
-    """Every server answers and has what the runs use; one line per problem, naming the server."""
-    classes = sorted({node["class_type"] for run in runs for node in run.prompt.values()})
+async def check_servers(servers: list[Server], prompts: list[dict]) -> list[str]:
+    """Every server answers and has what the prompts use; one line per problem, naming the server."""
+    classes = sorted({node["class_type"] for prompt in prompts for node in prompt.values()})
 
     async def node_info(server: Server, node_class: str) -> dict:
         try:
@@ -400,7 +486,7 @@ async def check_servers(servers: list[Server], runs: list[Run]) -> list[str]:
             infos = await asyncio.gather(*(node_info(server, c) for c in classes))
         except ServerGone as e:
             return [f"{server.url} does not answer ({e})"]
-        return [f"{server.url} has no {what}" for what in lacking({k: v for i in infos for k, v in i.items()}, runs)]
+        return [f"{server.url} has no {what}" for what in lacking({k: v for i in infos for k, v in i.items()}, prompts)]
 
     return [line for lines in await asyncio.gather(*(check(s) for s in servers)) for line in lines]
 
@@ -420,8 +506,9 @@ class Dispatch:
     is read every QUEUE_CHECK_SECONDS as well, for the ends whose events did not come (see serve)."""
 
     def __init__(self, servers: list[Server], runs: list[Run], out: Path, axes: list[Axis], *, depth: int,
-                 grace: float, patience: float, heartbeat: float, progress):
+                 grace: float, patience: float, heartbeat: float, progress, earlier: list[dict] = ()):
         self.servers, self.runs, self.out, self.axes = servers, runs, out, axes
+        self.earlier = earlier  # the folder's runs of earlier sweeps outside this grid, kept in its records
         self.depth, self.grace, self.patience, self.progress = depth, grace, patience, progress
         self.heartbeat = heartbeat  # seconds between pings: a hung server is noticed within 1.5 times that
         self.waiting: deque[Run] = deque()
@@ -621,7 +708,7 @@ class Dispatch:
         self.finished(run)
 
     def finished(self, run: Run) -> None:
-        save(self.out, self.axes, self.runs)
+        save(self.out, self.axes, self.runs, self.earlier)
         self.progress.finished(run)
         if not self.unfinished():
             self.done.set()
@@ -701,21 +788,23 @@ class Progress:
         self.bar.close()
 
 
-async def sweep(args, axes: list[Axis], runs: list[Run], out: Path) -> str:
+async def sweep(args, axes: list[Axis], runs: list[Run], out: Path, earlier: list[dict] = (),
+                prompts_to_check: list[dict] | None = None) -> str:
     """Check the servers, then run the grid over them; "" or why the sweep stopped early.
     UsageError where a server lacks what the runs use (nothing queued)."""
     import aiohttp
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         servers = [Server(session, url) for url in args.servers]
-        problems = await check_servers(servers, [r for r in runs if r.status != "success"])
+        problems = await check_servers(servers, prompts_to_check if prompts_to_check is not None else
+                                       [r.prompt for r in runs if r.status != "success"])
         if problems:
             raise UsageError("the servers must all run what the workflow uses; nothing was queued:\n  "
                              + "\n  ".join(problems))
         (out / "images").mkdir(parents=True, exist_ok=True)
         progress = Progress(runs, servers, axes)
         dispatch = Dispatch(servers, runs, out, axes, depth=args.depth, grace=args.grace, patience=args.patience,
-                            heartbeat=args.heartbeat, progress=progress)
+                            heartbeat=args.heartbeat, progress=progress, earlier=earlier)
         try:
             await dispatch.run()
         except BaseException:  # Ctrl-C, or an error on this side: nobody would collect what the servers hold
@@ -725,7 +814,7 @@ async def sweep(args, axes: list[Axis], runs: list[Run], out: Path) -> str:
             for run in runs:
                 if run.status in ("waiting", "sending", "queued"):
                     run.status, run.server = "missing", ""
-            save(out, axes, runs)
+            save(out, axes, runs, earlier)
             progress.close()
         return dispatch.gave_up
 
@@ -781,13 +870,78 @@ def contact_sheet(axes: list[Axis], runs: list[Run], out: Path, cell: int = 256)
 
 # --- the command -----------------------------------------------------------------------------------
 
+GRID_LIMIT = 100_000  # runs a grid may have without --yes
+
+
+def read_workflow(path: str) -> dict:
+    """An API-format workflow from a JSON file (UTF-8, UTF-8 with a BOM, or UTF-16 as PowerShell's '>' writes it)
+    or from a PNG that ComfyUI saved (its "prompt" text chunk). UsageError for anything else."""
+    data = Path(path).read_bytes()
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        text = png_text(data).get("prompt")
+        if text is None:
+            raise UsageError(f"{path} is a PNG without a workflow: use an image that ComfyUI saved (its SaveImage "
+                             "node keeps the prompt in the file), or the editor's Export (API)")
+    else:
+        encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError:
+            raise UsageError(f"{path} is not a workflow (neither JSON text nor a PNG that ComfyUI saved)") from None
+    try:
+        workflow = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(workflow, dict) or "nodes" in workflow or \
+            not all(isinstance(n, dict) and "class_type" in n for n in workflow.values()):
+        raise UsageError(f"{path} is not an API-format workflow: use the files in workflows/api/ "
+                         "or the graph editor's Export (API)")
+    for nid, node in workflow.items():
+        if not isinstance(node.get("inputs", {}), dict):
+            raise UsageError(f"{path}: node {nid} ({node['class_type']}) has inputs {node['inputs']!r}; a node's "
+                             "inputs are an object of names and values")
+        node.setdefault("inputs", {})
+    return workflow
+
+
+def png_text(data: bytes) -> dict:
+    """The tEXt and iTXt chunks of a PNG (what ComfyUI's SaveImage writes its prompt and workflow into)."""
+    import struct
+    import zlib
+    chunks, at = {}, 8
+    while at + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        body = data[at + 8:at + 8 + length]
+        at += 12 + length
+        if kind == b"tEXt" and b"\0" in body:
+            name, _, value = body.partition(b"\0")
+            chunks[name.decode("latin-1")] = value.decode("latin-1")
+        elif kind == b"iTXt" and b"\0" in body:
+            name, _, rest = body.partition(b"\0")
+            compressed, rest = rest[0], rest[2:]
+            _, _, rest = rest.partition(b"\0")  # language
+            _, _, value = rest.partition(b"\0")  # translated keyword
+            try:
+                chunks[name.decode("latin-1")] = (zlib.decompress(value) if compressed else value).decode("utf-8")
+            except (zlib.error, UnicodeDecodeError):
+                pass
+        elif kind == b"IEND":
+            break
+    return chunks
+
+
 def parse_servers(values: list[str]) -> list[str]:
     servers = []
     for value in values:
         for url in (u.strip().rstrip("/") for u in value.split(",")):
             if not url:
                 continue
-            parts = urlsplit(url)
+            try:
+                parts = urlsplit(url)
+                parts.port  # noqa: B018  (a port that is no number raises here)
+            except ValueError as e:
+                raise UsageError(f"--server {url!r} is not an address ({e}): give it as ComfyUI prints it, e.g. "
+                                 "http://127.0.0.1:8188") from None
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise UsageError(f"--server {url!r}: give the server's address as ComfyUI prints it, e.g. "
                                  "http://127.0.0.1:8188 (or https://host/path behind a proxy)")
@@ -824,13 +978,12 @@ def main(argv=None) -> int:
                              "never answers) is noticed within 1.5 times this (default %(default)s)")
     parser.add_argument("--patience", type=float, default=120.0, metavar="SECONDS",
                         help="how long to wait when no server answers before stopping (default %(default)s)")
+    parser.add_argument("--yes", action="store_true",
+                        help=f"run a grid of more than {GRID_LIMIT:,} runs (without it such a grid is refused, "
+                             "with its size)")
     args = parser.parse_args(argv)
     try:
-        workflow = json.loads(Path(args.workflow).read_text())
-        if not isinstance(workflow, dict) or "nodes" in workflow or \
-                not all(isinstance(n, dict) and "class_type" in n for n in workflow.values()):
-            raise UsageError(f"{args.workflow} is not an API-format workflow: use the files in workflows/api/ "
-                             "or the graph editor's Export (API)")
+        workflow = read_workflow(args.workflow)
         axes = [parse_axis(workflow, spec) for spec in args.axes]
         keys = [a.key for a in axes]
         if len(set((a.node, a.input) for a in axes)) != len(axes):
@@ -841,30 +994,53 @@ def main(argv=None) -> int:
                                    ("--heartbeat", args.heartbeat, 1)):
             if not value >= least:
                 raise UsageError(f"{name} {value}: give {least} or more")
-    except (OSError, json.JSONDecodeError) as e:
+        the_grid = Grid(workflow, axes, seeds)
+        if the_grid.size > GRID_LIMIT and not args.yes:
+            raise UsageError(f"the grid has {the_grid.size:,} runs ({' x '.join(str(len(a.values)) for a in axes) or '1'} "
+                             f"settings x {len(seeds):,} seeds); --seeds N means N seeds (0..N-1), a list S1,S2 those "
+                             f"seeds. Add --yes to run more than {GRID_LIMIT:,}")
+        out = Path(args.out)
+        previous = load_previous(out)
+    except OSError as e:
         print(f"error: {args.workflow}: {e}", file=sys.stderr)
         return 2
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    runs = grid(workflow, axes, seeds)
-    keep_previous(runs, load_previous(out))
+    dropped = sum(len(v) - len(a.values) for v, a in zip((spec.partition("=")[2].split(",") for spec in args.axes), axes))
+    if not isinstance(seeds, range):
+        dropped += len(args.seeds.split(",")) - len(seeds)
+    runs = the_grid.runs()
+    gone = keep_previous(runs, previous, out)
+    in_grid = {r.key for r in runs}
+    earlier = [row for key, row in previous.items() if key not in in_grid]
     todo = sum(r.status != "success" for r in runs)
     print(f"{len(runs)} runs ({' x '.join(str(len(a.values)) for a in axes) or '1'} settings x {len(seeds)} seeds); "
           f"{len(runs) - todo} done before, {todo} to queue on {plural(len(args.servers), 'server')}", file=sys.stderr)
+    if dropped:
+        print(f"{plural(dropped, 'value')} given twice (as numbers: 5 and 5.0 are one) dropped: each cell runs once",
+              file=sys.stderr)
+    if gone:
+        print(f"{plural(gone, 'run')} done before whose images are gone from {out / 'images'}: queued again",
+              file=sys.stderr)
+    if earlier:
+        print(f"{plural(len(earlier), 'earlier run')} in {out} with other settings or another workflow "
+              "(a changed workflow is new runs) stay recorded in its runs.json and runs.csv", file=sys.stderr)
     started = time.time()
     stopped = ""
     try:
         if todo:
-            stopped = asyncio.run(sweep(args, axes, runs, out))
+            todo_runs = [r for r in runs if r.status != "success"]
+            check = [r.prompt for r in todo_runs] if len(todo_runs) <= 100 else the_grid.prompts_to_check()
+            stopped = asyncio.run(sweep(args, axes, runs, out, earlier, check))
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: the sweep's prompts are off every server's queue, the finished runs recorded; "
               "run the same command to go on", file=sys.stderr)
-        contact_sheet(axes, runs, out)
+        if (out / "runs.json").is_file():  # interrupted before anything was queued: nothing is written
+            contact_sheet(axes, runs, out)
         return 130
     except OSError as e:  # on this side: the output folder (a full disk, no permission)
         print(f"error: {e}; the sweep stopped and took its prompts off the servers; the runs recorded before are "

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import reference
+from sweep_support import sweep_module
 
 reference.require_reference()
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_annealing_checkpoint.py"
@@ -18,16 +19,6 @@ def test_convert_command_writes_once_and_refuses_to_overwrite(tmp_path):
     again = subprocess.run([sys.executable, str(SCRIPT), str(reference.CHECKPOINT), str(out)], capture_output=True, text=True)
     assert again.returncode != 0 and "exists" in again.stderr
     assert out.read_bytes() == before
-
-
-def sweep_module():
-    import importlib.util
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("sweep", root / "scripts" / "sweep.py")
-    sweep = importlib.util.module_from_spec(spec)
-    sys.modules["sweep"] = sweep  # dataclasses look their module up there
-    spec.loader.exec_module(sweep)
-    return sweep
 
 
 def readme_sweep_commands():

@@ -166,3 +166,48 @@ def test_usage_errors_name_what_is_wrong(tmp_path, server):
     ui.write_text(json.dumps({"nodes": [], "links": []}))
     bad = sweep(tmp_path, server, "--out", str(tmp_path / "o"), workflow_file=ui)
     assert bad.returncode == 2 and "not an API-format workflow" in bad.stderr
+
+
+def test_a_changed_workflow_is_new_runs_and_a_second_grid_adds_to_the_folder(tmp_path, server):
+    """A folder accumulates: the same --set over a changed workflow (9 steps instead of 8) runs again, and a
+    second grid into the same --out (another cfg) leaves the first grid's rows recorded; the sheet shows the grid
+    of the command."""
+    out = tmp_path / "out"
+    first = sweep(tmp_path, server, "--set", "4.cfg=4,5", "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    nine = tmp_path / "nine.json"
+    nine.write_text(json.dumps(workflow(steps=9)))
+    changed = sweep(tmp_path, server, "--set", "4.cfg=4,5", "--out", str(out), workflow_file=nine)
+    assert changed.returncode == 0 and "0 done before, 2 to queue" in changed.stderr, changed.stderr
+    assert "2 earlier runs" in changed.stderr and "a changed workflow is new runs" in changed.stderr
+    runs = read_runs(out)
+    assert len(runs) == 4 and sorted(r["evaluations"] for r in runs) == [8, 8, 9, 9]
+    other = sweep(tmp_path, server, "--set", "4.cfg=6", "--out", str(out), workflow_file=nine)
+    assert other.returncode == 0, other.stderr
+    runs = read_runs(out)
+    assert sorted((r["evaluations"], r["settings"]["4.cfg"]) for r in runs) == [(8, 4), (8, 5), (9, 4), (9, 5), (9, 6)]
+    assert len((out / "runs.csv").read_text().splitlines()) == 6
+    from PIL import Image
+    with Image.open(out / "sheet.png") as sheet:
+        assert sheet.size[0] == 170 + 256  # this command's grid: one cell across
+
+
+def test_a_finished_sweep_whose_images_were_removed_runs_them_again(tmp_path, server):
+    out = tmp_path / "out"
+    assert sweep(tmp_path, server, "--seeds", "2", "--out", str(out)).returncode == 0
+    before = {r["seed"]: r for r in read_runs(out)}
+    (out / before[1]["images"][0]).unlink()
+    again = sweep(tmp_path, server, "--seeds", "2", "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    assert "1 done before, 1 to queue" in again.stderr and "images are gone" in again.stderr
+    after = {r["seed"]: r for r in read_runs(out)}
+    assert after[0]["prompt_id"] == before[0]["prompt_id"] and after[1]["prompt_id"] != before[1]["prompt_id"]
+    assert all((out / r["images"][0]).is_file() for r in after.values())
+
+
+def test_an_error_row_holds_comfyuis_own_reason(tmp_path, server):
+    out = tmp_path / "out"
+    done = sweep(tmp_path, server, "--set", "4.steps=4,100000", "--out", str(out))
+    assert done.returncode == 1
+    row = next(r for r in read_runs(out) if r["status"] == "error")
+    assert "Value 100000 bigger than max of 10000: steps" in row["message"], row["message"]  # not "steps" alone
