@@ -216,6 +216,8 @@ def _run_with_schedule(make_schedule: ScheduleFactory, history: RunHistory, exec
                    model_family=facts.family, noise_scale=facts.noise_scale)
     if info.steps == 0:
         return executor(guider, sigmas, extra_args, *args, **kwargs)
+    with plain_value_errors():
+        scales = own.scale_values(guider) if own is not None else {}  # refused before any step, naming the input
     plan = rehearse_steps(sampler, guider, sigmas, extra_args, noise)
     with plain_value_errors():
         schedule = make_schedule(info)
@@ -231,7 +233,7 @@ def _run_with_schedule(make_schedule: ScheduleFactory, history: RunHistory, exec
                     name, departed)
     # what the sampler node will return: ComfyUI's inner_sample hands the latent on through process_latent_out
     finished(history, run.driver, guider.inner_model.process_latent_out(out.detach()), name, info.sigma_space,
-             float(guider.cfg))
+             float(guider.cfg) if own is None else next(iter(scales.values())), scales)
     return out
 
 
@@ -252,13 +254,15 @@ def _with_step_callback(run: GuidanceRun, args: tuple, kwargs: dict) -> tuple:
 
 
 def finished(history: RunHistory, driver: ScheduleDriver, output: torch.Tensor, sampler: str, sigma_space: str,
-             cfg: float) -> None:
+             cfg: float, guider_scales: dict | None = None) -> None:
     """Where a finished run's record goes, in one place: the model's history (the plot node), the API's run
-    records and event (nodes/reports.py) and the log."""
+    records and event (nodes/reports.py) and the log. Under a core guider with scales of its own, `cfg` is its
+    first and `guider_scales` all of them, by input name."""
     record = driver.record
     history.add(output, record)
     report({"method": history.method, "settings": history.settings, "describe": history.describe, "sampler": sampler,
-            "sigma_space": sigma_space, "cfg": cfg, **record.as_dict()})
+            "sigma_space": sigma_space, "cfg": cfg, **({"guider_scales": guider_scales} if guider_scales else {}),
+            **record.as_dict()})
     if history.log_runs:
         details = driver.schedule.summary()
         log.info("%s (%s, %s): %s%s", history.describe, sampler, sigma_space, record.describe(),
@@ -297,7 +301,8 @@ def _predict_noise_with_schedule(executor, x, timestep, model_options={}, seed=N
     return inner.execute(x, timestep, model_options, seed)
 
 
-def _evaluation(guider, located: tuple, x, model_options, cfg1_shortcut: bool) -> Evaluation:
+def _evaluation(guider, located: tuple, x, model_options, cfg1_shortcut: bool, own: OwnGuidance | None = None
+                ) -> Evaluation:
     """The evaluation as the schedule sees it: its step, sigma, the guider's cfg, whether ComfyUI's cfg == 1
     shortcut may skip the unconditional pass (not where the guider applies its own shortcuts), and whether a
     patch of the model reads that pass itself: one that asked ComfyUI to run it even at cfg 1
@@ -305,8 +310,10 @@ def _evaluation(guider, located: tuple, x, model_options, cfg1_shortcut: bool) -
     their run only (in the sampler's model_options, not the model's): they re-noise with whatever the slot
     holds, so for them the pass is still skipped (decision 4)."""
     step, first, sigma, model_timestep = located
+    # a core guider's own first scale is the weight recorded (DualCFG's cfg_conds; its cfg attribute stays 1)
+    cond_scale = check_cfg(guider.cfg) if own is None else next(iter(own.scale_values(guider).values()))
     return Evaluation(step=step, first_of_step=first, sigma=sigma, batch_size=x.shape[0],
-                      cond_scale=check_cfg(guider.cfg),
+                      cond_scale=cond_scale,
                       skip_uncond_at_weight_one=cfg1_shortcut and not model_options.get("disable_cfg1_optimization", False),
                       model_timestep=model_timestep,
                       hooks_read_uncond=cfg1_shortcut and bool(guider.model_options.get("disable_cfg1_optimization")))
@@ -386,7 +393,7 @@ def _own_guidance_prediction(executor, guider, own: OwnGuidance, run: GuidanceRu
     without guidance (cfg_function with the conditional prediction in both slots). Adaptive Guidance compares the
     positive prediction with the one `own` names, read from the guider's calc_cond_batch calls."""
     model, positive = guider.inner_model, guider.conds.get("positive")
-    ev = _evaluation(guider, located, x, model_options, cfg1_shortcut=False)  # the guider's own shortcuts
+    ev = _evaluation(guider, located, x, model_options, cfg1_shortcut=False, own=own)  # the guider's own shortcuts
     guiders_own = {}
 
     def predict(run_uncond: bool):
@@ -394,7 +401,7 @@ def _own_guidance_prediction(executor, guider, own: OwnGuidance, run: GuidanceRu
             return _passes(model, [positive, None], x, timestep, model_options, ev.cond_scale)
         calls = []
         guiders_own["prediction"] = executor(x, timestep, _capturing_passes(model_options, calls), seed)
-        return own.prediction(calls, own.cond), own.prediction(calls, own.uncond)
+        return own.prediction(calls, (own.cond,)), own.prediction(calls, own.uncond)
 
     guided = run.driver.evaluate(ev, predict)
     if guided.ran_uncond and all(guided.guided):
@@ -407,11 +414,12 @@ def _own_guidance_prediction(executor, guider, own: OwnGuidance, run: GuidanceRu
 
 
 def _capturing_passes(model_options: dict, calls: list) -> dict:
-    """A copy of model_options whose calc_cond_batch calls (through ComfyUI's CALC_COND_BATCH wrappers) append their
-    results to `calls`."""
+    """A copy of model_options whose calc_cond_batch calls (through ComfyUI's CALC_COND_BATCH wrappers) append
+    (their conditionings, their results) to `calls`."""
     def capture(executor, *args, **kwargs):
         out = executor(*args, **kwargs)
-        calls.append(out)
+        conds = args[1] if len(args) > 1 else kwargs.get("conds")
+        calls.append((list(conds), out))
         return out
     options = comfy.patcher_extension.copy_nested_dicts(model_options)
     comfy.patcher_extension.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, capture, options,

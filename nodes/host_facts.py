@@ -7,6 +7,7 @@ ComfyUI's names.
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from dataclasses import dataclass
 
@@ -94,29 +95,50 @@ def takes_flow_step(sampler: str) -> bool:
 
 @dataclass(frozen=True)
 class OwnGuidance:
-    """A core guider that combines its model passes its own way, and where its predictions are: (calc_cond_batch
-    call, slot) in the order the guider asks for them."""
+    """A core guider that combines its model passes its own way: where its predictions are, as (calc_cond_batch
+    call, slot) in the order the guider asks for them, and its guidance scales (the guider's attributes)."""
 
     node: str  # the node users know it by
     cond: tuple[int, int]  # the positive (conditional) prediction
-    uncond: tuple[int, int]  # the prediction Adaptive Guidance compares it with
+    # the prediction Adaptive Guidance compares it with: the first of these whose conditioning the guider passed
+    # (a guider's own cfg == 1 shortcut passes None for a slot, which ComfyUI fills with zeros)
+    uncond: tuple[tuple[int, int], ...]
+    scales: tuple[tuple[str, str], ...]  # (input name, the guider's attribute); the first is the record's weight
 
-    def prediction(self, calls: list, where: tuple[int, int]):
-        """The prediction at `where` among the guider's calc_cond_batch results; the conditional one where the
-        guider skipped that pass (its own cfg == 1 shortcut: then nothing is guided)."""
-        call, slot = where
-        if call < len(calls) and slot < len(calls[call]):
-            return calls[call][slot]
-        return calls[self.cond[0]][self.cond[1]]
+    def prediction(self, calls: list, wheres) -> "torch.Tensor":
+        """The prediction at the first of `wheres` among the guider's calc_cond_batch calls ((conds, results) each)
+        whose conditioning was passed; the conditional one where there is none (the guider skipped those passes:
+        then nothing is guided)."""
+        for call, slot in wheres:
+            if call < len(calls) and slot < len(calls[call][1]) and calls[call][0][slot] is not None:
+                return calls[call][1][slot]
+        call, slot = self.cond
+        return calls[call][1][slot]
+
+    def scale_values(self, guider) -> dict[str, float]:
+        """The guider's scales by input name; ValueError naming one that is no finite number (it would make a NaN
+        latent, silently)."""
+        values = {}
+        for name, attribute in self.scales:
+            value = getattr(guider, attribute, None)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{self.node}: {name} must be a finite number, got {value!r}")
+            values[name] = float(value)
+        return values
 
 
 # ComfyUI's guiders that compute guidance their own way, by class (comfy_extras): the unconditional prediction
 # is, for PerpNeg, the empty prompt's (its guidance is nocond + cfg (pos - nocond - perp(neg))); for DualCFG the
-# negative's (cond2 is the middle step towards the positive); for DualModel the negative model's pass.
+# negative's (cond2 is the middle step towards the positive), or the middle one's where cfg_cond2_negative is 1
+# (DualCFG then passes no negative: its result is middle + cfg_conds (positive - middle)); for DualModel the
+# negative model's pass.
 OWN_GUIDANCE = {
-    "Guider_PerpNeg": OwnGuidance("PerpNegGuider", cond=(0, 0), uncond=(0, 2)),  # [positive, negative, empty]
-    "Guider_DualCFG": OwnGuidance("DualCFGGuider", cond=(0, 2), uncond=(0, 0)),  # [negative, middle, positive]
-    "Guider_DualModel": OwnGuidance("DualModelGuider", cond=(0, 0), uncond=(1, 0)),  # [positive], then [negative]
+    "Guider_PerpNeg": OwnGuidance("PerpNegGuider", cond=(0, 0), uncond=((0, 2),),  # [positive, negative, empty]
+                                  scales=(("cfg", "cfg"), ("neg_scale", "neg_scale"))),
+    "Guider_DualCFG": OwnGuidance("DualCFGGuider", cond=(0, 2), uncond=((0, 0), (0, 1)),  # [negative, middle, positive]
+                                  scales=(("cfg_conds", "cfg1"), ("cfg_cond2_negative", "cfg2"))),
+    "Guider_DualModel": OwnGuidance("DualModelGuider", cond=(0, 0), uncond=((1, 0),),  # [positive], then [negative]
+                                    scales=(("cfg", "cfg"),)),
 }
 
 

@@ -7,7 +7,8 @@ schedules, sent as a websocket event and kept for GET /guidance_schedules/runs.
 
 A record: prompt_id, node (the sampler node that ran), method (interval, adaptive, annealing, ...),
 settings (the method node's inputs), describe (the log's name of it), sampler, sigma_space, steps,
-cfg, batch_size, guided_steps (per sample), weights (per sample, per step: the weight it got, 1 where
+cfg (under a core guider with scales of its own, its first: DualCFGGuider's cfg_conds), guider_scales (only
+there: every scale of that guider by input name, e.g. {"cfg_conds": 5, "cfg_cond2_negative": 2}), batch_size, guided_steps (per sample), weights (per sample, per step: the weight it got, 1 where
 unguided, null for a step without an evaluation of its own), evaluations (model evaluations, each
 for the whole batch), uncond_evaluations (of those, how many ran the unconditional pass) and
 uncond_needed (per sample: the passes that sample needed, what it would cost alone).

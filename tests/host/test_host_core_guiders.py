@@ -285,3 +285,51 @@ def test_skip_layer_guidance_is_unchanged_under_the_full_interval_and_keeps_its_
     assert torch.isfinite(stock).all()
     assert torch.equal(dit_sample(patched(model, **EVERY_STEP)), stock)
     assert torch.equal(dit_sample(patched(model, sigma_lo=500.0, sigma_hi=900.0)), dit_sample(model, cfg=1.0))
+
+
+def dual_cfg_prompt(method_node: dict, cfg_conds, cfg_cond2_negative, middle=("1", 2), style="regular"):
+    """Tiny model -> a method node -> DualCFGGuider -> SamplerCustomAdvanced, as a user queues it."""
+    return {
+        "1": {"class_type": "GSTestTinyModel", "inputs": {"model_type": "eps"}},
+        "2": {**method_node, "inputs": {"model": ["1", 0], **method_node["inputs"]}},
+        "3": {"class_type": "DualCFGGuider", "inputs": {"model": ["2", 0], "cond1": ["1", 1], "cond2": list(middle),
+                                                         "negative": ["1", 2], "cfg_conds": cfg_conds,
+                                                         "cfg_cond2_negative": cfg_cond2_negative, "style": style}},
+        "4": {"class_type": "RandomNoise", "inputs": {"noise_seed": 0}},
+        "5": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "6": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "karras", "steps": STEPS,
+                                                          "denoise": 1.0}},
+        "7": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "8": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["4", 0], "guider": ["3", 0], "sampler": ["5", 0],
+                                                                 "sigmas": ["6", 0], "latent_image": ["7", 0]}},
+        "9": {"class_type": "SaveLatent", "inputs": {"samples": ["8", 0], "filename_prefix": "gs_dualcfg"}},
+    }
+
+
+INTERVAL_EVERY_STEP = {"class_type": "GuidanceIntervalPatch", "inputs": {"sigma_hi": 1000.0, "sigma_lo": 0.0}}
+
+
+def test_dual_cfg_runs_are_recorded_with_the_guiders_own_scales(comfy_server):
+    prompt_id, _ = comfy_server.run_prompt_with_events(dual_cfg_prompt(INTERVAL_EVERY_STEP, 5.0, 2.0))
+    (record,) = comfy_server.get(f"/guidance_schedules/runs?prompt_id={prompt_id}")
+    assert record["guider_scales"] == {"cfg_conds": 5.0, "cfg_cond2_negative": 2.0} and record["cfg"] == 5.0
+    assert record["guided_steps"] == [list(range(STEPS))] and record["weights"] == [[5.0] * STEPS]
+
+
+def test_adaptive_guidance_under_dual_cfg_without_a_negative_pass_compares_with_the_middle(comfy_server):
+    """cfg_cond2_negative 1: DualCFG passes no negative (ComfyUI fills that slot with zeros) and combines middle +
+    cfg_conds (positive - middle). AG compares the positive with the middle: made the same conditioning as the
+    positive, guidance stops at the first step (against zeros it never stopped)."""
+    ag = {"class_type": "AdaptiveGuidancePatch", "inputs": {"threshold": 0.999999}}
+    prompt_id, _ = comfy_server.run_prompt_with_events(dual_cfg_prompt(ag, 5.0, 1.0, middle=("1", 1)))
+    (record,) = comfy_server.get(f"/guidance_schedules/runs?prompt_id={prompt_id}")
+    assert record["guided_steps"] == [[]] and record["uncond_evaluations"] == 1  # measured once, then stopped
+
+
+@pytest.mark.parametrize("scale", ["cfg_conds", "cfg_cond2_negative"])
+def test_a_non_finite_scale_of_a_guided_guider_fails_the_prompt_naming_it(comfy_server, scale):
+    scales = {"cfg_conds": 5.0, "cfg_cond2_negative": 2.0, scale: float("nan")}
+    history = comfy_server.run_prompt(dual_cfg_prompt(INTERVAL_EVERY_STEP, **scales))
+    assert history["status"]["status_str"] == "error"
+    errors = [m[1] for m in history["status"]["messages"] if m[0] == "execution_error"]
+    assert errors and f"DualCFGGuider: {scale} must be a finite number, got nan" in errors[0]["exception_message"]
