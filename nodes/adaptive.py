@@ -109,6 +109,11 @@ class LinearAGCalibrate:
 
     def calibrate(self, model, positive, negative, cfg, sampler, sigmas, latent_image, runs, seed, name):
         from comfy_extras.nodes_custom_sampler import Noise_RandomNoise, SamplerCustomAdvanced
+        steps = max(len(sigmas.flatten()) - 1, 0)
+        if steps < 2:  # refused before any work: nothing is sampled, nothing written
+            raise ValueError(f"sigmas: LinearAG calibration needs a run of at least 2 steps (it fits each odd step's "
+                             f"unconditional prediction from the step before); these sigmas make {steps} "
+                             "(a denoise of 0 makes none)")
         path = new_output_path(LINEAR_AG_FOLDER, name)
         cache_key = written_file_key(path)
         recorded: list[list] = []

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 from typing import Callable
 
 import torch
@@ -29,6 +28,7 @@ import comfy.patcher_extension
 import comfy.samplers
 from comfy.patcher_extension import WrapperExecutor, WrappersMP
 
+from ..samplers.checks import number
 from ..samplers.schedule import Evaluation, GuidanceSchedule, RunInfo, RunRecord, ScheduleDriver
 from ..samplers.steps import StepTracker
 from .host_facts import OwnGuidance, model_facts, own_guidance_of, renoises_with_uncond, takes_flow_step
@@ -179,9 +179,7 @@ def history_of(model) -> RunHistory | None:
 def check_cfg(cfg) -> float:
     """The guidance weight, refused with its name when it is no number >= 0 (NaN or a negative value
     reaches a sampler through a link or the API, where the widget's range is not enforced)."""
-    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or cfg < 0:
-        raise ValueError(f"cfg must be a finite number >= 0 (1 = no guidance), got {cfg!r}")
-    return float(cfg)
+    return number("cfg", cfg, 0.0, meaning="1 = no guidance")
 
 
 @contextlib.contextmanager

@@ -7,13 +7,13 @@ ComfyUI's names.
 from __future__ import annotations
 
 import inspect
-import math
 import os
 from dataclasses import dataclass
 
 import comfy.model_sampling
 
 from ..samplers import spaces
+from ..samplers.checks import number
 from ..samplers.spaces import FLOW, ModelFacts
 
 # (ComfyUI's class, the pack's name for what it predicts: spaces.PREDICTION_SPACE), most derived class first:
@@ -105,7 +105,7 @@ class OwnGuidance:
     uncond: tuple[tuple[int, int], ...]
     scales: tuple[tuple[str, str], ...]  # (input name, the guider's attribute); the first is the record's weight
 
-    def prediction(self, calls: list, wheres) -> "torch.Tensor":
+    def prediction(self, calls: list, wheres):
         """The prediction at the first of `wheres` among the guider's calc_cond_batch calls ((conds, results) each)
         whose conditioning was passed; the conditional one where there is none (the guider skipped those passes:
         then nothing is guided)."""
@@ -120,10 +120,7 @@ class OwnGuidance:
         latent, silently)."""
         values = {}
         for name, attribute in self.scales:
-            value = getattr(guider, attribute, None)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{self.node}: {name} must be a finite number, got {value!r}")
-            values[name] = float(value)
+            values[name] = number(f"{self.node}: {name}", getattr(guider, attribute, None))
         return values
 
 

@@ -22,6 +22,7 @@ import math
 import torch
 
 from . import linear_ag
+from .checks import number
 from .schedule import Evaluation, Guidance, GuidanceSchedule, Mask, RunInfo, StepPlan
 
 log = logging.getLogger("guidance_schedules")
@@ -48,10 +49,7 @@ def cosine_per_sample(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | Non
 
 
 def check_threshold(threshold: float) -> float:
-    if not isinstance(threshold, (int, float)) or math.isnan(threshold) or not -1.0 <= threshold <= 2.0:
-        raise ValueError(f"threshold must be a number in [-1, 2] (cosine similarity; above 1 never stops guidance), "
-                         f"got {threshold!r}")
-    return float(threshold)
+    return number("threshold", threshold, -1.0, 2.0, meaning="a cosine similarity; above 1 never stops guidance")
 
 
 class AdaptiveSchedule(GuidanceSchedule):

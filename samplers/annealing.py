@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from .checks import number
 from .files import FileRefused, checked_file, shown, write_new
 from .schedule import Evaluation, Guidance, GuidanceSchedule, Mask, RunInfo
 from .spaces import FLOW
@@ -190,17 +191,28 @@ def _network_from(state: dict, config: NetworkConfig, name: str) -> AnnealingNet
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise FileRefused(f"{name} lacks the tensors {', '.join(missing[:3])}{more}: not an annealing scheduler "
                           "network of the configuration its metadata gives")
+    weights = {}
     for key, shape in expected.items():
         if not isinstance(state[key], torch.Tensor):
             raise FileRefused(f"{name}: {key} is not a tensor")
         if tuple(state[key].shape) != shape:
             raise FileRefused(f"{name}: {key} has shape {tuple(state[key].shape)}, the configuration in the file "
                               f"needs {shape}")
-        if not torch.isfinite(state[key]).all():
+        weights[key] = as_float32(state[key], f"{name}: {key}")
+        if not torch.isfinite(weights[key]).all():
             raise FileRefused(f"{name}: {key} holds non-finite values")
     net = AnnealingNetwork(config)
-    net.load_state_dict({k: state[k].to(torch.float32) for k in expected})
+    net.load_state_dict(weights)
     return net.eval().requires_grad_(False)
+
+
+def as_float32(tensor: torch.Tensor, what: str) -> torch.Tensor:
+    """A file's weights in float32, whatever float dtype they were saved in (float16, bfloat16, the float8 kinds,
+    float64); FileRefused naming the dtype for one that holds no floating point numbers."""
+    if not tensor.is_floating_point():
+        raise FileRefused(f"{what} is of dtype {str(tensor.dtype).removeprefix('torch.')}; weights are floating point "
+                          "numbers")
+    return tensor.to(torch.float32)
 
 
 def _known_fields(values, fields_of, what: str, name: str) -> list[tuple[str, object]]:
@@ -357,6 +369,4 @@ def guidance_norm(cond: torch.Tensor, uncond: torch.Tensor, dtype: torch.dtype |
 
 
 def check_lambda(lam: float) -> float:
-    if not isinstance(lam, (int, float)) or not math.isfinite(lam) or not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lambda must be a number in [0, 1] (0: image quality, 1: prompt alignment), got {lam!r}")
-    return float(lam)
+    return number("lambda", lam, 0.0, 1.0, meaning="0: image quality, 1: prompt alignment")

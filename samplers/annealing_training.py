@@ -37,6 +37,7 @@ from typing import Callable
 import torch
 
 from .annealing import AnnealingNetwork
+from .checks import number, whole_number
 from .files import FileRefused, checked_file, write_replacing
 from .spaces import signal_scale
 
@@ -189,18 +190,12 @@ class TrainingSettings:
         widget's range."""
         whole = {"training_images": 10_000_000, "batch_size": 256, "gradient_accumulation": 1024}
         for name, most in whole.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
-                raise ValueError(f"{name} must be a whole number from 1 to {most}, got {value!r}")
+            whole_number(name, getattr(self, name), 1, most)
         # (lowest, whether the lowest itself is allowed, highest)
         numbers = {"learning_rate": (0.0, False, 1.0), "weight_decay": (0.0, True, 1.0),
                    "delta_normalization": (0.0, False, 1000.0), "gradient_clip": (0.0, False, math.inf)}
         for name, (low, low_allowed, high) in numbers.items():
-            value = getattr(self, name)
-            number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-            if not number or value < low or (value == low and not low_allowed) or value > high:
-                relation = ">=" if low_allowed else ">"
-                raise ValueError(f"{name} must be a finite number {relation} {low:g} and at most {high:g}, got {value!r}")
+            number(name, getattr(self, name), low, high, low_open=not low_allowed)
 
     @property
     def images_per_update(self) -> int:

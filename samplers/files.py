@@ -3,9 +3,10 @@
 Every file the pack writes (LinearAG coefficients, scheduler networks, training checkpoints) is safetensors
 with a `format` (and `format_version`) in its metadata. `checked_file` opens one and refuses, naming the
 file, what is unreadable or of another format; `write_new` writes a file that must not exist yet and
-`write_replacing` one that may (a checkpoint): both write into a temporary file in the same folder first,
-so a crash or a full disk never leaves a half-written file under the final name, whatever the safetensors
-version (0.4.5 writes in place).
+`write_replacing` one that may (a checkpoint): both write into a temporary file in the same folder first and
+flush it to the disk before it gets its name (then the folder), so a crash, a power loss or a full disk never
+leaves a half-written or empty file under the final name, whatever the safetensors version (0.4.5 writes in
+place).
 """
 from __future__ import annotations
 
@@ -60,10 +61,35 @@ def _written_beside(path: str, tensors: dict[str, torch.Tensor], metadata: dict[
     os.close(handle)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, partial, metadata=metadata)
+        _to_disk(partial)  # on the disk before it gets its name: after a power loss the name never holds a hole
     except BaseException:
         os.remove(partial)
         raise
     return partial
+
+
+def _to_disk(path: str) -> None:
+    """fsync a file (its data and size are on the disk when this returns)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _folder_to_disk(path: str) -> None:
+    """fsync the folder of `path`, so that a new name in it survives a power loss; nothing where the system cannot
+    open a folder (Windows)."""
+    try:
+        descriptor = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:  # some file systems refuse fsync on a folder
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def write_new(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
@@ -86,8 +112,10 @@ def write_new(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, s
     finally:
         if os.path.exists(partial):
             os.remove(partial)
+    _folder_to_disk(path)
 
 
 def write_replacing(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Write a file that replaces the one under its name (a training checkpoint), atomically."""
     os.replace(_written_beside(path, tensors, metadata), path)
+    _folder_to_disk(path)

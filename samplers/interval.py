@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 from decimal import Decimal
 
+from .checks import number
 from .spaces import edm_sigma
 from .schedule import Evaluation, GuidanceSchedule, RunInfo, StepPlan, every
 
@@ -50,12 +51,8 @@ class GuidanceInterval:
     sigma_hi: float
 
     def __post_init__(self):
-        for name in ("sigma_lo", "sigma_hi"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if self.sigma_lo < 0:
-            raise ValueError(f"sigma_lo must be >= 0, got {self.sigma_lo:g}")
+        number("sigma_lo", self.sigma_lo, 0.0)
+        number("sigma_hi", self.sigma_hi)
         if self.sigma_lo >= self.sigma_hi:
             raise ValueError(f"sigma_lo ({self.sigma_lo:g}) must be smaller than sigma_hi ({self.sigma_hi:g}): "
                              "guidance is applied for sigma in (sigma_lo, sigma_hi]")

@@ -144,6 +144,10 @@ def load(path: str) -> LinearAGFile:
         if "coefficients" not in f.keys():
             raise FileRefused(f"{name} holds no coefficients (make one with the LinearAGCalibrate node)")
         coefficients = f.get_tensor("coefficients")
+    if not coefficients.is_floating_point():
+        raise FileRefused(f"{name}: the coefficients are of dtype {str(coefficients.dtype).removeprefix('torch.')}; "
+                          "they are floating point numbers (calibrate again)")
+    coefficients = coefficients.to(torch.float64)  # whatever float dtype they were saved in (float8 included)
     if tuple(coefficients.shape) != (fitted_for.steps, N_TERMS):
         raise FileRefused(f"{name}: coefficients of shape {tuple(coefficients.shape)} do not fit "
                           f"{fitted_for.steps} steps ({fitted_for.steps}, {N_TERMS} expected)")

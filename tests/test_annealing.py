@@ -224,3 +224,22 @@ def test_the_guidance_norm_in_float32_moves_the_scale_by_less_than_the_parity_to
     for i in range(0, len(in64), 8):
         t, lam = float(PARITY["mlp.t"][i]), float(PARITY["mlp.lambda"][i])
         assert abs(scheduler.scales(t, [in64[i]], lam)[0] - scheduler.scales(t, [in32[i]], lam)[0]) <= 3.1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.bfloat16, torch.int32])
+def test_a_network_saved_in_another_dtype_is_read_or_refused_naming_it(tmp_path, dtype):
+    """float8 weights (F8_E4M3) are read as float32 (torch has no isfinite for float8); integers are refused by
+    file and dtype."""
+    from guidance_schedules.samplers.annealing import AnnealingNetwork, AnnealingScheduler, TrainedFor, save_scheduler
+    plain = tmp_path / "plain.safetensors"
+    save_scheduler(AnnealingScheduler(AnnealingNetwork(NetworkConfig()), TrainedFor()), str(plain))
+    with safe_open(str(plain), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k).to(dtype) for k in f.keys()}
+    other = tmp_path / "other.safetensors"
+    save_file(tensors, str(other), metadata=meta)
+    if dtype == torch.int32:
+        with pytest.raises(FileRefused, match="other.safetensors: combined_head.0.weight is of dtype int32"):
+            load_scheduler(str(other))
+        return
+    loaded = load_scheduler(str(other))
+    assert torch.equal(loaded.network.combined_head[0].weight, tensors["combined_head.0.weight"].to(torch.float32))

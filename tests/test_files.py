@@ -74,3 +74,30 @@ def test_a_checked_header_refuses_another_format_version_or_a_broken_file(tmp_pa
     with pytest.raises(FileRefused, match="not a readable safetensors file"):
         with checked_file(str(path), "mine", None, "is not mine"):
             pass
+
+
+@pytest.mark.parametrize("write", [write_new, write_replacing])
+def test_a_file_is_on_the_disk_before_it_gets_its_name(tmp_path, monkeypatch, write):
+    """After a power loss a name must not hold an empty file: the data is flushed (fsync of the file) before the
+    name is linked or renamed to it, and the folder after."""
+    import os
+    events = []
+    real_fsync, real_link, real_replace = os.fsync, os.link, os.replace
+
+    def fsync(descriptor):
+        events.append(("fsync", "folder" if os.path.isdir(f"/proc/self/fd/{descriptor}") else "file",
+                       os.fstat(descriptor).st_size))
+        return real_fsync(descriptor)
+
+    def named(kind, real):
+        def name(src, dst, *args, **kwargs):
+            events.append((kind, os.path.basename(dst)))
+            return real(src, dst, *args, **kwargs)
+        return name
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "link", named("name", real_link))
+    monkeypatch.setattr(files.os, "replace", named("name", real_replace))
+    write(str(tmp_path / "net.safetensors"), TENSORS, {"format": "test"})
+    named_at = next(i for i, e in enumerate(events) if e[0] == "name")
+    assert any(e[:2] == ("fsync", "file") and e[2] > 0 for e in events[:named_at]), events
+    assert ("fsync", "folder") in [e[:2] for e in events[named_at:]], events

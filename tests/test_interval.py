@@ -62,7 +62,7 @@ def test_the_first_flow_step_is_guided_only_without_an_upper_bound():
     (5.0, 1.0, "sigma_lo .* must be smaller than sigma_hi"),
     (math.nan, 1.0, "sigma_lo must be a finite number"),
     (0.1, math.inf, "sigma_hi must be a finite number"),
-    (-0.5, 1.0, "sigma_lo must be >= 0"),
+    (-0.5, 1.0, "sigma_lo must be a finite number >= 0"),
 ])
 def test_bad_bounds_are_refused_by_name(lo, hi, message):
     with pytest.raises(ValueError, match=message):

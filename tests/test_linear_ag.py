@@ -104,3 +104,9 @@ def test_bad_coefficients_or_metadata_are_refused_with_what_is_wrong(tmp_path):
         linear_ag.load(variant("steps.safetensors", fitted_for='{"steps": "six"}'))
     with pytest.raises(FileRefused, match="format_version '9'"):
         linear_ag.load(variant("version.safetensors", format_version="9"))
+    with pytest.raises(FileRefused, match="ints.safetensors: the coefficients are of dtype int64"):
+        linear_ag.load(variant("ints.safetensors", torch.zeros(6, 4, dtype=torch.int64)))
+    # any float dtype is read, float8 included (isfinite has no float8 kernel: it is read as float64 first)
+    eight = linear_ag.load(variant("f8.safetensors", result.coefficients.to(torch.float8_e4m3fn)))
+    assert eight.coefficients.dtype == torch.float64
+    assert torch.equal(eight.coefficients, result.coefficients.to(torch.float8_e4m3fn).to(torch.float64))

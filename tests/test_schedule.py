@@ -29,3 +29,19 @@ def test_record_describes_guided_steps_and_skipped_passes():
     assert record.guided_steps() == [1, 2, 3] and record.uncond_needed == [3]
     assert record.describe() == "guided steps 1-3 (3 of 5); unconditional pass skipped in 2 of 5 model evaluations"
 
+
+
+def test_every_input_number_is_checked_by_one_rule():
+    """A boolean (JSON true) is no number anywhere, nor NaN, nor a value out of range: the interval's bounds, AG's
+    threshold, annealing's lambda and the cfg say so alike, naming the input."""
+    import math
+    import pytest
+    from guidance_schedules.samplers.adaptive import check_threshold
+    from guidance_schedules.samplers.annealing import check_lambda
+    from guidance_schedules.samplers.interval import GuidanceInterval
+    checks = {"threshold": check_threshold, "lambda": check_lambda,
+              "sigma_hi": lambda v: GuidanceInterval(0.0, v), "sigma_lo": lambda v: GuidanceInterval(v, 10.0)}
+    for name, check in checks.items():
+        for bad in (True, False, math.nan, math.inf, "1", None):
+            with pytest.raises(ValueError, match=f"^{name} must be a"):
+                check(bad)

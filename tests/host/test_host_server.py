@@ -315,3 +315,18 @@ def test_the_plot_refuses_a_run_of_another_model_when_the_prompt_is_queued_again
     errors = [m[1] for m in again["status"]["messages"] if m[0] == "execution_error"]
     assert errors and errors[0]["node_id"] == "13"
     assert "'samples' was not made with the model connected here" in errors[0]["exception_message"]
+
+
+@pytest.mark.parametrize("steps, denoise", [(1, 1.0), (8, 0.0)])
+def test_a_calibration_with_fewer_than_two_steps_is_refused_before_any_work(server, steps, denoise):
+    """One step (nothing to fit: LinearAG estimates odd steps from the step before) or none (denoise 0): refused
+    naming the sigmas, and no file is written (queuing it again is not refused for the name)."""
+    name = f"gs_api_too_short_{steps}_{int(denoise)}"
+    for _ in range(2):
+        prompt = calibration_prompt(name)
+        prompt["8"]["inputs"].update(steps=steps, denoise=denoise)
+        history = server.run_prompt(prompt)
+        errors = [m[1] for m in history["status"]["messages"] if m[0] == "execution_error"]
+        assert errors and errors[0]["exception_message"].startswith("sigmas: LinearAG calibration needs a run of at "
+                                                                      "least 2 steps"), errors
+        assert not (server.base / "models" / "linear_ag" / f"{name}.safetensors").exists()

@@ -555,7 +555,8 @@ def test_when_no_server_answers_the_sweep_stops_after_its_patience_and_a_rerun_f
     finished = [r for r in rows if r["status"] == "success"]
     assert finished and all(r["server"] == c.url for r in finished)
     assert all(r["status"] == "missing" and r["server"] == "" for r in rows if r not in finished)
-    rerun = subprocess.run(sweep_command(tmp_path, [a], out, workflow("gs_patience", wait=0.0)),
+    # the same workflow (another one would be new runs: a run's key covers the whole prompt)
+    rerun = subprocess.run(sweep_command(tmp_path, [a], out, workflow("gs_patience", wait=1.0)),
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{len(finished)} done before, {12 - len(finished)} to queue on 1 server" in rerun.stderr
