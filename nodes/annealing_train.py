@@ -28,6 +28,7 @@ import comfy.utils
 from ..samplers.annealing import AnnealingNetwork, AnnealingScheduler, NetworkConfig, TrainedFor, save_scheduler
 from ..samplers.annealing_training import (Grid, Trainer, TrainingSettings, resume, run_training,
                                            tensor_fingerprint, write_checkpoint)
+from ..samplers.files import claimed
 from ..samplers.spaces import FLOW
 from .annealing import FOLDER
 from .files import new_output_path, output_file_key, write_under_a_free_name, written_file_key, wrote_file
@@ -376,7 +377,20 @@ def train_network(model, x0: torch.Tensor, positives: list, negative, grid: Grid
     beside it; where the write fails, the trained state stays in the checkpoint). Tensors must not be inference
     tensors. after_update(trainer), if
     given, runs after every optimizer step (the test beds measure a held-out loss there); gradient_checkpointing
-    recomputes the model's activations per block in the backward pass."""
+    recomputes the model's activations per block in the backward pass.
+
+    The checkpoint is claimed for the training's time (a lock beside it: samplers.files.claimed): a training of
+    another process under the same name, into a models folder two servers share, is refused while it runs, never
+    resumed from its live checkpoint."""
+    checkpoint = path.removesuffix(".safetensors") + ".resume"
+    with claimed(checkpoint):
+        return _train_network(model, x0, positives, negative, grid, grid_settings, settings, path, checkpoint,
+                              after_update, gradient_checkpointing)
+
+
+def _train_network(model, x0: torch.Tensor, positives: list, negative, grid: Grid, grid_settings: dict,
+                   settings: TrainingSettings, path: str, checkpoint: str, after_update, gradient_checkpointing: bool
+                   ) -> Trained:
     model = trainable(model)
     facts = model_facts(model)
     space = training_space(facts)
@@ -396,7 +410,6 @@ def train_network(model, x0: torch.Tensor, positives: list, negative, grid: Grid
     if noise_scale != 1.0:  # recorded only where it differs, so checkpoints of earlier versions still resume
         record["noise_scale"] = noise_scale
     trainer = Trainer(network.train(), grid, space, settings, dataset_size=len(x0), noise_scale=noise_scale)
-    checkpoint = path.removesuffix(".safetensors") + ".resume"
     if os.path.exists(checkpoint):
         resume(trainer, checkpoint, record)
     bar = comfy.utils.ProgressBar(settings.training_images)

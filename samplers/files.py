@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import tempfile
 
 import torch
@@ -113,6 +114,66 @@ def write_new(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, s
         if os.path.exists(partial):
             os.remove(partial)
     _folder_to_disk(path)
+
+
+@contextlib.contextmanager
+def claimed(path: str):
+    """An exclusive claim on `path` for the time of a with-block, across processes (two ComfyUI servers sharing a
+    models folder): a lock file beside it, PATH.lock, made only where none exists and holding this process's host
+    and pid, removed on leaving. One left by a process of this host that is gone is taken over; FileRefused naming
+    the holder where another process holds it."""
+    lock = path + ".lock"
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _holder_of(lock)
+            if holder is not None and not _gone(holder):
+                host, pid = holder
+                raise FileRefused(
+                    f"{os.path.basename(path)} is being written by another process ({host}, pid {pid}: another "
+                    f"ComfyUI sharing this folder?); its work is never taken over while it runs. Queue this under "
+                    f"another name, or once it is done; if no such process runs, remove {os.path.basename(lock)}"
+                ) from None
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock)  # left by a process that is gone
+            continue
+        with os.fdopen(descriptor, "w") as f:
+            f.write(me)
+        break
+    else:
+        raise FileRefused(f"{os.path.basename(lock)} could not be made; remove it if no training runs")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            if _holder_of(lock) == (socket.gethostname(), os.getpid()):
+                os.remove(lock)
+
+
+def _holder_of(lock: str) -> tuple[str, int] | None:
+    """(host, pid) written in a lock file; None where it cannot be read (being written, or not one of ours)."""
+    try:
+        host, pid = open(lock).read().rsplit(" ", 1)
+        return host, int(pid)
+    except (OSError, ValueError):
+        return None
+
+
+def _gone(holder: tuple[str, int]) -> bool:
+    """Is the process that wrote a lock gone? Only a process of this host can be looked at; another host's is
+    taken as running."""
+    host, pid = holder
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it runs, as another user
+        return False
+    return False
 
 
 def write_replacing(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

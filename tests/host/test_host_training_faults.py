@@ -38,6 +38,32 @@ BAD_NAMES = [("名" * 90, "too long for the file system"), ("😀" * 70, "too lo
              ("sub/.hidden", "not empty and do not start with a dot")]
 
 
+def test_a_checkpoint_another_process_is_writing_is_never_taken_over(comfy_server):
+    """Two servers sharing a models folder: while another process trains under a name (its lock beside the
+    .resume), a training queued under that name is refused, saying why, and neither its checkpoint nor its lock is
+    touched; a lock left by a process that is gone is taken over, and the training removes it when done."""
+    import socket
+    import subprocess
+    import sys
+    folder = folder_of(comfy_server, "guidance_schedulers")
+    resume, lock = folder / "gs_shared.resume", folder / "gs_shared.resume.lock"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        resume.write_bytes(b"the other process's live checkpoint")
+        lock.write_text(f"{socket.gethostname()} {other.pid}")
+        errors = errors_of(comfy_server.run_prompt(training_prompt("gs_shared")))
+        assert errors and "gs_shared.resume is being written by another process" in errors[0], errors
+        assert f"pid {other.pid}" in errors[0]
+        assert resume.read_bytes() == b"the other process's live checkpoint" and lock.is_file()
+    finally:
+        other.kill()
+        other.wait()
+    resume.unlink()  # the other process finished (its checkpoint gone) but left its lock: it is gone, so it is stale
+    history = comfy_server.run_prompt(training_prompt("gs_shared"))
+    assert history["status"]["status_str"] == "success", errors_of(history)
+    assert (folder / "gs_shared.safetensors").is_file() and not lock.exists() and not resume.exists()
+
+
 @pytest.mark.parametrize("name,why", BAD_NAMES)
 def test_a_name_the_file_system_refuses_is_refused_before_any_work(comfy_server, name, why):
     for prompt, folder in ((training_prompt(name), "guidance_schedulers"), (calibration_prompt(name), "linear_ag")):
