@@ -53,8 +53,8 @@ def negligible_model(channels: int = 4):
             self.dtype = torch.float32
 
         def forward(self, x, timesteps, context=None, **kwargs):
-            # the context enters, so the two passes differ and guidance does something
-            return torch.tanh(x * 0.5 + context[:, :1, :1].unsqueeze(-1))
+            # the context enters, so the two passes differ and guidance does something (any latent rank)
+            return torch.tanh(x * 0.5 + context[:, :1, :1].reshape(-1, *([1] * (x.ndim - 1))))
 
     config = comfy.supported_models_base.BASE({"disable_unet_model_creation": True})
     config.latent_format = comfy.latent_formats.LatentFormat()

@@ -116,29 +116,26 @@ class LinearAGCalibrate:
                              "(a denoise of 0 makes none)")
         path = new_output_path(LINEAR_AG_FOLDER, name)
         cache_key = written_file_key(path)
-        recorded: list[list] = []
+        equations = linear_ag_files.NormalEquations(steps)
 
         def recording(run):
-            recorded.append([])
-            return linear_ag_files.CalibrationSchedule(run, recorded[-1])
+            return linear_ag_files.CalibrationSchedule(run, equations)
         guider = ScheduleGuider(patch_model(model, recording, "LinearAG calibration", "linear_ag_calibration",
                                             {"name": name, "runs": runs, "seed": seed}, log_runs=False),
                                 positive, negative, cfg)
         for r in range(runs):
             SamplerCustomAdvanced().sample(Noise_RandomNoise(seed + r), guider, sampler, sigmas, latent_image)
-        # every latent of the batch is one trajectory
-        trajectories = [[(c[b:b + 1], u[b:b + 1]) for c, u in run] for run in recorded for b in range(run[0][0].shape[0])]
-        result = linear_ag_files.fit(trajectories)
+        result = equations.fit()  # every latent of the batch is one trajectory
         fitted_for = linear_ag_files.FittedFor(
             sampler=sampler_function_name(sampler), steps=len(sigmas) - 1,
             sigmas=tuple(float(s) for s in sigmas.flatten().tolist()),
             model=type(model.model.model_config).__name__ + " " + model.model.model_type.name, cfg=float(cfg),
-            runs=len(trajectories), prediction=model_facts(model).prediction)
+            runs=equations.trajectories, prediction=model_facts(model).prediction)
         written = write_under_a_free_name(path, lambda p: linear_ag_files.save(result, fitted_for, p))
         if written == path:
             wrote_file(path, cache_key)
         odd = result.relative_error[1::2]
-        count = len(trajectories)
+        count = equations.trajectories
         kept = "" if written == path else f" ({os.path.basename(path)} appeared meanwhile and was kept)"
         text = (f"wrote {written}{kept}: {count} {'trajectory' if count == 1 else 'trajectories'} ({runs} "
                 f"{'run' if runs == 1 else 'runs'} of {count // runs} latents), {fitted_for.steps} steps; relative error "

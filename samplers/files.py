@@ -124,6 +124,7 @@ def claimed(path: str):
     the holder where another process holds it."""
     lock = path + ".lock"
     me = f"{socket.gethostname()} {os.getpid()}"
+    os.makedirs(os.path.dirname(os.path.abspath(lock)), exist_ok=True)  # a fresh ComfyUI has no such folder yet
     for _ in range(2):
         try:
             descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

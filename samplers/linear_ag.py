@@ -51,8 +51,54 @@ class Fit:
     relative_error: torch.Tensor  # (steps,) ||D_u - estimate|| / ||D_u - D_c|| on the calibration data
 
 
+class NormalEquations:
+    """The calibration's least squares, accumulated run by run instead of kept as trajectories: per estimated step,
+    the 4x4 matrix X^T X and the 4-vector X^T y of its design (X: the rows [D_c(i), D_c(i-1), D_u(i-1), 1] of every
+    latent element, y: D_u(i)), with y.y and |D_u - D_c|^2 for the relative error, in float64 on the predictions'
+    device (float32 where it has no float64). Its memory is a few numbers a step whatever the runs and the latent:
+    a calibration holds only the previous step's two predictions besides it."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+        self.gram: dict[int, torch.Tensor] = {}  # step -> X^T X (4, 4)
+        self.moment: dict[int, torch.Tensor] = {}  # step -> X^T y (4,)
+        self.target_square: dict[int, torch.Tensor] = {}  # step -> y.y
+        self.gap_square: dict[int, torch.Tensor] = {}  # step -> |D_u - D_c|^2
+        self.trajectories = 0
+
+    def add(self, step: int, cond, prev_cond, prev_uncond, uncond) -> None:
+        """One estimated step of a run (every latent of its batch: they are summed alike)."""
+        dtype = torch.float32 if cond.device.type == "mps" else torch.float64
+        features = torch.stack([t.reshape(-1) for t in (cond, prev_cond, prev_uncond)]).to(dtype)  # (3, N)
+        y = uncond.reshape(-1).to(dtype)
+        n = torch.tensor([float(y.numel())], dtype=dtype, device=y.device)
+        sums = features.sum(dim=1)
+        gram = torch.cat([torch.cat([features @ features.T, sums[:, None]], dim=1),
+                          torch.cat([sums, n])[None, :]], dim=0)
+        moment = torch.cat([features @ y, y.sum()[None]])
+        gap = y - features[0]
+        for table, value in ((self.gram, gram), (self.moment, moment), (self.target_square, y @ y),
+                             (self.gap_square, gap @ gap)):
+            table[step] = table[step] + value if step in table else value
+
+    def fit(self) -> Fit:
+        """The coefficients and the relative error of each estimated step, as `fit` gives them from trajectories."""
+        coefficients = torch.zeros(self.steps, N_TERMS, dtype=torch.float64)
+        error = torch.zeros(self.steps, dtype=torch.float64)
+        for i, gram in self.gram.items():
+            gram, moment = gram.to("cpu", torch.float64), self.moment[i].to("cpu", torch.float64)
+            # the minimum-norm solution, as lstsq's on the design (a design of lower rank: a constant prediction)
+            solution = torch.linalg.lstsq(gram, moment.unsqueeze(1), driver="gelsd").solution[:, 0]
+            coefficients[i] = solution
+            residual = float(solution @ gram @ solution - 2 * solution @ moment + self.target_square[i].to("cpu"))
+            gap = float(self.gap_square[i].to("cpu"))
+            error[i] = math.sqrt(max(residual, 0.0)) / max(math.sqrt(gap), 1e-12)
+        return Fit(coefficients, error)
+
+
 def fit(runs: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> Fit:
-    """runs[r][i] = (D_c, D_u) at step i of calibration run r (full CFG). Least squares per odd step."""
+    """runs[r][i] = (D_c, D_u) at step i of calibration run r (full CFG). Least squares per odd step, solved on the
+    design directly: the reference NormalEquations.fit is held to (tests/test_linear_ag.py)."""
     steps = len(runs[0])
     if any(len(r) != steps for r in runs):
         raise ValueError("calibration runs differ in step count")
@@ -183,16 +229,22 @@ def _grid(sigmas) -> str:
 
 
 class CalibrationSchedule(GuidanceSchedule):
-    """Full CFG (the unconditional pass every step, cfg 1 included) that records each step's first
-    (D_c, D_u) into `record`, for fitting."""
+    """Full CFG (the unconditional pass every step, cfg 1 included) that adds each estimated step's first
+    evaluation to `equations` (NormalEquations), keeping only the step before's two predictions."""
 
     follows_cfg1_shortcut = False
 
-    def __init__(self, run: RunInfo, record: list):
+    def __init__(self, run: RunInfo, equations: NormalEquations):
         super().__init__(run)
-        self.record = record
+        if run.steps != equations.steps:
+            raise ValueError(f"sigmas: the calibration runs have {equations.steps} steps; this one has {run.steps}")
+        self.equations = equations
+        self.previous: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        equations.trajectories += run.latent_shape[0] if run.latent_shape else 1
 
     def guide(self, ev, cond, uncond, candidates):
         if ev.first_of_step:
-            self.record.append((cond.detach().to("cpu", torch.float32), uncond.detach().to("cpu", torch.float32)))
+            if estimated_step(ev.step) and self.previous is not None and self.previous[0] == ev.step - 1:
+                self.equations.add(ev.step, cond, self.previous[1], self.previous[2], uncond)
+            self.previous = (ev.step, cond.detach(), uncond.detach())
         return super().guide(ev, cond, uncond, candidates)

@@ -110,3 +110,30 @@ def test_bad_coefficients_or_metadata_are_refused_with_what_is_wrong(tmp_path):
     eight = linear_ag.load(variant("f8.safetensors", result.coefficients.to(torch.float8_e4m3fn)))
     assert eight.coefficients.dtype == torch.float64
     assert torch.equal(eight.coefficients, result.coefficients.to(torch.float8_e4m3fn).to(torch.float64))
+
+
+def accumulated(runs):
+    equations = linear_ag.NormalEquations(len(runs[0]))
+    for run in runs:
+        for i in range(1, len(run)):
+            if linear_ag.estimated_step(i):
+                equations.add(i, run[i][0], run[i - 1][0], run[i - 1][1], run[i][1])
+    return equations.fit()
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_the_accumulated_normal_equations_give_the_direct_least_squares(exact):
+    """What the calibration keeps (4x4 and 4 numbers a step, run by run) against the least squares solved on all
+    trajectories at once: the coefficients to 1e-8 relative, the relative error alike."""
+    truth = torch.zeros(6, 4, dtype=torch.float64)
+    truth[1], truth[3], truth[5] = torch.tensor([0.8, 0.1, 0.3, 0.05]), torch.tensor([1.1, -0.2, 0.05, 0.0]), \
+        torch.tensor([0.5, 0.0, 0.5, -0.1])
+    runs = synthetic_runs(truth, runs=7, shape=(4, 8, 8))
+    if not exact:  # predictions the four terms do not explain exactly
+        g = torch.Generator().manual_seed(5)
+        runs = [[(c, u + 0.05 * torch.randn(u.shape, generator=g)) for c, u in run] for run in runs]
+    direct, summed = linear_ag.fit(runs), accumulated(runs)
+    odd = slice(1, None, 2)
+    scale = direct.coefficients[odd].abs().max()
+    assert (summed.coefficients[odd] - direct.coefficients[odd]).abs().max() <= 1e-8 * scale
+    assert torch.allclose(summed.relative_error[odd], direct.relative_error[odd], rtol=1e-6, atol=1e-7)
