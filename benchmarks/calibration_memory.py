@@ -3,7 +3,8 @@
 LinearAGCalibrate inside the real ComfyUI on a model whose forward is two tensor operations (so the time is the
 calibration's own and ComfyUI's), euler, 30 steps, at an SDXL 1024 px latent (4x128x128) and a Wan 480p video latent
 (16x21x60x104), for 8 and 32 runs. Each configuration runs in a fresh process; the peak memory is the growth of
-the process's peak resident size during the calibration (what it holds beyond the model and the latent).
+the process's peak resident size during the calibration (what it holds beyond the model and the latent), beside
+one stock CFG sampling of the same latent (runs 0), the sampling's own peak.
 
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/calibration_memory.py
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/calibration_memory.py --runs 8 --latent sdxl
@@ -50,7 +51,14 @@ def measure(latent: str, runs: int) -> dict:
         sampler = comfy.samplers.sampler_object("euler")
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         start = time.perf_counter()
-        LinearAGCalibrate().calibrate(model, pos, neg, 5.0, sampler, sigmas, latent_image, runs, 0, "memory")
+        if runs == 0:  # the baseline: one stock CFG sampling of the same latent
+            from comfy_extras.nodes_custom_sampler import Noise_RandomNoise, SamplerCustomAdvanced
+            guider = comfy.samplers.CFGGuider(model)
+            guider.set_conds(pos, neg)
+            guider.set_cfg(5.0)
+            SamplerCustomAdvanced().sample(Noise_RandomNoise(0), guider, sampler, sigmas, latent_image)
+        else:
+            LinearAGCalibrate().calibrate(model, pos, neg, 5.0, sampler, sigmas, latent_image, runs, 0, "memory")
         seconds = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"latent": latent, "runs": runs, "peak_mib": (after - before) / 1024, "seconds": seconds}
@@ -67,7 +75,7 @@ def main():
         return
     rows = []
     for latent in args.latent or ["sdxl", "wan480p"]:
-        for runs in args.runs or [8, 32]:
+        for runs in args.runs or [0, 8, 32]:
             child = subprocess.run([sys.executable, __file__, "--one", "--latent", latent, "--runs", str(runs)],
                                    capture_output=True, text=True, env=os.environ)
             if child.returncode != 0:
@@ -79,7 +87,8 @@ def main():
     print("| latent | runs | peak memory growth | seconds |")
     print("|---|---|---|---|")
     for r in rows:
-        print(f"| {r['latent']} {'x'.join(map(str, LATENTS[r['latent']][1:]))} | {r['runs']} | "
+        runs = r["runs"] or "stock CFG, one sampling"
+        print(f"| {r['latent']} {'x'.join(map(str, LATENTS[r['latent']][1:]))} | {runs} | "
               f"{r['peak_mib']:,.0f} MiB | {r['seconds']:.1f} |")
 
 
