@@ -97,13 +97,13 @@ def adaptive_stopping_at(model, step):
     """Adaptive Guidance whose predictions 'agree' from `step` on: with random weights the real
     similarity means nothing, so the stop is forced where the paper's runs stop (about half way,
     a quarter of the evaluations saved). Everything else is the real AG code path."""
-    from guidance_schedules.nodes.guidance import patch_model
+    from guidance_schedules.nodes.guidance import Schedule, patch_model
     from guidance_schedules.samplers.adaptive import AdaptiveSchedule
 
     class ForcedStop(AdaptiveSchedule):
         def similarity_of(self, ev, cond, uncond):
             return [1.0 if ev.step >= step else 0.0] * ev.batch_size
-    return patch_model(model, lambda run: ForcedStop(run, 0.995), f"Adaptive guidance (stop forced at step {step})")
+    return patch_model(model, Schedule(lambda run: ForcedStop(run, 0.995), f"Adaptive guidance (stop forced at step {step})"))
 
 
 def linear_ag_model(model, sampler, scheduler, steps, cfg):

@@ -12,7 +12,7 @@ from ..samplers import linear_ag as linear_ag_files
 from ..samplers.adaptive import AdaptiveSchedule, check_threshold
 from .files import (new_output_path, output_file_key, register_model_folder, write_under_a_free_name,
                     written_file_key, wrote_file)
-from .guidance import patch_model
+from .guidance import Schedule, patch_model
 from .method_nodes import CATEGORY, GuidanceMethod, ScheduleGuider, ScheduleGuiderNode, SchedulePatchNode
 from .host_facts import model_facts
 from .rehearsal import sampler_function_name
@@ -55,7 +55,7 @@ def adaptive_schedule(threshold, linear_ag=NONE):
     path = linear_ag_path(linear_ag)
     linear = linear_ag_files.load(path) if path is not None else None
     extra = f", LinearAG {linear_ag}" if linear is not None else ""
-    return (lambda run: AdaptiveSchedule(run, threshold, linear)), f"Adaptive guidance (threshold {threshold:g}{extra})"
+    return Schedule(lambda run: AdaptiveSchedule(run, threshold, linear), f"Adaptive guidance (threshold {threshold:g}{extra})")
 
 
 ADAPTIVE = GuidanceMethod(
@@ -120,8 +120,8 @@ class LinearAGCalibrate:
 
         def recording(run):
             return linear_ag_files.CalibrationSchedule(run, equations)
-        guider = ScheduleGuider(patch_model(model, recording, "LinearAG calibration", "linear_ag_calibration",
-                                            {"name": name, "runs": runs, "seed": seed}, log_runs=False),
+        guider = ScheduleGuider(patch_model(model, Schedule(recording, "LinearAG calibration", "linear_ag_calibration",
+                                                            {"name": name, "runs": runs, "seed": seed}, log_runs=False)),
                                 positive, negative, cfg)
         for r in range(runs):
             SamplerCustomAdvanced().sample(Noise_RandomNoise(seed + r), guider, sampler, sigmas, latent_image)

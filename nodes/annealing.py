@@ -8,6 +8,7 @@ import folder_paths
 
 from ..samplers.annealing import DEFAULT_LAMBDA, AnnealingSchedule, check_lambda, load_scheduler
 from .files import file_state, register_model_folder
+from .guidance import Schedule
 from .method_nodes import GuidanceMethod, ScheduleGuiderNode, SchedulePatchNode
 
 FOLDER = "guidance_schedulers"
@@ -37,7 +38,7 @@ def load_scheduler_file(name: str):
 def annealing_schedule(scheduler, **settings):
     lam = check_lambda(settings["lambda"])
     network = load_scheduler_file(scheduler)
-    return (lambda run: AnnealingSchedule(run, network, lam)), f"Annealing guidance ({scheduler}, lambda {lam:g})"
+    return Schedule(lambda run: AnnealingSchedule(run, network, lam), f"Annealing guidance ({scheduler}, lambda {lam:g})")
 
 
 def annealing_inputs():

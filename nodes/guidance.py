@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -44,6 +45,18 @@ HISTORY_KEY = "guidance_schedules_history"  # ModelPatcher attachment: what the 
 ScheduleFactory = Callable[[RunInfo], GuidanceSchedule]
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """A method's schedule as a patched model carries it: how each run's GuidanceSchedule is made (a fresh one per
+    run) and what names it in the log and the API's run records."""
+
+    make: ScheduleFactory  # RunInfo -> the run's GuidanceSchedule
+    describe: str  # its name in the log ("Guidance interval (0.28, 5.42]")
+    method: str = ""  # GuidanceMethod.key, for the run records ("interval")
+    settings: dict = field(default_factory=dict)  # the method node's inputs, for the run records
+    log_runs: bool = True  # a line in the log per sampling run (not for the calibration's many runs)
+
+
 def fingerprint(latent: torch.Tensor) -> torch.Tensor:
     """A small sample of a latent, enough to tell which sampler made a LATENT, kept on the latent's device (a
     finished run copies nothing to the host for it: the plot node, which may never come, compares there)."""
@@ -60,12 +73,13 @@ class RunHistory:
 
     KEPT = 8
 
-    def __init__(self, describe: str, method: str = "", settings: dict | None = None, log_runs: bool = True):
-        self.describe = describe
-        self.log_runs = log_runs  # a line in the log per sampling run (not for the calibration's many runs)
-        self.method = method  # GuidanceMethod.key, for the API's run records
-        self.settings = dict(settings or {})
+    def __init__(self, schedule: Schedule):
+        self.schedule = schedule
         self.runs: list[tuple[torch.Tensor, RunRecord]] = []
+
+    @property
+    def describe(self) -> str:
+        return self.schedule.describe
 
     @property
     def last(self) -> RunRecord | None:
@@ -142,10 +156,8 @@ class GuidanceRun:
         return self.tracker.departure(list(zip(self.evaluated_plan, seen.to("cpu", torch.float64).tolist())))
 
 
-def patch_model(model, make_schedule: ScheduleFactory, describe: str, method: str = "", settings: dict | None = None,
-                log_runs: bool = True):
-    """A clone of `model` that samples with the schedule `make_schedule(run_info)`; `describe` names it in
-    the log, `method` and `settings` in the API's run records (nodes/reports.py).
+def patch_model(model, schedule: Schedule):
+    """A clone of `model` that samples with `schedule` (each run with a fresh `schedule.make(run_info)`).
 
     One guidance schedule per model: patching an already patched model replaces its schedule (and
     says so, since chaining two of the pack's nodes may look like combining them).
@@ -153,14 +165,13 @@ def patch_model(model, make_schedule: ScheduleFactory, describe: str, method: st
     replaced = history_of(model)
     if replaced is not None:
         log.warning("%s replaces %s on this model: one guidance schedule applies per model.",
-                    describe, replaced.describe)
+                    schedule.describe, replaced.describe)
     m = model.clone()
     for kind in (WrappersMP.SAMPLER_SAMPLE, WrappersMP.PREDICT_NOISE):
         m.remove_wrappers_with_key(kind, WRAPPER_KEY)
-    history = RunHistory(describe, method, settings, log_runs)
+    history = RunHistory(schedule)
     m.set_attachments(HISTORY_KEY, history)
-    m.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,
-                           functools.partial(_run_with_schedule, make_schedule, history))
+    m.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY, functools.partial(_run_with_schedule, history))
     m.add_wrapper_with_key(WrappersMP.PREDICT_NOISE, WRAPPER_KEY, _predict_noise_with_schedule)
     # first, i.e. outermost: a PREDICT_NOISE wrapper of a node applied before this one (LazyCache) may answer an
     # evaluation itself, and the run's step tracker has to see it (wrappers run in the order of their keys)
@@ -197,8 +208,7 @@ def plain_value_errors():
 
 # --- the wrappers ----------------------------------------------------------------------------------
 
-def _run_with_schedule(make_schedule: ScheduleFactory, history: RunHistory, executor, guider, sigmas, extra_args,
-                       *args, **kwargs):
+def _run_with_schedule(history: RunHistory, executor, guider, sigmas, extra_args, *args, **kwargs):
     sampler = executor.class_obj
     name = sampler_function_name(sampler)
     model_sampling = guider.model_patcher.get_model_object("model_sampling")
@@ -218,7 +228,7 @@ def _run_with_schedule(make_schedule: ScheduleFactory, history: RunHistory, exec
         scales = own.scale_values(guider) if own is not None else {}  # refused before any step, naming the input
     plan = rehearse_steps(sampler, guider, sigmas, extra_args, noise)
     with plain_value_errors():
-        schedule = make_schedule(info)
+        schedule = history.schedule.make(info)
     run = GuidanceRun(schedule, StepTracker(info.sigmas, plan), model_sampling)
     args = _with_step_callback(run, args, kwargs)
     extra_args = dict(extra_args)
@@ -256,14 +266,14 @@ def finished(history: RunHistory, driver: ScheduleDriver, output: torch.Tensor, 
     """Where a finished run's record goes, in one place: the model's history (the plot node), the API's run
     records and event (nodes/reports.py) and the log. Under a core guider with scales of its own, `cfg` is its
     first and `guider_scales` all of them, by input name."""
-    record = driver.record
+    record, named = driver.record, history.schedule
     history.add(output, record)
-    report({"method": history.method, "settings": history.settings, "describe": history.describe, "sampler": sampler,
+    report({"method": named.method, "settings": dict(named.settings), "describe": named.describe, "sampler": sampler,
             "sigma_space": sigma_space, "cfg": cfg, **({"guider_scales": guider_scales} if guider_scales else {}),
             **record.as_dict()})
-    if history.log_runs:
+    if named.log_runs:
         details = driver.schedule.summary()
-        log.info("%s (%s, %s): %s%s", history.describe, sampler, sigma_space, record.describe(),
+        log.info("%s (%s, %s): %s%s", named.describe, sampler, sigma_space, record.describe(),
                  f"; {details}" if details else "")
 
 

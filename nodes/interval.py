@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..samplers.interval import PAPER_SDXL, SIGMA_HI_UNBOUNDED, GuidanceInterval, IntervalSchedule
+from .guidance import Schedule
 from .method_nodes import GuidanceMethod, ScheduleGuiderNode, SchedulePatchNode
 
 SIGMA_LO, SIGMA_HI = PAPER_SDXL
@@ -26,7 +27,7 @@ def interval_inputs():
 
 def interval_schedule(sigma_hi, sigma_lo):
     interval = GuidanceInterval(sigma_lo=sigma_lo, sigma_hi=sigma_hi)  # raises a clear ValueError
-    return (lambda run: IntervalSchedule(run, interval)), f"Guidance interval ({sigma_lo:g}, {sigma_hi:g}]"
+    return Schedule(lambda run: IntervalSchedule(run, interval), f"Guidance interval ({sigma_lo:g}, {sigma_hi:g}]")
 
 
 INTERVAL = GuidanceMethod(

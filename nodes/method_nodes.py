@@ -8,13 +8,13 @@ both paths run the same code. A value flows one way: the node's inputs -> the me
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import comfy.samplers
 
 from .files import input_file_state
-from .guidance import ScheduleFactory, check_cfg, patch_model, plain_value_errors
+from .guidance import Schedule, check_cfg, patch_model, plain_value_errors
 
 
 def _host_sampling_category() -> str:
@@ -47,7 +47,7 @@ class GuidanceMethod:
     title: str  # "Guidance interval (Kynkaeaenniemi et al. 2024)"
     summary: str  # what it does, for both nodes' descriptions
     inputs: Callable[[], dict]  # the method's own inputs, by name, as INPUT_TYPES gives them
-    schedule: Callable[..., tuple[ScheduleFactory, str]]  # the inputs' values -> (schedule factory, log name)
+    schedule: Callable[..., Schedule]  # the inputs' values -> the schedule (its factory and log name)
     optional_inputs: Callable[[], dict] = dict
     cfg_tooltip: str | None = None  # the guider's cfg input; None: the method sets the scale, the guider has none
     patch_note: str = ""  # what the patch's description adds (what becomes of the KSampler's cfg)
@@ -101,8 +101,8 @@ class SchedulePatchNode(_MethodNode):
         m = self.METHOD
         settings = _settings([*m.inputs(), *m.optional_inputs()], args, kwargs)
         with plain_value_errors():
-            make, describe = m.schedule(**settings)
-        return (patch_model(model, make, describe, m.key, settings),)
+            schedule = m.schedule(**settings)
+        return (patch_model(model, replace(schedule, method=m.key, settings=settings)),)
 
 
 class ScheduleGuiderNode(_MethodNode):
@@ -132,5 +132,6 @@ class ScheduleGuiderNode(_MethodNode):
         # without a cfg input the method sets the scale; 1 only matters for ComfyUI's cfg == 1 shortcut
         cfg = settings.pop("cfg", 1.0)
         with plain_value_errors():
-            make, describe = m.schedule(**settings)
-        return (ScheduleGuider(patch_model(model, make, describe, m.key, settings), positive, negative, cfg),)
+            schedule = m.schedule(**settings)
+        return (ScheduleGuider(patch_model(model, replace(schedule, method=m.key, settings=settings)), positive, negative,
+                               cfg),)

@@ -112,21 +112,21 @@ def test_adaptive_guidance_compares_the_positive_with_the_guiders_unconditional(
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_annealing_and_linear_ag_are_refused_with_what_to_use(kind):
-    from guidance_schedules.nodes.guidance import patch_model
+    from guidance_schedules.nodes.guidance import Schedule, patch_model
     from guidance_schedules.samplers import linear_ag
     from guidance_schedules.samplers.adaptive import AdaptiveSchedule
     from guidance_schedules.samplers.annealing import (AnnealingNetwork, AnnealingSchedule, AnnealingScheduler,
                                                        NetworkConfig, TrainedFor)
     model = tiny_models.build_model("eps")
     network = AnnealingScheduler(AnnealingNetwork(NetworkConfig()), TrainedFor(model_family=""))
-    annealed = patch_model(model, lambda run: AnnealingSchedule(run, network, 0.4), "annealing")
+    annealed = patch_model(model, Schedule(lambda run: AnnealingSchedule(run, network, 0.4), "annealing"))
     with pytest.raises(ValueError, match="combines its model passes its own way. Use the pack's Annealing Guidance "
                                          "Guider"):
         Built(kind, annealed).sample("euler_cfg_pp")
     sigmas = tuple(float(s) for s in sigmas_of(model, "eps"))
     fitted = linear_ag.LinearAGFile("mine.safetensors", torch.zeros(STEPS, 4, dtype=torch.float64),
                                     linear_ag.FittedFor("sample_euler", STEPS, sigmas, "BASE EPS", CFG, 4, "eps"))
-    estimated = patch_model(model, lambda run: AdaptiveSchedule(run, 0.99, fitted), "LinearAG")
+    estimated = patch_model(model, Schedule(lambda run: AdaptiveSchedule(run, 0.99, fitted), "LinearAG"))
     with pytest.raises(ValueError, match="linear_ag: LinearAG estimates the unconditional pass of plain CFG; "
                                          "[A-Za-z]+Guider combines its passes its own way"):
         Built(kind, estimated).sample()

@@ -214,10 +214,10 @@ def test_an_api_prompt_calibrates_linear_ag_and_runs_adaptive_guidance_with_it(s
     # The same graph in this process, with the same coefficients, gives the same latents.
     import nodes as comfy_nodes
     import tiny_models
-    from guidance_schedules.nodes.guidance import patch_model
+    from guidance_schedules.nodes.guidance import Schedule, patch_model
     from guidance_schedules.samplers.adaptive import AdaptiveSchedule
     model = patch_model(tiny_models.build_model("eps"),
-                        lambda run: AdaptiveSchedule(run, 2.0, calibrated_file), "in process")
+                        Schedule(lambda run: AdaptiveSchedule(run, 2.0, calibrated_file), "in process"))
     expected = comfy_nodes.KSampler().sample(model, 7, 8, 5.0, "euler", "karras", tiny_models.build_conditioning(1),
                                              tiny_models.build_conditioning(2),
                                              {"samples": torch.zeros(2, tiny_models.CHANNELS, 8, 8)}, 1.0)[0]["samples"]

@@ -215,13 +215,13 @@ def test_a_calibration_keeps_its_fit_when_a_file_takes_its_name_meanwhile(monkey
     paths, extensions = folder_paths.folder_names_and_paths[adaptive_nodes.LINEAR_AG_FOLDER]
     monkeypatch.setitem(folder_paths.folder_names_and_paths, adaptive_nodes.LINEAR_AG_FOLDER,
                         ([str(folder), *paths], extensions))
-    original = adaptive_nodes.linear_ag_files.fit
+    original = adaptive_nodes.linear_ag_files.NormalEquations.fit
 
-    def and_meanwhile(runs):
+    def and_meanwhile(equations):  # the file appears while the fit is being made, after the runs
         folder.mkdir(exist_ok=True)
         (folder / "taken.safetensors").write_bytes(b"a user's calibration")
-        return original(runs)
-    monkeypatch.setattr(adaptive_nodes.linear_ag_files, "fit", and_meanwhile)
+        return original(equations)
+    monkeypatch.setattr(adaptive_nodes.linear_ag_files.NormalEquations, "fit", and_meanwhile)
     model = tiny_models.build_model("eps")
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "karras", 6)
     with torch.inference_mode():
