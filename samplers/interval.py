@@ -70,7 +70,10 @@ class GuidanceInterval:
         def test(sigma: float) -> bool:
             if not math.isfinite(sigma):
                 return sigma > lo and (unbounded or sigma <= hi)
-            return round(sigma, lo_digits) > lo and (unbounded or round(sigma, hi_digits) <= hi)
+            # sigma_lo 0 guides to the end: a positive sigma that rounds to 0.00 (EDM models such as SVD and Cosmos
+            # end at 0.002) is above it
+            above_lo = sigma > 0 if lo == 0 else round(sigma, lo_digits) > lo
+            return above_lo and (unbounded or round(sigma, hi_digits) <= hi)
         return test
 
     def guided_steps(self, run: RunInfo) -> list[bool]:

@@ -119,3 +119,11 @@ def test_a_step_decided_by_its_plan_alone_is_recorded_as_the_general_path_record
             assert whole_batch is (1.0 < [14.6, 7.0, 3.0, 0.5][step] <= 8.0)
             driver.record_plain(ev, whole_batch)
     assert plain == general
+
+
+def test_sigma_lo_zero_guides_to_the_end_also_below_the_bounds_precision():
+    """EDM models such as SVD and Cosmos end their grid at sigma 0.002, which rounds to 0.00 at the precision of
+    0 written with two decimals: it is still above 0 (found by tests/host/test_host_every_model.py)."""
+    run = RunInfo(sigmas=(80.0, 3.0, 0.04, 0.002, 0.0))
+    assert GuidanceInterval(0.0, 1000.0).guided_steps(run) == [True] * 4
+    assert GuidanceInterval(0.01, 1000.0).guided_steps(run) == [True, True, True, False]
