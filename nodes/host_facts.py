@@ -25,6 +25,7 @@ _PREDICTIONS = [(getattr(comfy.model_sampling, cls, None), name) for cls, name i
     ("CONST", "flow"),  # rectified flow: SD3, Flux, ...
     ("V_PREDICTION_DDPM", "v_ddpm"),  # ComfyUI 0.33 (CogVideoX): v on the raw x = x0 + sigma noise
     ("EDM", "edm"),
+    ("COSMOS_RFLOW", "cosmos_rflow"),  # Cosmos Predict2: a flow prediction on EDM-sigma inputs (x = x0 + sigma n)
     ("V_PREDICTION", "v"),
     ("X0", "x0"),  # and IMG_TO_IMG
     ("EPS", "eps"),

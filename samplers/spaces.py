@@ -24,6 +24,7 @@ PREDICTION_SPACE = {
     "edm": EDM_SIGMA,
     "x0": EDM_SIGMA,
     "v_ddpm": EDM_SIGMA,  # CogVideoX's v on the raw latent (ComfyUI 0.33)
+    "cosmos_rflow": EDM_SIGMA,  # Cosmos Predict2: noised as x = x0 + sigma n, a flow prediction on x / (1 + sigma)
     "flow": FLOW,
     "x0_flow": FLOW,  # a flow from a source image, x0 predicted (ComfyUI 0.33's IMG_TO_IMG_FLOW)
 }

@@ -120,6 +120,16 @@ def edm_sigma_observed(sampling, sigma: float) -> float:
     return math.inf if a <= 0 else b / a
 
 
+def test_every_configurations_prediction_has_a_name_of_the_packs():
+    """What each model predicts is named by the pack (run records, LinearAG files and annealing networks say it),
+    never left as ComfyUI's class name."""
+    from guidance_schedules.nodes.host_facts import prediction_of
+    from guidance_schedules.samplers.spaces import PREDICTION_SPACE
+    unnamed = {cls.__name__: prediction_of(sampling) for cls, _, sampling in MADE
+               if prediction_of(sampling) not in PREDICTION_SPACE}
+    assert not unnamed
+
+
 @pytest.mark.parametrize("cls, config, sampling", MADE, ids=[c.__name__ for c, _, _ in MADE])
 def test_the_methods_on_every_configuration(cls, config, sampling):
     model = build(config, sampling)
