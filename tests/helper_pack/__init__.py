@@ -1,6 +1,7 @@
 """Test-only ComfyUI node pack: a tiny MODEL and its CONDITIONING, so that the server test can
 queue real prompts without downloading weights. Never installed for users."""
-from .tiny_models import MODEL_TYPES, build_conditioning, build_faulty_model, build_model
+from .tiny_models import (MODEL_TYPES, build_conditioning, build_configured_model, build_faulty_model, build_model,
+                          latent_shape_of)
 
 
 class GSTestTinyModel:
@@ -124,6 +125,24 @@ class GSTestLatent:
         return ({"samples": samples},)
 
 
+class GSTestConfiguredModel:
+    """A stand-in model of any configuration ComfyUI supports (a comfy.supported_models class by name: WAN21_T2V,
+    StableAudio, ...): that configuration's model sampling and latent format, a network of any latent rank, and
+    an empty latent of its shape (batch 2, a little above zero)."""
+    CATEGORY = "_for_testing/guidance_schedules"
+    RETURN_TYPES = ("MODEL", "CONDITIONING", "CONDITIONING", "LATENT")
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"configuration": ("STRING", {"default": "WAN21_T2V"})}}
+
+    def build(self, configuration):
+        import torch
+        model = build_configured_model(configuration)
+        return model, build_conditioning(1), build_conditioning(2), {"samples": torch.full(latent_shape_of(model, 2), 0.1)}
+
+
 class GSTestWait:
     """Passes a latent on after `seconds` (times the server's GS_TEST_WAIT_FACTOR, so that a benchmark can make
     one server slower than the others), then for as long as the file `hold_while_exists` exists: time that
@@ -155,6 +174,6 @@ ODD_NAME = "GSTestWait (odd? name #1|x)"
 NODE_CLASS_MAPPINGS = {"GSTestFaultyModel": GSTestFaultyModel, "GSTestLatent": GSTestLatent,
                        "GSTestTinyModel": GSTestTinyModel, "GSTestLatentToImage": GSTestLatentToImage,
                        "GSTestDigitsBed": GSTestDigitsBed, "GSTestDigitsSheet": GSTestDigitsSheet,
-                       "GSTestWait": GSTestWait,
+                       "GSTestWait": GSTestWait, "GSTestConfiguredModel": GSTestConfiguredModel,
                        # the same node under a name such as custom nodes have, which a URL must quote
                        ODD_NAME: GSTestWait}

@@ -150,3 +150,55 @@ def build_faulty_model(fault, model_type="eps"):
     model = build_model(model_type)
     model.model.diffusion_model = FaultyDenoiser(fault)
     return model
+
+
+class AnyRankDenoiser(torch.nn.Module):
+    """A stand-in network for a latent of any rank (image, video, audio): smooth in x and t, the two conditionings
+    give different predictions, one weight so that the trainer's gradient has somewhere to go. Records each call
+    as (timestep, [0 = cond / 1 = uncond per chunk])."""
+
+    def __init__(self):
+        super().__init__()
+        self.dtype = torch.float32
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.calls = []
+
+    def forward(self, x, timesteps, context=None, transformer_options={}, **kwargs):
+        chunks = list(transformer_options.get("cond_or_uncond", []))
+        self.calls.append((float(timesteps.flatten()[0]), chunks))
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        t = timesteps.float().reshape(shape) / 1000.0
+        text = context.float().mean(dim=(1, 2)).reshape(shape)
+        pattern = torch.linspace(-1, 1, x.shape[1], device=x.device).reshape((1, -1) + (1,) * (x.ndim - 2))
+        return torch.tanh(0.9 * x + (0.6 + t) * text * (1 + pattern)) * self.scale
+
+
+def configured_sampling(configuration):
+    """(model config, ComfyUI's model sampling) of a class of comfy.supported_models (given or by name), as its own
+    model class makes it with network creation off, or from its model type where that class needs its weights.
+    Raises where neither can be made without weights."""
+    import comfy.model_base
+    import comfy.supported_models
+    cls = configuration if isinstance(configuration, type) else getattr(comfy.supported_models, configuration)
+    config = cls(dict(cls.unet_config, disable_unet_model_creation=True))
+    try:
+        return config, config.get_model({}, "", device=torch.device("cpu")).model_sampling
+    except Exception:
+        pass
+    return config, comfy.model_base.model_sampling(config, config.model_type({}, ""))
+
+
+def build_configured_model(configuration):
+    """A ModelPatcher with the model sampling and latent format of a supported configuration and AnyRankDenoiser."""
+    config, sampling = configured_sampling(configuration)
+    base = comfy.model_base.BaseModel(config, device=torch.device("cpu"))
+    base.model_sampling = sampling
+    base.diffusion_model = AnyRankDenoiser()
+    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def latent_shape_of(model, batch=1, side=4):
+    """(batch, channels, side, ...) of the model's latent format, of its rank (latent_dimensions, 2 where a host
+    does not say)."""
+    fmt = model.model.latent_format
+    return (batch, fmt.latent_channels) + (side,) * getattr(fmt, "latent_dimensions", 2)

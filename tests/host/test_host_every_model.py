@@ -1,11 +1,12 @@
 """Every model configuration the host supports (comfy.supported_models.models: image, video, audio and 3D latents),
 each with ComfyUI's own model sampling and latent format of that configuration and a stand-in network of its
-latent's shape:
+latent's shape (tiny_models.build_configured_model):
 
 - the full interval and AG that never stops give stock CFG's result, with its passes;
 - the paper's interval (0.28, 5.42] runs the unconditional pass exactly on the steps whose EDM sigma lies in it,
   the EDM sigma read off the model's own noise_scaling (x = a x0 + b n: b / a), not off the pack's tables;
-- AG that stops early gives a finite latent.
+- AG that stops early gives a finite latent;
+- the trainer and the calibration on a video (3-D) and an audio (1-D) latent, through the API.
 
 A configuration whose model sampling cannot be made without its weights is listed by name below; there is no
 other way to leave one out."""
@@ -14,13 +15,11 @@ import math
 import pytest
 import torch
 
-import comfy.latent_formats
-import comfy.model_base
-import comfy.model_patcher
 import comfy.model_sampling
 import comfy.samplers
 import comfy.supported_models
 import nodes as comfy_nodes
+import tiny_models
 from guidance_schedules.nodes.adaptive import AdaptiveGuidancePatch
 from guidance_schedules.nodes.interval import GuidanceIntervalPatch
 
@@ -28,40 +27,11 @@ STEPS, CFG, SEED, SIDE = 6, 5.0, 3, 4
 LO, HI = 0.28, 5.42
 
 
-class StandIn(torch.nn.Module):
-    """A network of any latent rank: smooth in x and t, and the two conditionings give different predictions."""
-
-    def __init__(self):
-        super().__init__()
-        self.dtype = torch.float32
-        self.calls = []
-
-    def forward(self, x, timesteps, context=None, transformer_options={}, **kwargs):
-        chunks = list(transformer_options.get("cond_or_uncond", []))
-        self.calls.append((float(timesteps.flatten()[0]), chunks))
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        t = timesteps.float().reshape(shape) / 1000.0
-        text = context.float().mean(dim=(1, 2)).reshape(shape)
-        pattern = torch.linspace(-1, 1, x.shape[1]).reshape((1, -1) + (1,) * (x.ndim - 2))
-        return torch.tanh(0.9 * x + (0.6 + t) * text * (1 + pattern))
-
-
-def model_sampling_of(cls):
-    """ComfyUI's model sampling of a configuration, as its own model class makes it (network creation off), or
-    from its model type where the model class needs weights to be made."""
-    config = cls(dict(cls.unet_config, disable_unet_model_creation=True))
-    try:
-        return config, config.get_model({}, "", device=torch.device("cpu")).model_sampling
-    except Exception:
-        pass
-    return config, comfy.model_base.model_sampling(config, config.model_type({}, ""))
-
-
 def configurations():
     made, without = [], []
     for cls in comfy.supported_models.models:
         try:
-            made.append((cls, *model_sampling_of(cls)))
+            made.append((cls, *tiny_models.configured_sampling(cls)))
         except Exception:
             without.append(cls.__name__)
     return made, without
@@ -76,13 +46,6 @@ def test_every_configuration_is_made_but_those_that_need_their_weights():
     assert set(WITHOUT_WEIGHTS) <= {"Flux2", "StableAudio", "StableAudio3", "Stable_Zero123", "SD20", "SD21UnclipL",
                                     "SD21UnclipH"}, WITHOUT_WEIGHTS
     assert len(MADE) >= len(comfy.supported_models.models) - 7
-
-
-def build(config, sampling):
-    base = comfy.model_base.BaseModel(config, device=torch.device("cpu"))
-    base.model_sampling = sampling
-    base.diffusion_model = StandIn()
-    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
 def latent_of(config):
@@ -132,7 +95,7 @@ def test_every_configurations_prediction_has_a_name_of_the_packs():
 
 @pytest.mark.parametrize("cls, config, sampling", MADE, ids=[c.__name__ for c, _, _ in MADE])
 def test_the_methods_on_every_configuration(cls, config, sampling):
-    model = build(config, sampling)
+    model = tiny_models.build_configured_model(cls)
     stock, stock_calls = sample(model, config, sampling)
     assert torch.isfinite(stock).all()
     for patched in (GuidanceIntervalPatch().patch(model, sigma_hi=1000.0, sigma_lo=0.0)[0],
@@ -148,3 +111,36 @@ def test_the_methods_on_every_configuration(cls, config, sampling):
     out, _ = sample(AdaptiveGuidancePatch().patch(model, 0.5)[0], config, sampling)
     assert torch.isfinite(out).all()
 
+
+
+@pytest.mark.parametrize("configuration", ["WAN21_T2V", "StableAudio"])
+def test_the_trainer_and_the_calibration_on_video_and_audio_latents_through_the_api(comfy_server, configuration):
+    """A 3-D (B, C, T, H, W) video latent and a 1-D (B, C, L) audio latent, each with its configuration's own model
+    sampling, queued as a user does: the annealing trainer writes a network and LinearAG calibration its
+    coefficients."""
+    name = f"gs_rank_{configuration.lower()}"
+    prompt = {
+        "1": {"class_type": "GSTestConfiguredModel", "inputs": {"configuration": configuration}},
+        "2": {"class_type": "AnnealingGuidanceTrain", "inputs": {
+            "model": ["1", 0], "latents": ["1", 3], "positive": ["1", 1], "negative": ["1", 2], "steps": 6,
+            "scheduler": "auto", "training_images": 4, "batch_size": 2, "gradient_accumulation": 1,
+            "learning_rate": 1e-3, "weight_decay": 0.01, "seed": 1, "delta_normalization": 5.0, "prompt_noise": False,
+            "name": name}},
+        "3": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "4": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "simple", "steps": 6,
+                                                          "denoise": 1.0}},
+        "5": {"class_type": "LinearAGCalibrate", "inputs": {
+            "model": ["1", 0], "positive": ["1", 1], "negative": ["1", 2], "cfg": 5.0, "sampler": ["3", 0],
+            "sigmas": ["4", 0], "latent_image": ["1", 3], "runs": 2, "seed": 0, "name": name}},
+    }
+    written = [comfy_server.base / "models" / folder / f"{name}.safetensors" for folder in ("guidance_schedulers",
+                                                                                            "linear_ag")]
+    try:
+        history = comfy_server.run_prompt(prompt)
+        assert history["status"]["status_str"] == "success", history["status"]
+        assert history["outputs"]["2"]["text"] == [f"wrote {name}.safetensors"]
+        assert "4 trajectories (2 runs of 2 latents), 6 steps" in history["outputs"]["5"]["text"][0]
+        assert all(path.is_file() for path in written)
+    finally:  # the server is shared: other tests list these folders
+        for path in written:
+            path.unlink(missing_ok=True)
