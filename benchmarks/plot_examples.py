@@ -33,11 +33,46 @@ def save(image, name):
     print("wrote", ROOT / "docs" / name)
 
 
-def save_thumbnails(plots: dict):
+def wan22_plot():
+    """The plot of the interval (0.28, 5.42] over a 20-step Wan 2.2 grid (flow, shift 5, simple), sampled in ComfyUI
+    through the pack's patch on a flow model of negligible cost: which steps of the two experts are guided."""
+    import comfy.latent_formats
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models_base
+    import nodes
+    from benchmarks.overhead import negligible_model
+    from guidance_schedules.nodes.guidance import history_of
+    from guidance_schedules.nodes.interval import GuidanceIntervalPatch
+    from guidance_schedules.nodes.plot import render
+    eps, pos, neg = negligible_model(channels=16)
+    config = comfy.supported_models_base.BASE({"disable_unet_model_creation": True})
+    config.latent_format = comfy.latent_formats.LatentFormat()
+    config.latent_format.latent_channels = 16
+    config.sampling_settings = {"shift": 5.0, "multiplier": 1000}
+    base = comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.FLOW, device=torch.device("cpu"))
+    base.diffusion_model = eps.model.diffusion_model
+    flow = comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    patched = GuidanceIntervalPatch().patch(flow, sigma_hi=5.42, sigma_lo=0.28)[0]
+    nodes.KSampler().sample(patched, 0, 20, 3.5, "euler", "simple", pos, neg,
+                            {"samples": torch.zeros(1, 16, 2, 8, 8)}, 1.0)
+    record = history_of(patched).last
+    image = render(record, "Wan 2.2, 20 steps: the interval (0.28, 5.42] guides steps 10-18; the high-noise "
+                           "expert (0-9) none")
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
+
+
+def save_thumbnails(plots: dict, only: str = ""):
     """workflows/TITLE.jpg for each example, from the plot of its method (by its API twin's name)."""
     import json
     for path in sorted((ROOT / "workflows").glob("*.json")):
         api = json.loads(path.read_text())["extra"]["guidance_schedules"]["api"]
+        if only and only not in api:
+            continue
+        if "wan22" in api:
+            picture(plots["wan22"]).resize((480, 270)).save(path.with_suffix(".jpg"), quality=88)
+            print("wrote", path.with_suffix(".jpg"))
+            continue
         method = next(m for m in ("linear_ag", "interval", "adaptive", "annealing") if m in api)
         picture(plots[method]).resize((480, 270)).save(path.with_suffix(".jpg"), quality=88)
         print("wrote", path.with_suffix(".jpg"))
@@ -45,6 +80,9 @@ def save_thumbnails(plots: dict):
 
 def main():
     standalone.import_comfyui(cpu=True, progress_bars=False)
+    if "--only-wan22" in sys.argv:  # the Wan 2.2 example's picture alone
+        save_thumbnails({"wan22": wan22_plot()}, only="wan22")
+        return
     import comfy.samplers
     from comfy_extras.nodes_custom_sampler import Noise_RandomNoise, SamplerCustomAdvanced
     from benchmarks.beds import digits
@@ -78,6 +116,7 @@ def main():
     annealing = AnnealingGuidanceGuider().get_guider(model, class_conditioning([3, 8, 1], 11), none,
                                                      "annealing_digits.safetensors", **{"lambda": 0.4})[0]
     plots["annealing"] = run(annealing, [3, 8, 1], comfy.samplers.sampler_object("euler_cfg_pp"))
+    plots["wan22"] = wan22_plot()
     save_thumbnails(plots)
 
 

@@ -11,6 +11,7 @@ const TEMPLATE_ORDER = [
   "Guidance interval with KSampler (SDXL)",
   "Guidance interval as in the paper (SDXL, SamplerCustomAdvanced)",
   "Guidance interval with Perp-Neg (SDXL, PerpNegGuider)",
+  "Guidance interval on Wan 2.2 text to video (two experts, KSamplerAdvanced)",
   "Adaptive Guidance with KSampler (SDXL)",
   "Adaptive Guidance with SamplerCustomAdvanced (SDXL)",
   "Adaptive Guidance, LinearAG calibration (SDXL)",

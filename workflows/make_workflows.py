@@ -174,6 +174,44 @@ def annealing_training(g):
 
 # Nodes an example needs that older ComfyUI lacks: tests/host/test_host_workflows.py checks the rest of the
 # example there, and the README says which version the example needs.
+WAN_POSITIVE = ("a red fox running through fresh snow in a pine forest at dawn, the camera tracking beside it, soft "
+                "golden light, cinematic")
+WAN_NEGATIVE = "static, blurry, low quality, distorted, deformed, subtitles, watermark"
+
+
+def interval_wan22(g):
+    """Wan 2.2 text to video (14B) as ComfyUI's own template wires it: two experts, the high-noise one for the first
+    10 of 20 steps and the low-noise one for the rest, two KSamplerAdvanced over one step range; the guidance
+    interval on both (its bounds are sigmas, so one setting carries across the two samplers)."""
+    g.node("high", "UNETLoader", 0, unet_name="wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
+           weight_dtype="default", title="High-noise expert")
+    g.node("low", "UNETLoader", 0, unet_name="wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
+           weight_dtype="default", title="Low-noise expert")
+    g.node("clip", "CLIPLoader", 0, clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan", device="default")
+    g.node("vae", "VAELoader", 0, vae_name="wan_2.1_vae.safetensors")
+    g.node("pos", "CLIPTextEncode", 1, text=WAN_POSITIVE, clip=("clip", 0), title="Positive prompt")
+    g.node("neg", "CLIPTextEncode", 1, text=WAN_NEGATIVE, clip=("clip", 0), title="Negative prompt")
+    g.node("latent", "EmptyHunyuanLatentVideo", 1, width=640, height=640, length=81, batch_size=1)
+    g.node("shift_high", "ModelSamplingSD3", 1, model=("high", 0), shift=5.0)
+    g.node("shift_low", "ModelSamplingSD3", 1, model=("low", 0), shift=5.0)
+    g.node("interval_high", "GuidanceIntervalPatch", 2, model=("shift_high", 0), sigma_hi=5.42, sigma_lo=0.28,
+           title="Guidance interval (high-noise expert)")
+    g.node("interval_low", "GuidanceIntervalPatch", 2, model=("shift_low", 0), sigma_hi=5.42, sigma_lo=0.28,
+           title="Guidance interval (low-noise expert)")
+    common = dict(noise_seed=0, steps=20, cfg=3.5, sampler_name="euler", scheduler="simple", positive=("pos", 0),
+                  negative=("neg", 0))
+    g.node("sampler_high", "KSamplerAdvanced", 3, model=("interval_high", 0), add_noise="enable",
+           latent_image=("latent", 0), start_at_step=0, end_at_step=10, return_with_leftover_noise="enable",
+           title="KSampler (high-noise expert, steps 0-10)", **common)
+    g.node("sampler_low", "KSamplerAdvanced", 3, model=("interval_low", 0), add_noise="disable",
+           latent_image=("sampler_high", 0), start_at_step=10, end_at_step=10000, return_with_leftover_noise="disable",
+           title="KSampler (low-noise expert, steps 10-20)", **common)
+    g.node("decode", "VAEDecode", 4, samples=("sampler_low", 0), vae=("vae", 0))
+    # an animated WEBP: the same inputs on every ComfyUI the pack supports (SaveVideo's changed)
+    g.node("save", "SaveAnimatedWEBP", 5, images=("decode", 0), filename_prefix="guidance_schedules/wan22",
+           fps=16.0, lossless=False, quality=90, method="default")
+
+
 NEEDS_NEWER_COMFYUI = {"annealing_guidance_training_sdxl": {"LoadImageTextDataSetFromFolder": "0.8"}}
 
 # API name (workflows/api/NAME.json, for scripts) -> (title, graph). The graph editor's template browser
@@ -192,6 +230,8 @@ WORKFLOWS = {
                                              lambda g: annealing_guider(g, (0.05, 0.4, 0.8))),
     "annealing_guidance_training_sdxl": ("Annealing guidance, train a network for your model (SDXL)",
                                          annealing_training),
+    "guidance_interval_wan22_t2v": ("Guidance interval on Wan 2.2 text to video (two experts, KSamplerAdvanced)",
+                                    interval_wan22),
 }
 
 
@@ -316,8 +356,18 @@ class Graph:
 def load_node_classes():
     sys.path.insert(0, str(PACK_ROOT))
     import standalone
-    standalone.import_comfyui()
+    root = standalone.import_comfyui()
     import nodes
+    # ComfyUI's comfy/ folder lands first on sys.path on some versions (its older extras import model_management
+    # from there), where its utils.py hides the root's utils package that nodes_images.py (SaveAnimatedWEBP)
+    # imports through server.py: that package is made importable under its name first
+    if (root / "utils" / "__init__.py").is_file():
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("utils", root / "utils" / "__init__.py",
+                                                      submodule_search_locations=[str(root / "utils")])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["utils"] = package
+        spec.loader.exec_module(package)
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     from guidance_schedules.nodes import NODE_CLASS_MAPPINGS
     return {**nodes.NODE_CLASS_MAPPINGS, **NODE_CLASS_MAPPINGS}

@@ -211,3 +211,38 @@ def test_an_error_row_holds_comfyuis_own_reason(tmp_path, server):
     assert done.returncode == 1
     row = next(r for r in read_runs(out) if r["status"] == "error")
     assert "Value 100000 bigger than max of 10000: steps" in row["message"], row["message"]  # not "steps" alone
+
+
+def test_a_two_expert_split_is_two_run_records_and_the_sweep_adds_them_up(tmp_path, server):
+    """Wan 2.2's wiring on the tiny model: two KSamplerAdvanced over one 8-step range (0-4 and 4-8), each model
+    patched with the same interval. Each sampler's run is its own record, the guided steps of each its share of
+    the one grid's (the bounds are sigmas), and the sweep's evaluation columns are their sum for the prompt."""
+    s = karras_grid()
+    hi, lo = between(s[1], s[2]), between(s[5], s[6])
+    prompt = {
+        "1": {"class_type": "GSTestTinyModel", "inputs": {"model_type": "eps"}},
+        "2": {"class_type": "GuidanceIntervalPatch", "inputs": {"model": ["1", 0], "sigma_hi": hi, "sigma_lo": lo}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "4": {"class_type": "KSamplerAdvanced", "inputs": {
+            "model": ["2", 0], "add_noise": "enable", "noise_seed": 0, "steps": STEPS, "cfg": 5.0,
+            "sampler_name": "euler", "scheduler": "karras", "positive": ["1", 1], "negative": ["1", 2],
+            "latent_image": ["3", 0], "start_at_step": 0, "end_at_step": 4, "return_with_leftover_noise": "enable"}},
+        "5": {"class_type": "KSamplerAdvanced", "inputs": {
+            "model": ["2", 0], "add_noise": "disable", "noise_seed": 0, "steps": STEPS, "cfg": 5.0,
+            "sampler_name": "euler", "scheduler": "karras", "positive": ["1", 1], "negative": ["1", 2],
+            "latent_image": ["4", 0], "start_at_step": 4, "end_at_step": 10000, "return_with_leftover_noise": "disable"}},
+        "6": {"class_type": "GSTestLatentToImage", "inputs": {"samples": ["5", 0]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "gs_split"}},
+    }
+    prompt_id, _ = server.run_prompt_with_events(prompt)
+    first, second = server.get(f"/guidance_schedules/runs?prompt_id={prompt_id}")
+    guided = [i for i in range(STEPS) if lo < s[i] <= hi]
+    assert (first["node"], first["steps"], first["guided_steps"]) == ("4", 4, [[i for i in guided if i < 4]])
+    assert (second["node"], second["steps"], second["guided_steps"]) == ("5", 4, [[i - 4 for i in guided if i >= 4]])
+    workflow_file = tmp_path / "split.json"
+    workflow_file.write_text(json.dumps(prompt))
+    out = tmp_path / "out"
+    # another seed than the prompt above: an identical prompt is answered from ComfyUI's cache, which samples nothing
+    assert sweep(tmp_path, server, "--seeds", "7,9", "--out", str(out), workflow_file=workflow_file).returncode == 0
+    for row in read_runs(out):
+        assert (row["evaluations"], row["uncond_evaluations"]) == (STEPS, len(guided)) and len(row["records"]) == 2

@@ -43,7 +43,8 @@ def check_widget_value(where, decl, value):
             return
         # A model-file combo lists the files of this machine: for those, a model file name is all we can check.
         from guidance_schedules.nodes.annealing import NO_NETWORK
-        is_file_combo = all("." in str(o) for o in options) or options == [NO_NETWORK]  # none installed here
+        # (VAELoader also lists "pixel_space", a built-in entry of no file, beside its files)
+        is_file_combo = all("." in str(o) or o == "pixel_space" for o in options) or options == [NO_NETWORK]
         assert is_file_combo and isinstance(value, str) and value.endswith(MODEL_FILES), \
             f"{where}: {value!r} not among {options[:8]}"
         return
@@ -94,8 +95,11 @@ def ui_to_api(ui, info):
             assert src_type == kind == specs[inp["name"]][0], f"link {link_id}: {src_type} -> {inp['name']} ({kind})"
             inputs[inp["name"]] = [str(src), src_slot]
         values = list(node.get("widgets_values", []))
+        optional = info[class_type]["input"].get("optional", {})
         for name, decl in specs.items():
             if not is_widget(decl) or name in inputs:
+                continue
+            if not values and name in optional:  # an optional widget a newer ComfyUI added: the editor fills its default
                 continue
             assert values, f"node {node['id']} {class_type}: no widget value for {name}"
             value = values.pop(0)
