@@ -155,21 +155,10 @@ def test_the_interval_under_perp_neg_through_the_api(comfy_server):
     model = tiny_models.build_model("eps")
     sigmas = [float(s) for s in sigmas_of(model, "eps")[:-1]]
     lo, hi = math.sqrt(sigmas[6] * sigmas[5]), math.sqrt(sigmas[1] * sigmas[2])
-    prompt = {
-        "1": {"class_type": "GSTestTinyModel", "inputs": {"model_type": "eps"}},
-        "2": {"class_type": "GuidanceIntervalPatch", "inputs": {"model": ["1", 0], "sigma_hi": hi, "sigma_lo": lo}},
-        "3": {"class_type": "PerpNegGuider", "inputs": {"model": ["2", 0], "positive": ["1", 1], "negative": ["1", 2],
-                                                         "empty_conditioning": ["1", 2], "cfg": CFG, "neg_scale": 1.0}},
-        "4": {"class_type": "RandomNoise", "inputs": {"noise_seed": 0}},
-        "5": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-        "6": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "karras", "steps": STEPS,
-                                                          "denoise": 1.0}},
-        "7": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "8": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["4", 0], "guider": ["3", 0], "sampler": ["5", 0],
-                                                                 "sigmas": ["6", 0], "latent_image": ["7", 0]}},
-        "9": {"class_type": "SaveLatent", "inputs": {"samples": ["8", 0], "filename_prefix": "gs_perpneg"}},
-    }
-    prompt_id, _ = comfy_server.run_prompt_with_events(prompt)
+    interval = {"class_type": "GuidanceIntervalPatch", "inputs": {"sigma_hi": hi, "sigma_lo": lo}}
+    perpneg = {"class_type": "PerpNegGuider", "inputs": {"positive": ["1", 1], "negative": ["1", 2],
+                                                         "empty_conditioning": ["1", 2], "cfg": CFG, "neg_scale": 1.0}}
+    prompt_id, _ = comfy_server.run_prompt_with_events(guider_prompt(interval, perpneg, "gs_perpneg"))
     (record,) = comfy_server.get(f"/guidance_schedules/runs?prompt_id={prompt_id}")
     guided = [i for i, s in enumerate(sigmas) if lo < s <= hi]
     assert record["method"] == "interval" and record["guided_steps"] == [guided]
@@ -289,12 +278,19 @@ def test_skip_layer_guidance_is_unchanged_under_the_full_interval_and_keeps_its_
 
 def dual_cfg_prompt(method_node: dict, cfg_conds, cfg_cond2_negative, middle=("1", 2), style="regular"):
     """Tiny model -> a method node -> DualCFGGuider -> SamplerCustomAdvanced, as a user queues it."""
+    dual = {"class_type": "DualCFGGuider", "inputs": {"cond1": ["1", 1], "cond2": list(middle), "negative": ["1", 2],
+                                                       "cfg_conds": cfg_conds, "cfg_cond2_negative": cfg_cond2_negative,
+                                                       "style": style}}
+    return guider_prompt(method_node, dual, "gs_dualcfg")
+
+
+def guider_prompt(method_node: dict, guider_node: dict, prefix: str) -> dict:
+    """Tiny model (node 1: model, positive, negative) -> a method node (2) -> a core guider (3) ->
+    SamplerCustomAdvanced (8, euler, karras) -> SaveLatent: the nodes' own inputs given without their model."""
     return {
         "1": {"class_type": "GSTestTinyModel", "inputs": {"model_type": "eps"}},
         "2": {**method_node, "inputs": {"model": ["1", 0], **method_node["inputs"]}},
-        "3": {"class_type": "DualCFGGuider", "inputs": {"model": ["2", 0], "cond1": ["1", 1], "cond2": list(middle),
-                                                         "negative": ["1", 2], "cfg_conds": cfg_conds,
-                                                         "cfg_cond2_negative": cfg_cond2_negative, "style": style}},
+        "3": {**guider_node, "inputs": {"model": ["2", 0], **guider_node["inputs"]}},
         "4": {"class_type": "RandomNoise", "inputs": {"noise_seed": 0}},
         "5": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
         "6": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "karras", "steps": STEPS,
@@ -302,7 +298,7 @@ def dual_cfg_prompt(method_node: dict, cfg_conds, cfg_cond2_negative, middle=("1
         "7": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "8": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["4", 0], "guider": ["3", 0], "sampler": ["5", 0],
                                                                  "sigmas": ["6", 0], "latent_image": ["7", 0]}},
-        "9": {"class_type": "SaveLatent", "inputs": {"samples": ["8", 0], "filename_prefix": "gs_dualcfg"}},
+        "9": {"class_type": "SaveLatent", "inputs": {"samples": ["8", 0], "filename_prefix": prefix}},
     }
 
 
