@@ -89,6 +89,12 @@ def every(batch_size: int, value: bool = True) -> Mask:
     return (value,) * batch_size
 
 
+def reduction_dtype(device: torch.device) -> torch.dtype:
+    """The dtype a schedule reduces predictions in on their device (a similarity, a norm, a least squares):
+    float64, or float32 where the device has no float64 (Apple's MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 class GuidanceSchedule:
     """Base class: stock CFG. A method overrides what it decides.
 
@@ -220,7 +226,7 @@ class ScheduleDriver:
         self.schedule = schedule
         self.record = record
         self.plan: tuple[int, StepPlan] | None = None  # (step, its plan)
-        self._masks: dict = {}  # (mask, device) -> the mask as a tensor that broadcasts over a latent
+        self._masks: dict = {}  # (mask, device, rank) -> the mask as a tensor that broadcasts over a latent
 
     def step_plan(self, ev: Evaluation) -> StepPlan:
         if self.plan is None or ev.first_of_step or self.plan[0] != ev.step:
@@ -249,8 +255,8 @@ class ScheduleDriver:
         if ran_uncond and ev.hooks_read_uncond:  # the real prediction for every sample, weight 1 where unguided
             real = [w if g else 1.0 for w, g in zip(weights, guided)]
             return GuidedPrediction(cond, uncond, scale_argument(real, every(ev.batch_size), cond), ran_uncond, guided)
-        return GuidedPrediction(cond, self.unguided_to_cond(cond, uncond, guided),
-                                self.scale(weight, weights, guided, cond), ran_uncond, guided)
+        return GuidedPrediction(cond, unguided_to_cond(cond, uncond, guided, self.mask),
+                                scale_argument(weights, guided, cond), ran_uncond, guided)
 
     def plain_step(self, ev: Evaluation) -> bool | None:
         """True (False) where this evaluation is plain CFG with the sampler's cfg (the conditional prediction alone)
@@ -297,23 +303,16 @@ class ScheduleDriver:
             self.plan = (ev.step, StepPlan(guided=kept, estimated=plan.estimated))
 
     def mask(self, guided: Mask, like: torch.Tensor) -> torch.Tensor:
-        """`guided` as a bool tensor on `like`'s device that broadcasts over it, made once per run and device."""
+        """`guided` as a bool tensor on `like`'s device that broadcasts over it, made once per run, device and rank."""
         key = (guided, like.device, like.ndim)
         if key not in self._masks:
-            self._masks[key] = torch.tensor(guided, dtype=torch.bool).to(like.device).view(-1, *([1] * (like.ndim - 1)))
+            self._masks[key] = broadcast_mask(guided, like)
         return self._masks[key]
 
-    def unguided_to_cond(self, cond: torch.Tensor, uncond: torch.Tensor, guided: Mask) -> torch.Tensor:
-        if all(guided):
-            return uncond
-        if not any(guided):
-            return cond
-        return torch.where(self.mask(guided, cond), uncond, cond)
 
-    def scale(self, weight: float | list[float], weights: list[float], guided: Mask, like: torch.Tensor):
-        if isinstance(weight, (int, float)):  # one weight for every sample
-            return float(weight) if any(guided) else 1.0
-        return scale_argument(weights, guided, like)
+def broadcast_mask(guided: Mask, like: torch.Tensor) -> torch.Tensor:
+    """`guided` as a bool tensor on `like`'s device, shaped (B, 1, ...) to broadcast over it."""
+    return torch.tensor(guided, dtype=torch.bool).to(like.device).view(-1, *([1] * (like.ndim - 1)))
 
 
 def _per_sample(weight: float | list[float], batch_size: int) -> list[float]:
@@ -323,28 +322,24 @@ def _per_sample(weight: float | list[float], batch_size: int) -> list[float]:
     return [float(w) for w in weight]
 
 
-def _as_mask(guided) -> Mask:
-    return tuple(bool(g) for g in (guided.tolist() if isinstance(guided, torch.Tensor) else guided))
-
-
-def unguided_to_cond(cond: torch.Tensor, uncond: torch.Tensor, guided) -> torch.Tensor:
+def unguided_to_cond(cond: torch.Tensor, uncond: torch.Tensor, guided: Mask,
+                     mask: Callable[[Mask, torch.Tensor], torch.Tensor] = broadcast_mask) -> torch.Tensor:
     """The unconditional slot handed on: the real prediction for guided samples, the conditional
     one for the others, so that D = cond for them and hooks (CFG++ re-noising, post-CFG patches)
-    see what they would see had the pass been skipped for that sample alone, never zeros."""
-    guided = _as_mask(guided)
+    see what they would see had the pass been skipped for that sample alone, never zeros. `mask` makes
+    the tensor of a mixed batch's mask (the driver keeps one per run)."""
     if all(guided):
         return uncond
-    mask = torch.tensor(guided, dtype=torch.bool).to(cond.device).view(-1, *([1] * (cond.ndim - 1)))
-    return torch.where(mask, uncond, cond)
+    if not any(guided):
+        return cond
+    return torch.where(mask(guided, cond), uncond, cond)
 
 
-def scale_argument(weights, guided, like: torch.Tensor) -> float | torch.Tensor:
+def scale_argument(weights: list[float], guided: Mask, like: torch.Tensor) -> float | torch.Tensor:
     """The cond_scale to hand to ComfyUI's cfg_function: a float when every guided sample shares
     one weight (the common case, and what other patches expect), else a per-sample tensor that
     broadcasts over the latent. Unguided samples carry cond in both slots, so their entry only
     has to keep the value common; 1.0 when no sample is guided."""
-    guided = _as_mask(guided)
-    weights = weights.tolist() if isinstance(weights, torch.Tensor) else list(weights)
     if not any(guided):
         return 1.0
     common = next(w for w, g in zip(weights, guided) if g)

@@ -6,16 +6,16 @@ from guidance_schedules.samplers.schedule import Evaluation, RunRecord, scale_ar
 
 def test_unguided_samples_get_cond_in_the_uncond_slot_never_zeros():
     cond, uncond = torch.ones(3, 2, 2, 2), torch.full((3, 2, 2, 2), 5.0)
-    out = unguided_to_cond(cond, uncond, torch.tensor([True, False, True]))
+    out = unguided_to_cond(cond, uncond, (True, False, True))
     assert out[0].eq(5).all() and out[1].eq(1).all() and out[2].eq(5).all()
-    assert unguided_to_cond(cond, uncond, torch.tensor([True] * 3)) is uncond
+    assert unguided_to_cond(cond, uncond, (True,) * 3) is uncond
 
 
 def test_scale_is_a_float_when_shared_and_a_broadcastable_tensor_otherwise():
     like = torch.zeros(3, 4, 8, 8)
-    assert scale_argument(torch.tensor([7.0, 7.0, 1.0]), torch.tensor([True, True, False]), like) == 7.0
-    assert scale_argument(torch.tensor([1.0, 1.0, 1.0]), torch.tensor([False] * 3), like) == 1.0
-    per_sample = scale_argument(torch.tensor([2.0, 3.0, 1.0]), torch.tensor([True, True, False]), like)
+    assert scale_argument([7.0, 7.0, 1.0], (True, True, False), like) == 7.0
+    assert scale_argument([1.0, 1.0, 1.0], (False,) * 3, like) == 1.0
+    per_sample = scale_argument([2.0, 3.0, 1.0], (True, True, False), like)
     assert per_sample.shape == (3, 1, 1, 1)
     assert per_sample.flatten().tolist() == [2.0, 3.0, 2.0]
 
@@ -24,8 +24,8 @@ def test_record_describes_guided_steps_and_skipped_passes():
     record = RunRecord(steps=5)
     for step in range(5):
         ev = Evaluation(step=step, first_of_step=True, sigma=1.0, batch_size=1, cond_scale=5.0)
-        guided = torch.tensor([1 <= step <= 3])
-        record.add(ev, guided, guided, torch.tensor([5.0]), bool(guided.any()))
+        guided = (1 <= step <= 3,)
+        record.add(ev, guided, guided, [5.0], any(guided))
     assert record.guided_steps() == [1, 2, 3] and record.uncond_needed == [3]
     assert record.describe() == "guided steps 1-3 (3 of 5); unconditional pass skipped in 2 of 5 model evaluations"
 
