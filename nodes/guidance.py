@@ -111,7 +111,6 @@ class GuidanceRun:
         self.evaluated_sigmas: list[torch.Tensor] = []  # the sampler's sigmas of the planned evaluations, on the device
         self.evaluated_plan: list[int] = []  # and the plan's index each was attributed to
         self._model_timesteps: list[float] | None = None
-        self.reads_model_timestep = schedule.reads_model_timestep
 
     @property
     def model_timesteps(self) -> list[float]:
@@ -131,11 +130,11 @@ class GuidanceRun:
             self.evaluated_sigmas.append(timestep)
             self.evaluated_plan.append(k)
             return (planned.step, planned.first_of_step, planned.sigma,
-                    self.model_timesteps[k] if self.reads_model_timestep else 0.0)
+                    self.model_timesteps[k] if self.driver.schedule.reads_model_timestep else 0.0)
         sigma = float(timestep.max())
         step, first = self.tracker.locate(sigma)
         model_timestep = float(self.model_sampling.timestep(torch.tensor([sigma], dtype=torch.float32)).flatten()[0]) \
-            if self.reads_model_timestep else 0.0
+            if self.driver.schedule.reads_model_timestep else 0.0
         return step, first, sigma, model_timestep
 
     def departure(self) -> int | None:
@@ -224,13 +223,12 @@ def _run_with_schedule(history: RunHistory, executor, guider, sigmas, extra_args
                    model_family=facts.family, noise_scale=facts.noise_scale)
     if info.steps == 0:
         return executor(guider, sigmas, extra_args, *args, **kwargs)
-    with plain_value_errors():
-        scales = own.scale_values(guider) if own is not None else {}  # refused before any step, naming the input
+    with plain_value_errors():  # a core guider's scales refused before any step, naming the input
+        scales = own.scale_values(guider) if own is not None else {}
     plan = rehearse_steps(sampler, guider, sigmas, extra_args, noise)
     with plain_value_errors():
         schedule = history.schedule.make(info)
     run = GuidanceRun(schedule, StepTracker(info.sigmas, plan), model_sampling)
-    args = _with_step_callback(run, args, kwargs)
     extra_args = dict(extra_args)
     extra_args["model_options"] = {**extra_args.get("model_options", {}), RUN_KEY: run}
     out = executor(guider, sigmas, extra_args, *args, **kwargs)
@@ -241,24 +239,8 @@ def _run_with_schedule(history: RunHistory, executor, guider, sigmas, extra_args
                     name, departed)
     # what the sampler node will return: ComfyUI's inner_sample hands the latent on through process_latent_out
     finished(history, run.driver, guider.inner_model.process_latent_out(out.detach()), name, info.sigma_space,
-             float(guider.cfg) if own is None else next(iter(scales.values())), scales)
+             float(guider.cfg) if own is None else own.weight(guider), scales)
     return out
-
-
-def _with_step_callback(run: GuidanceRun, args: tuple, kwargs: dict) -> tuple:
-    """The sampler's callback (SAMPLER_SAMPLE's first argument after extra_args: callback(step, denoised, x,
-    total_steps)), also telling the run's step tracker that a step's first evaluation is done (StepTracker.
-    after_callback). ComfyUI's nodes always pass one; where none is given, the tracker's alone."""
-    def callback(step, *rest):
-        run.tracker.after_callback(int(step))
-        if given is not None:
-            return given(step, *rest)
-    if "callback" in kwargs:
-        given = kwargs["callback"]
-        kwargs["callback"] = callback
-        return args
-    given = args[0] if args else None
-    return (callback, *args[1:]) if args else args
 
 
 def finished(history: RunHistory, driver: ScheduleDriver, output: torch.Tensor, sampler: str, sigma_space: str,
@@ -318,10 +300,8 @@ def _evaluation(guider, located: tuple, x, model_options, cfg1_shortcut: bool, o
     their run only (in the sampler's model_options, not the model's): they re-noise with whatever the slot
     holds, so for them the pass is still skipped (decision 4)."""
     step, first, sigma, model_timestep = located
-    # a core guider's own first scale is the weight recorded (DualCFG's cfg_conds; its cfg attribute stays 1)
-    cond_scale = check_cfg(guider.cfg) if own is None else next(iter(own.scale_values(guider).values()))
     return Evaluation(step=step, first_of_step=first, sigma=sigma, batch_size=x.shape[0],
-                      cond_scale=cond_scale,
+                      cond_scale=check_cfg(guider.cfg) if own is None else own.weight(guider),
                       skip_uncond_at_weight_one=cfg1_shortcut and not model_options.get("disable_cfg1_optimization", False),
                       model_timestep=model_timestep,
                       hooks_read_uncond=cfg1_shortcut and bool(guider.model_options.get("disable_cfg1_optimization")))

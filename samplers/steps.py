@@ -87,10 +87,8 @@ class StepTracker:
 
     With a plan (from a rehearsal) evaluation k gets the plan's step for evaluation k (`next_planned`),
     without reading the sigma the sampler evaluates at: on an accelerator that read would make the host
-    wait for the device at every evaluation. The sampler's callback, which follows each step's first
-    evaluation in the run as in the rehearsal, puts the count right again (`after_callback`) where an
-    evaluation did not reach the pack (a cache outside it, such as ComfyUI's LazyCache, answered it), and
-    the glue checks the sigmas against the plan once the run is over (`departure`). Without a plan, and
+    wait for the device at every evaluation. The glue sees every evaluation (its wrapper is the outermost)
+    and checks the sigmas against the plan once the run is over (`departure`). Without a plan, and
     past its end, evaluations are placed by sigma (`locate`; the module docstring gives the rule)."""
 
     def __init__(self, sigmas: Sequence[float], plan: Sequence[PlannedEvaluation] | None = None):
@@ -102,9 +100,6 @@ class StepTracker:
         self.evaluations = 0  # the plan's index of the next evaluation
         self.departed_at: int | None = None  # the evaluation where the run left its plan
         self.step = -1
-        # the plan's index of each step's first evaluation: the one the sampler's callback for that step follows
-        self.first_evaluation = {p.step: k for k, p in enumerate(self.plan or []) if p.first_of_step}
-        self.missed = 0  # planned evaluations that did not reach the pack (answered by something outside it)
 
     def next_planned(self) -> PlannedEvaluation | None:
         """The plan's entry for the next evaluation, counted as made; None where there is no plan or the run
@@ -118,16 +113,6 @@ class StepTracker:
         self.evaluations += 1
         self.step = self.plan[k].step
         return self.plan[k]
-
-    def after_callback(self, step: int) -> None:
-        """The sampler called its callback for `step`: the next evaluation is the one after that step's first."""
-        k = self.first_evaluation.get(step)
-        if k is None or self.departed_at is not None:
-            return
-        if self.evaluations < k + 1:
-            self.missed += k + 1 - self.evaluations
-            self.evaluations = k + 1
-            self.step = step
 
     def departure(self, evaluated: Sequence[tuple[int, float]]) -> int | None:
         """The first evaluation, among those attributed by the plan ((plan index, sigma the sampler evaluated

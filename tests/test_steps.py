@@ -165,25 +165,6 @@ def test_a_plan_is_followed_without_reading_sigmas_and_checked_once_the_run_is_o
     assert tracker.departure(list(enumerate(seen))) == 3 and tracker.departed_at == 3
 
 
-def test_the_samplers_callback_puts_the_count_right_where_evaluations_did_not_reach_the_pack():
-    """Something outside the pack answers some evaluations itself: the callback that follows each step's first
-    evaluation tells where the run is."""
-    events, truth = rehearse(heun)
-    plan = plan_from_events(events, SIGMAS)
-    tracker = StepTracker(SIGMAS, plan)
-    seen, expected = [], []
-    for k, event in enumerate(e for e in events):
-        if isinstance(event, Called):
-            tracker.after_callback(event.step)
-            continue
-        n = sum(isinstance(e, Evaluated) for e in events[:k])  # this evaluation's index
-        if plan[n].first_of_step and plan[n].step % 2 == 1:
-            continue  # the first evaluation of every odd step never reaches the pack
-        seen.append(tracker.next_planned().step)
-        expected.append(truth[n])
-    assert seen == expected and tracker.missed == len(range(1, len(SIGMAS) - 1, 2))
-
-
 def test_evaluations_past_the_end_of_the_plan_are_placed_by_sigma():
     events, truth = rehearse(heun)
     tracker = StepTracker(SIGMAS, plan_from_events(events, SIGMAS))

@@ -72,8 +72,7 @@ def test_under_the_cache_the_pass_runs_on_the_intervals_steps_only(model, order)
 @pytest.mark.parametrize("order", ["cache, then interval", "interval, then cache"])
 def test_the_packs_wrapper_sees_every_evaluation_before_the_cache_answers_it(model, order):
     """Wrappers run in the order of their keys: the pack's comes first whatever the order of the nodes, so an
-    evaluation the cache answers is still counted (with several evaluations a step, the sampler's callback alone
-    could not tell which step the next one belongs to)."""
+    evaluation the cache answers is still counted."""
     import comfy.patcher_extension as extension
     from guidance_schedules.nodes.guidance import WRAPPER_KEY
     patched = interval(lazy_cache(model)) if order.startswith("cache") else lazy_cache(interval(model))
