@@ -124,6 +124,10 @@ class OwnGuidance:
             values[name] = number(f"{self.node}: {name}", getattr(guider, attribute, None))
         return values
 
+    def weight(self, guider) -> float:
+        """The weight the run records: the guider's first scale (DualCFG's cfg_conds; its cfg attribute stays 1)."""
+        return next(iter(self.scale_values(guider).values()))
+
 
 # ComfyUI's guiders that compute guidance their own way, by class (comfy_extras): the unconditional prediction
 # is, for PerpNeg, the empty prompt's (its guidance is nocond + cfg (pos - nocond - perp(neg))); for DualCFG the

@@ -23,7 +23,7 @@ import torch
 
 from . import linear_ag
 from .checks import number
-from .schedule import Evaluation, Guidance, GuidanceSchedule, Mask, RunInfo, StepPlan
+from .schedule import Evaluation, Guidance, GuidanceSchedule, Mask, RunInfo, StepPlan, reduction_dtype
 
 log = logging.getLogger("guidance_schedules")
 
@@ -39,7 +39,7 @@ def cosine_per_sample(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | Non
     (the identity loses digits there when |a| and |b| differ much). Per sample, so that a sample's value does
     not depend on the rest of its batch (the stop step of a sample in a batch is the one it has alone). As
     torch's cosine_similarity, |a| |b| is at least 1e-12."""
-    dtype = dtype or (torch.float32 if a.device.type == "mps" else torch.float64)
+    dtype = dtype or reduction_dtype(a.device)
     if dtype != torch.float64:
         return torch.nn.functional.cosine_similarity(a.reshape(a.shape[0], -1).to(dtype),
                                                      b.reshape(b.shape[0], -1).to(dtype), dim=1, eps=1e-12).tolist()

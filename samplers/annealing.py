@@ -25,7 +25,7 @@ import torch
 
 from .checks import number
 from .files import FileRefused, checked_file, shown, write_new
-from .schedule import Evaluation, Guidance, GuidanceSchedule, Mask, RunInfo
+from .schedule import Evaluation, Guidance, GuidanceSchedule, Mask, RunInfo, reduction_dtype
 from .spaces import FLOW
 
 FORMAT = "guidance_schedules/annealing_scheduler"
@@ -119,11 +119,9 @@ class AnnealingScheduler:
                          m.bias.detach().to("cpu", torch.float64).numpy().copy()) for m in linears]
 
     def cpu_float64_network(self) -> AnnealingNetwork:
-        """The network as it runs while sampling: float64 on the CPU, made once per loaded file.
-
-        It is tiny (about 50k parameters), so the CPU takes microseconds a step; float64 gives the
-        official code's scales to 1e-6, and the sampling device never needs a float64 tensor (Apple's
-        MPS has none)."""
+        """The network as a torch module in float64 on the CPU, made once per loaded file: the reference
+        `scales` (what sampling asks, in numpy) is held to, and what the parity tests run. float64 gives the
+        official code's scales to 1e-6."""
         if self._cpu_float64 is None:
             net = AnnealingNetwork(self.network.config)
             net.load_state_dict(self.network.state_dict())
@@ -364,7 +362,7 @@ class AnnealingSchedule(GuidanceSchedule):
 def guidance_norm(cond: torch.Tensor, uncond: torch.Tensor, dtype: torch.dtype | None = None) -> list[float]:
     """||D_c - D_u|| per sample, on the predictions' device (the difference in their dtype, the norm in float64
     where the device has it; Apple's MPS has not: float32 there): B numbers reach the host."""
-    dtype = dtype or (torch.float32 if cond.device.type == "mps" else torch.float64)
+    dtype = dtype or reduction_dtype(cond.device)
     return torch.linalg.vector_norm((cond - uncond).reshape(cond.shape[0], -1), dim=1, dtype=dtype).tolist()
 
 

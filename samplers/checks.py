@@ -10,22 +10,22 @@ import math
 
 
 def number(name: str, value, low: float = -math.inf, high: float = math.inf, *, low_open: bool = False,
-           high_open: bool = False, meaning: str = "") -> float:
-    """`value` as a float where it is a finite number in [low, high] (an end left out where `low_open` /
-    `high_open`); else ValueError: "NAME must be a number in [LOW, HIGH] (MEANING), got VALUE", or "... a finite
-    number > LOW ..." where an end is open or infinite."""
+           meaning: str = "") -> float:
+    """`value` as a float where it is a finite number in [low, high] (low left out where `low_open`); else
+    ValueError: "NAME must be a number in [LOW, HIGH] (MEANING), got VALUE", or "... a finite number > LOW ..."
+    where the low end is open or an end is infinite."""
     inside = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-              and (value > low if low_open else value >= low) and (value < high if high_open else value <= high))
+              and (value > low if low_open else value >= low) and value <= high)
     if inside:
         return float(value)
-    if math.isfinite(low) and math.isfinite(high) and not (low_open or high_open):
+    if math.isfinite(low) and math.isfinite(high) and not low_open:
         what = f"a number in [{low:g}, {high:g}]"
     else:
         bounds = []
         if low > -math.inf:
             bounds.append(f"{'>' if low_open else '>='} {low:g}")
         if high < math.inf:
-            bounds.append(f"{'below' if high_open else 'at most'} {high:g}")
+            bounds.append(f"at most {high:g}")
         what = "a finite number" + (" " + " and ".join(bounds) if bounds else "")
     raise ValueError(f"{name} must be {what}{f' ({meaning})' if meaning else ''}, got {value!r}")
 

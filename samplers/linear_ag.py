@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .files import FileRefused, checked_file, write_new
-from .schedule import GuidanceSchedule, RunInfo
+from .schedule import GuidanceSchedule, RunInfo, reduction_dtype
 
 FORMAT = "guidance_schedules/linear_ag"
 FORMAT_VERSION = "1"
@@ -68,7 +68,7 @@ class NormalEquations:
 
     def add(self, step: int, cond, prev_cond, prev_uncond, uncond) -> None:
         """One estimated step of a run (every latent of its batch: they are summed alike)."""
-        dtype = torch.float32 if cond.device.type == "mps" else torch.float64
+        dtype = reduction_dtype(cond.device)
         features = torch.stack([t.reshape(-1) for t in (cond, prev_cond, prev_uncond)]).to(dtype)  # (3, N)
         y = uncond.reshape(-1).to(dtype)
         n = torch.tensor([float(y.numel())], dtype=dtype, device=y.device)
