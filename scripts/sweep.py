@@ -172,14 +172,13 @@ class Grid:
     seeds: list[int]
 
     def __post_init__(self):
-        axis_targets = {(a.node, a.input) for a in self.axes}
+        # (no axis is on a seed input: parse_axis refuses one)
         self.seed_targets = [(nid, name) for nid, node in self.workflow.items() for name in SEED_INPUTS
-                             if name in node["inputs"] and not isinstance(node["inputs"][name], list)
-                             and (nid, name) not in axis_targets]
+                             if name in node["inputs"] and not isinstance(node["inputs"][name], list)]
         # the key of a run is a digest of its whole prompt but its seeds: the workflow without the values the grid
         # sets, once, then each run's values and seed
         blank = json.loads(json.dumps(self.workflow))
-        for nid, name in [*self.seed_targets, *axis_targets]:
+        for nid, name in [*self.seed_targets, *((a.node, a.input) for a in self.axes)]:
             blank[nid]["inputs"][name] = None
         self.workflow_digest = hashlib.sha1(json.dumps(blank, sort_keys=True).encode()).hexdigest()
 
@@ -788,16 +787,15 @@ class Progress:
         self.bar.close()
 
 
-async def sweep(args, axes: list[Axis], runs: list[Run], out: Path, earlier: list[dict] = (),
-                prompts_to_check: list[dict] | None = None) -> str:
+async def sweep(args, axes: list[Axis], runs: list[Run], out: Path, earlier: list[dict],
+                prompts_to_check: list[dict]) -> str:
     """Check the servers, then run the grid over them; "" or why the sweep stopped early.
     UsageError where a server lacks what the runs use (nothing queued)."""
     import aiohttp
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         servers = [Server(session, url) for url in args.servers]
-        problems = await check_servers(servers, prompts_to_check if prompts_to_check is not None else
-                                       [r.prompt for r in runs if r.status != "success"])
+        problems = await check_servers(servers, prompts_to_check)
         if problems:
             raise UsageError("the servers must all run what the workflow uses; nothing was queued:\n  "
                              + "\n  ".join(problems))
@@ -1030,9 +1028,7 @@ def main(argv=None) -> int:
     stopped = ""
     try:
         if todo:
-            todo_runs = [r for r in runs if r.status != "success"]
-            check = [r.prompt for r in todo_runs] if len(todo_runs) <= 100 else the_grid.prompts_to_check()
-            stopped = asyncio.run(sweep(args, axes, runs, out, earlier, check))
+            stopped = asyncio.run(sweep(args, axes, runs, out, earlier, the_grid.prompts_to_check()))
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
