@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -67,14 +68,17 @@ class ComfyServer:
         deadline = time.time() + self.startup_timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited during startup:\n{self.log()}")
+                log = self.log()
+                self.stop()
+                raise RuntimeError(f"ComfyUI exited during startup:\n{log}")
             try:
                 self.get("/system_stats")
                 return
             except (urllib.error.URLError, ConnectionError, OSError):
                 if time.time() > deadline:
+                    log = self.log()
                     self.stop()
-                    raise RuntimeError(f"ComfyUI did not start in {self.startup_timeout:.0f}s:\n{self.log()}")
+                    raise RuntimeError(f"ComfyUI did not start in {self.startup_timeout:.0f}s:\n{log}")
                 time.sleep(0.5)
 
     def kill(self):
@@ -148,6 +152,8 @@ class ComfyServer:
         return self.base / "output" / item.get("subfolder", "") / item["filename"]
 
     def stop(self):
+        """The server ended and its base directory removed (its custom_nodes are links: the packs stay), so that
+        a test session leaves nothing in the temp directory."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -158,6 +164,7 @@ class ComfyServer:
         if self._log is not None:
             self._log.close()
             self._log = None
+        shutil.rmtree(self.base, ignore_errors=True)
 
 
 if __name__ == "__main__":
