@@ -5,8 +5,9 @@ with the network trained for the bed (lambda 0.4).
 
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/plot_examples.py      # about half a minute on 2 cores
 
-Writes docs/plot_interval.png, docs/plot_adaptive.png and, for every example workflow, workflows/TITLE.jpg
-(the plot of its method).
+Writes docs/plot_interval.png, docs/plot_adaptive.png and, for every example workflow, workflows/TITLE.jpg:
+its card in the template browser (the method and the example's path in large letters, and which steps the real
+run guided, one bar per step).
 """
 from __future__ import annotations
 
@@ -57,31 +58,77 @@ def wan22_plot():
     nodes.KSampler().sample(patched, 0, 20, 3.5, "euler", "simple", pos, neg,
                             {"samples": torch.zeros(1, 16, 2, 8, 8)}, 1.0)
     record = history_of(patched).last
+    RECORDS["wan22"] = record
     image = render(record, "Wan 2.2, 20 steps: the interval (0.28, 5.42] guides steps 10-18; the high-noise "
                            "expert (0-9) none")
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
 
 
-def save_thumbnails(plots: dict, only: str = ""):
-    """workflows/TITLE.jpg for each example, from the plot of its method (by its API twin's name)."""
+RECORDS = {}  # method -> the RunRecord of its real run above, for the cards
+
+# The template browser shows a card's picture at about 270 px wide: a card says, in letters that stay readable
+# there, which method and which path the example is, over one bar per step of the method's real run (full
+# height where the run guided, a stub where it skipped the unconditional pass; annealing's bars are its scales).
+METHODS = {"interval": ("Guidance interval", (31, 102, 170)), "adaptive": ("Adaptive Guidance", (36, 130, 80)),
+           "linear_ag": ("Adaptive Guidance", (36, 130, 80)), "annealing": ("Annealing guidance", (200, 96, 20)),
+           "wan22": ("Guidance interval", (31, 102, 170))}
+CARDS = {  # API name -> (method, the example's path)
+    "guidance_interval_patch_sdxl": ("interval", "KSampler"),
+    "guidance_interval_guider_sdxl": ("interval", "as in the paper"),
+    "guidance_interval_perpneg_sdxl": ("interval", "with Perp-Neg"),
+    "guidance_interval_wan22_t2v": ("wan22", "Wan 2.2 video"),
+    "adaptive_guidance_patch_sdxl": ("adaptive", "KSampler"),
+    "adaptive_guidance_guider_sdxl": ("adaptive", "Custom sampler"),
+    "linear_ag_calibration_sdxl": ("linear_ag", "LinearAG: calibrate"),
+    "annealing_guidance_patch_sdxl": ("annealing", "KSampler"),
+    "annealing_guidance_guider_sdxl": ("annealing", "Custom sampler"),
+    "annealing_guidance_lambda_sweep_sdxl": ("annealing", "three lambdas"),
+    "annealing_guidance_training_sdxl": ("annealing", "train a network"),
+}
+
+
+def card(method: str, path: str, width: int = 480, height: int = 270):
+    from PIL import Image, ImageDraw, ImageFont
+    title, colour = METHODS[method]
+    record = RECORDS[method]
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([0, 0, width, 72], fill=colour)
+    draw.text((20, 14), title, fill="white", font=ImageFont.load_default(size=40))
+    draw.text((20, height - 62), path, fill=(30, 30, 30), font=ImageFont.load_default(size=40))
+    steps = sorted(record.weight)
+    top, bottom, left, right = 92, height - 78, 20, width - 20
+    peak = max(max(w) for w in record.weight.values())
+    slot = (right - left) / len(steps)
+    for i, step in enumerate(steps):
+        guided, weight = record.guided[step][0], record.weight[step][0]
+        share = (weight - 1) / (peak - 1) if method == "annealing" and peak > 1 else 1.0
+        y = bottom - max(0.15, share) * (bottom - top) if guided else bottom - 10
+        x0, x1 = left + i * slot + 1, left + (i + 1) * slot - 2
+        fill = colour if guided else (200, 200, 200)
+        if step in record.estimated:  # LinearAG's estimated unconditional prediction: a paler, lower bar
+            y, fill = bottom - 0.5 * (bottom - top), tuple(c + (255 - c) // 2 for c in colour)
+        draw.rectangle([x0, y, max(x0 + 1, x1), bottom], fill=fill)
+    return img
+
+
+def save_thumbnails(only: str = ""):
+    """workflows/TITLE.jpg for each example (by its API twin's name)."""
     import json
     for path in sorted((ROOT / "workflows").glob("*.json")):
         api = json.loads(path.read_text())["extra"]["guidance_schedules"]["api"]
         if only and only not in api:
             continue
-        if "wan22" in api:
-            picture(plots["wan22"]).resize((480, 270)).save(path.with_suffix(".jpg"), quality=88)
-            print("wrote", path.with_suffix(".jpg"))
-            continue
-        method = next(m for m in ("linear_ag", "interval", "adaptive", "annealing") if m in api)
-        picture(plots[method]).resize((480, 270)).save(path.with_suffix(".jpg"), quality=88)
+        name = Path(api).stem
+        card(*CARDS[name]).save(path.with_suffix(".jpg"), quality=90)
         print("wrote", path.with_suffix(".jpg"))
 
 
 def main():
     standalone.import_comfyui(cpu=True, progress_bars=False)
     if "--only-wan22" in sys.argv:  # the Wan 2.2 example's picture alone
-        save_thumbnails({"wan22": wan22_plot()}, only="wan22")
+        wan22_plot()
+        save_thumbnails(only="wan22")
         return
     import comfy.samplers
     from comfy_extras.nodes_custom_sampler import Noise_RandomNoise, SamplerCustomAdvanced
@@ -92,32 +139,34 @@ def main():
     from guidance_schedules.nodes.adaptive import AdaptiveGuidanceGuider
     from guidance_schedules.nodes.annealing import FOLDER, AnnealingGuidanceGuider
     from guidance_schedules.nodes.interval import GuidanceIntervalGuider
+    from guidance_schedules.nodes.guidance import history_of
     from guidance_schedules.nodes.plot import GuidanceSchedulePlot
     model, sigmas, euler = digits_model("labelnoise30"), digits.karras_sigmas(), comfy.samplers.sampler_object("euler")
 
-    def run(guider, labels, sampler=euler):
+    def run(guider, labels, sampler=euler, method=None):
         latent = {"samples": torch.zeros(len(labels), 1, 8, 8)}
         samples = SamplerCustomAdvanced().sample(Noise_RandomNoise(7), guider, sampler, sigmas, latent)[0]
+        RECORDS[method] = history_of(guider).last
         return GuidanceSchedulePlot().plot(samples, guider=guider)[0]
 
     none = class_conditioning(None, digits.NULL_CLASS + 1)
     interval = GuidanceIntervalGuider().get_guider(model, class_conditioning([3], 11), none, 3.0,
                                                    sigma_hi=5.42, sigma_lo=0.28)[0]
-    plots = {"interval": run(interval, [3])}
+    plots = {"interval": run(interval, [3], method="interval")}
     save(plots["interval"], "plot_interval.png")
     adaptive = AdaptiveGuidanceGuider().get_guider(model, class_conditioning([3, 8, 1], 11), none, 3.0, 0.995)[0]
-    plots["adaptive"] = run(adaptive, [3, 8, 1])
+    plots["adaptive"] = run(adaptive, [3, 8, 1], method="adaptive")
     calibrate_linear_ag(model, sigmas)
     linear = AdaptiveGuidanceGuider().get_guider(model, class_conditioning([3, 8, 1], 11), none, 3.0, 0.995,
                                                  linear_ag=LINEAR_AG_FILE)[0]
-    plots["linear_ag"] = run(linear, [3, 8, 1])
+    plots["linear_ag"] = run(linear, [3, 8, 1], method="linear_ag")
     save(plots["linear_ag"], "plot_adaptive.png")
     folder_paths.add_model_folder_path(FOLDER, str(digits.WEIGHTS))  # the bed's trained network
     annealing = AnnealingGuidanceGuider().get_guider(model, class_conditioning([3, 8, 1], 11), none,
                                                      "annealing_digits.safetensors", **{"lambda": 0.4})[0]
-    plots["annealing"] = run(annealing, [3, 8, 1], comfy.samplers.sampler_object("euler_cfg_pp"))
-    plots["wan22"] = wan22_plot()
-    save_thumbnails(plots)
+    plots["annealing"] = run(annealing, [3, 8, 1], comfy.samplers.sampler_object("euler_cfg_pp"), method="annealing")
+    wan22_plot()
+    save_thumbnails()
 
 
 if __name__ == "__main__":

@@ -29,15 +29,21 @@ def sdxl_front(g, batch_size=1):
     g.node("latent", "EmptyLatentImage", 1, width=1024, height=1024, batch_size=batch_size)
 
 
-def sdxl_back(g, samples, prefix, suffix="", band=0):
-    g.node("decode" + suffix, "VAEDecode", 4, samples=samples, vae=("ckpt", 2), band=band)
-    g.node("save" + suffix, "SaveImage", 5, images=("decode" + suffix, 0), filename_prefix=prefix, band=band)
+def sdxl_back(g, samples, prefix, suffix="", column=3):
+    """Decode under the sampler, the saved image in the next column."""
+    g.node("decode" + suffix, "VAEDecode", column, samples=samples, vae=("ckpt", 2))
+    g.node("save" + suffix, "SaveImage", column + 1, images=("decode" + suffix, 0), filename_prefix=prefix)
 
 
-def plot(g, samples, source, suffix="", band=0):
-    """The Guidance Schedule Plot of the run that made `samples` (source: ("model", ...) or ("guider", ...))."""
-    g.node("plot" + suffix, "GuidanceSchedulePlot", 4, samples=samples, band=band, **{source[0]: source[1]})
-    g.node("preview" + suffix, "PreviewImage", 5, images=("plot" + suffix, 0), band=band)
+def plot(g, samples, source):
+    """The Guidance Schedule Plot of the run that made `samples` (source: ("model", ...) or ("guider", ...)):
+    under the decode, its picture under the saved image."""
+    g.node("plot", "GuidanceSchedulePlot", 3, samples=samples, **{source[0]: source[1]})
+    g.node("preview", "PreviewImage", 4, images=("plot", 0))
+
+
+CHECKPOINT_NEEDED = (f"Needs: {CHECKPOINT} (Stability AI's SDXL base 1.0) in ComfyUI/models/checkpoints/; another SDXL "
+                     "checkpoint works too: pick it in Load Checkpoint.")
 
 
 def interval_patch(g):
@@ -48,12 +54,17 @@ def interval_patch(g):
            sampler_name="dpmpp_2m", scheduler="karras", positive=("pos", 0), negative=("neg", 0),
            latent_image=("latent", 0), denoise=1.0)
     sdxl_back(g, ("sampler", 0), "guidance_schedules/interval")
+    g.note("Guidance interval on a stock KSampler. CFG is applied only while the noise level (sigma) is inside "
+           "(sigma_lo, sigma_hi]; at the other steps the negative prompt's model pass is skipped, so the render "
+           "is faster and keeps more variety. The paper's SDXL setting (0.28, 5.42] guides about a third of the "
+           f"steps.\n\n{CHECKPOINT_NEEDED}\n\nTry: sigma_hi and sigma_lo on Guidance Interval (a wider interval "
+           "guides more steps), cfg on the KSampler (the paper uses higher cfg inside the interval).")
 
 
-def custom_sampler_inputs(g, sampler, sigmas_node, **sigmas):
-    g.node("noise", "RandomNoise", 2, noise_seed=0)
-    g.node("ksampler", "KSamplerSelect", 2, sampler_name=sampler)
-    g.node("sigmas", sigmas_node, 2, **sigmas)
+def custom_sampler_inputs(g, sampler, sigmas_node, column=2, **sigmas):
+    g.node("noise", "RandomNoise", column, noise_seed=0)
+    g.node("ksampler", "KSamplerSelect", column, sampler_name=sampler)
+    g.node("sigmas", sigmas_node, column, **sigmas)
 
 
 def interval_guider(g):
@@ -65,6 +76,10 @@ def interval_guider(g):
     g.node("sample", "SamplerCustomAdvanced", 3, noise=("noise", 0), guider=("guider", 0),
            sampler=("ksampler", 0), sigmas=("sigmas", 0), latent_image=("latent", 0))
     sdxl_back(g, ("sample", 0), "guidance_schedules/interval")
+    g.note("The guidance interval exactly as the paper ran SDXL: 32 Heun steps on a Karras noise schedule "
+           "(14.61 to 0.03, rho 3), cfg 16 inside (0.28, 5.42], no guidance outside it.\n\n"
+           f"{CHECKPOINT_NEEDED}\n\nTry: sigma_hi, sigma_lo and cfg on Guidance Interval Guider; the Karras "
+           "scheduler's steps.")
 
 
 def interval_perpneg(g):
@@ -75,17 +90,23 @@ def interval_perpneg(g):
     g.node("interval", "GuidanceIntervalPatch", 2, model=("ckpt", 0), sigma_hi=5.42, sigma_lo=0.28)
     g.node("guider", "PerpNegGuider", 2, model=("interval", 0), positive=("pos", 0), negative=("neg", 0),
            empty_conditioning=("empty", 0), cfg=10.0, neg_scale=1.0)
-    custom_sampler_inputs(g, "dpmpp_2m", "BasicScheduler", model=("ckpt", 0), scheduler="karras", steps=32,
-                          denoise=1.0)
+    custom_sampler_inputs(g, "dpmpp_2m", "BasicScheduler", column=0, model=("ckpt", 0), scheduler="karras",
+                          steps=32, denoise=1.0)
     g.node("sample", "SamplerCustomAdvanced", 3, noise=("noise", 0), guider=("guider", 0),
            sampler=("ksampler", 0), sigmas=("sigmas", 0), latent_image=("latent", 0))
     sdxl_back(g, ("sample", 0), "guidance_schedules/interval_perpneg")
     plot(g, ("sample", 0), ("model", ("interval", 0)))
+    g.note("ComfyUI's Perp-Neg guider with the guidance interval: inside (0.28, 5.42] a step runs Perp-Neg's three "
+           "passes (positive, negative, empty prompt), outside it the positive pass alone. The plot shows which "
+           f"steps were guided.\n\n{CHECKPOINT_NEEDED}\n\nTry: sigma_hi and sigma_lo on Guidance Interval; "
+           "cfg and neg_scale on PerpNegGuider.", column=1)
 
 
 # Adaptive Guidance and its LinearAG calibration use the same sampler, grid and cfg (euler, 30 karras
 # steps, cfg 7), so the file the calibration example writes is the one the AG examples can use.
 AG_SAMPLER, AG_STEPS, AG_CFG = "euler", 30, 7.0
+AG_TRY = ("Try: threshold (lower stops guidance sooner and saves more; 0.99 to 0.999 is the useful range); "
+          "linear_ag, once the calibration example has written a file for these settings.")
 
 
 def adaptive_patch(g):
@@ -97,6 +118,9 @@ def adaptive_patch(g):
            latent_image=("latent", 0), denoise=1.0)
     sdxl_back(g, ("sampler", 0), "guidance_schedules/adaptive")
     plot(g, ("sampler", 0), ("model", ("adaptive", 0)))
+    g.note("Adaptive Guidance on a stock KSampler: each image is guided until its positive and negative "
+           "predictions agree (their cosine similarity reaches the threshold), then the negative pass stops for "
+           f"the remaining steps. The plot shows where it stopped.\n\n{CHECKPOINT_NEEDED}\n\n{AG_TRY}")
 
 
 def adaptive_guider(g):
@@ -109,6 +133,9 @@ def adaptive_guider(g):
            sampler=("ksampler", 0), sigmas=("sigmas", 0), latent_image=("latent", 0))
     sdxl_back(g, ("sample", 0), "guidance_schedules/adaptive")
     plot(g, ("sample", 0), ("guider", ("guider", 0)))
+    g.note("Adaptive Guidance as a guider for SamplerCustomAdvanced: guided until the positive and negative "
+           "predictions agree (cosine similarity at the threshold), unguided after. The plot shows where each "
+           f"image stopped.\n\n{CHECKPOINT_NEEDED}\n\n{AG_TRY}")
 
 
 def linear_ag_calibration(g):
@@ -120,9 +147,19 @@ def linear_ag_calibration(g):
     g.node("calibrate", "LinearAGCalibrate", 3, model=("ckpt", 0), positive=("pos", 0), negative=("neg", 0),
            cfg=AG_CFG, sampler=("ksampler", 0), sigmas=("sigmas", 0), latent_image=("latent", 0), runs=8, seed=0,
            name="sdxl_euler_30")
+    g.note("LinearAG calibration: runs full CFG 8 times (batch 4) and fits, per step, how the negative prediction "
+           "follows from the positive ones. The file it writes (models/linear_ag/sdxl_euler_30.safetensors) then "
+           "appears in the linear_ag input of the Adaptive Guidance nodes, which use it to estimate the negative "
+           f"pass instead of skipping it. About 8 full renders.\n\n{CHECKPOINT_NEEDED}\n\nTry: runs (more runs, a "
+           "closer fit). Keep sampler, steps, scheduler and cfg equal to the renders that will use the file (the "
+           "Adaptive Guidance examples' settings: euler, 30 karras steps, cfg 7).")
 
 
 ANNEALING_SCHEDULER = "annealing_sdxl.safetensors"  # the converted official network (see weights/README.md)
+ANNEALING_NETWORK = ("The network: the authors' SDXL network is not shipped (its repository has no licence). "
+                     "Download checkpoint.pt from github.com/annealing-guidance/annealing-guidance "
+                     "(src/model/checkpoints/) into ComfyUI/models/guidance_schedulers/, or convert it to "
+                     "annealing_sdxl.safetensors with the pack's scripts/convert_annealing_checkpoint.py.")
 
 
 def annealing_patch(g):
@@ -135,23 +172,42 @@ def annealing_patch(g):
            latent_image=("latent", 0), denoise=1.0, title="KSampler (cfg unused: the network picks the scale)")
     sdxl_back(g, ("sampler", 0), "guidance_schedules/annealing")
     plot(g, ("sampler", 0), ("model", ("annealing", 0)))
+    g.note("Annealing guidance: a small network picks the guidance scale at every step; the KSampler's cfg is not "
+           "used. Sampler euler_cfg_pp with ddim_uniform is the paper's (DDIM with CFG++).\n\n"
+           f"{CHECKPOINT_NEEDED}\n\n{ANNEALING_NETWORK}\n\nTry: lambda (0.05 to 0.8; higher follows the "
+           "prompt more closely, lower gives more natural images).")
 
 
 def annealing_guider(g, lambdas=(0.4,)):
     sdxl_front(g)
-    custom_sampler_inputs(g, "euler_cfg_pp", "BasicScheduler", model=("ckpt", 0), scheduler="ddim_uniform", steps=50,
-                          denoise=1.0)
+    several = len(lambdas) > 1
+    custom_sampler_inputs(g, "euler_cfg_pp", "BasicScheduler", column=0 if several else 2, model=("ckpt", 0),
+                          scheduler="ddim_uniform", steps=50, denoise=1.0)
     for i, lam in enumerate(lambdas):
-        band, k = (i + 1, f"_{i}") if len(lambdas) > 1 else (0, "")
-        if len(lambdas) > 1:
-            g.band(band, f"lambda {lam}")
-        g.node("guider" + k, "AnnealingGuidanceGuider", 2, model=("ckpt", 0), positive=("pos", 0),
+        # one column per lambda when there are several (guider, sampler, decode and image stacked), so that
+        # the three images sit side by side
+        k, column = (f"_{i}", 2 + i) if several else ("", None)
+        g.node("guider" + k, "AnnealingGuidanceGuider", column or 2, model=("ckpt", 0), positive=("pos", 0),
                negative=("neg", 0), scheduler=ANNEALING_SCHEDULER, title=f"Annealing guidance, lambda {lam}",
-               band=band, **{"lambda": lam})
-        g.node("sample" + k, "SamplerCustomAdvanced", 3, noise=("noise", 0), guider=("guider" + k, 0),
-               sampler=("ksampler", 0), sigmas=("sigmas", 0), latent_image=("latent", 0), band=band)
-        sdxl_back(g, ("sample" + k, 0), f"guidance_schedules/annealing_lambda_{lam}", k, band)
-        plot(g, ("sample" + k, 0), ("guider", ("guider" + k, 0)), k, band)
+               **{"lambda": lam})
+        g.node("sample" + k, "SamplerCustomAdvanced", column or 3, noise=("noise", 0), guider=("guider" + k, 0),
+               sampler=("ksampler", 0), sigmas=("sigmas", 0), latent_image=("latent", 0))
+        if several:
+            g.node("decode" + k, "VAEDecode", column, samples=("sample" + k, 0), vae=("ckpt", 2))
+            g.node("save" + k, "SaveImage", column, images=("decode" + k, 0),
+                   filename_prefix=f"guidance_schedules/annealing_lambda_{lam}")
+        else:
+            sdxl_back(g, ("sample", 0), f"guidance_schedules/annealing_lambda_{lam}")
+            plot(g, ("sample", 0), ("guider", ("guider", 0)))
+    if several:
+        g.note(f"Annealing guidance at lambda {', '.join(map(str, lambdas))}, same seed, side by side: lambda "
+               "trades prompt alignment (higher) against image quality (lower).\n\n"
+               f"{CHECKPOINT_NEEDED}\n\n{ANNEALING_NETWORK}\n\nTry: the lambda of each guider; the seed on "
+               "RandomNoise.", column=1)
+    else:
+        g.note("Annealing guidance as a guider for SamplerCustomAdvanced: a small network picks the guidance "
+               "scale at every step (no cfg input); sampler euler_cfg_pp is the paper's DDIM with CFG++.\n\n"
+               f"{CHECKPOINT_NEEDED}\n\n{ANNEALING_NETWORK}\n\nTry: lambda (0.05 to 0.8).")
 
 
 TRAINING_FOLDER = "annealing_training"  # input/annealing_training: the images, each with its caption NAME.txt
@@ -170,6 +226,12 @@ def annealing_training(g):
     g.node("train", "AnnealingGuidanceTrain", 3, model=("ckpt", 0), latents=("encode", 0), positive=("pos", 0),
            negative=("neg", 0), name="sdxl_annealing_mine")
     g.node("loss", "LossGraphNode", 4, loss=("train", 1), filename_prefix="guidance_schedules/annealing_training_loss")
+    g.note("Trains an annealing guidance network for your own model: images with captions go in, a network file "
+           "comes out (models/guidance_schedulers/sdxl_annealing_mine.safetensors), which the annealing nodes then "
+           "list. Needs ComfyUI 0.8 or newer (the folder loader).\n\nPut the images and one caption per image "
+           f"(NAME.txt beside NAME.png) in ComfyUI/input/{TRAINING_FOLDER}/. {CHECKPOINT_NEEDED}\n\nTry: name; "
+           "steps and training_images on the trainer. A run can be stopped and queued again: it resumes.",
+           column=2)
 
 
 # Nodes an example needs that older ComfyUI lacks: tests/host/test_host_workflows.py checks the rest of the
@@ -192,8 +254,8 @@ def interval_wan22(g):
     g.node("pos", "CLIPTextEncode", 1, text=WAN_POSITIVE, clip=("clip", 0), title="Positive prompt")
     g.node("neg", "CLIPTextEncode", 1, text=WAN_NEGATIVE, clip=("clip", 0), title="Negative prompt")
     g.node("latent", "EmptyHunyuanLatentVideo", 1, width=640, height=640, length=81, batch_size=1)
-    g.node("shift_high", "ModelSamplingSD3", 1, model=("high", 0), shift=5.0)
-    g.node("shift_low", "ModelSamplingSD3", 1, model=("low", 0), shift=5.0)
+    g.node("shift_high", "ModelSamplingSD3", 2, model=("high", 0), shift=5.0)
+    g.node("shift_low", "ModelSamplingSD3", 2, model=("low", 0), shift=5.0)
     g.node("interval_high", "GuidanceIntervalPatch", 2, model=("shift_high", 0), sigma_hi=5.42, sigma_lo=0.28,
            title="Guidance interval (high-noise expert)")
     g.node("interval_low", "GuidanceIntervalPatch", 2, model=("shift_low", 0), sigma_hi=5.42, sigma_lo=0.28,
@@ -208,8 +270,15 @@ def interval_wan22(g):
            title="KSampler (low-noise expert, steps 10-20)", **common)
     g.node("decode", "VAEDecode", 4, samples=("sampler_low", 0), vae=("vae", 0))
     # an animated WEBP: the same inputs on every ComfyUI the pack supports (SaveVideo's changed)
-    g.node("save", "SaveAnimatedWEBP", 5, images=("decode", 0), filename_prefix="guidance_schedules/wan22",
+    g.node("save", "SaveAnimatedWEBP", 4, images=("decode", 0), filename_prefix="guidance_schedules/wan22",
            fps=16.0, lossless=False, quality=90, method="default")
+    g.note("Wan 2.2 text to video with the guidance interval on both experts (ComfyUI's own two-sampler Wan 2.2 "
+           "wiring). The bounds are noise levels, so one setting serves both samplers: at (0.28, 5.42] the "
+           "high-noise expert runs unguided and 11 of the 40 model passes are saved.\n\nNeeds, as in ComfyUI's "
+           "Wan 2.2 template: wan2.2_t2v_high_noise_14B_fp8_scaled and wan2.2_t2v_low_noise_14B_fp8_scaled in "
+           "models/diffusion_models/, "
+           "umt5_xxl_fp8_e4m3fn_scaled in models/text_encoders/, wan_2.1_vae in models/vae/.\n\nTry: sigma_hi "
+           "and sigma_lo on both Guidance Interval nodes (keep them equal).", column=4)
 
 
 NEEDS_NEWER_COMFYUI = {"annealing_guidance_training_sdxl": {"LoadImageTextDataSetFromFolder": "0.8"}}
@@ -235,29 +304,34 @@ WORKFLOWS = {
 }
 
 
-# Layout: every node sits in a column (x) and a band (a horizontal strip, one per lambda in the sweep);
-# within a band a column stacks its nodes top to bottom. Heights are what the graph editor draws for the
-# node's slots and widgets, plus room for the picture of nodes that show one, so nothing overlaps even
-# after a run (tests/host/test_host_workflows.py checks the files).
-COLUMN_WIDTH, COLUMN_GAP, ROW_GAP, BAND_GAP, TITLE_HEIGHT = 360, 70, 50, 90, 30
+# Layout: every node sits in a column (x); a column stacks its nodes top to bottom. Heights are what the graph
+# editor draws for the node's slots and widgets, plus room for the picture of nodes that show one, so nothing
+# overlaps even after a run (tests/host/test_host_workflows.py checks the files). Five columns of 320 px and
+# no column taller than about 1,000 px: the editor opens a template fitted to the window, and at 1600 x 900 that
+# is a zoom at which it still draws the nodes' text (benchmarks/frontend_check.py looks).
+COLUMN_WIDTH, COLUMN_GAP, ROW_GAP, TITLE_HEIGHT = 320, 40, 30, 30
 SLOT_HEIGHT, WIDGET_HEIGHT = 20, 24
-PICTURE_HEIGHT = {"SaveImage": 420, "PreviewImage": 240, "LossGraphNode": 300}  # an SDXL image, a plot
+PICTURE_HEIGHT = {"SaveImage": 300, "PreviewImage": 220, "LossGraphNode": 300}  # an SDXL image, a plot
+NOTE = "Note"  # the editor's own text node: in the UI file only, never queued
+NOTE_HEIGHT = 270
 
 
 class Graph:
     def __init__(self, node_classes):
         self.classes = node_classes
-        self.nodes = {}  # key -> (id, class_type, (column, band), values, title)
-        self.band_titles = {}
+        self.nodes = {}  # key -> (id, class_type, column, values, title)
 
-    def node(self, key, class_type, column, title=None, band=0, **values):
-        self.nodes[key] = (len(self.nodes) + 1, class_type, (column, band), values, title)
+    def node(self, key, class_type, column, title=None, **values):
+        self.nodes[key] = (len(self.nodes) + 1, class_type, column, values, title)
 
-    def band(self, band, title):
-        """Draw a group box titled `title` around the nodes of `band`."""
-        self.band_titles[band] = title
+    def note(self, text, column=0):
+        """What the example shows, what it needs and what to change, for a user who opened it without the
+        README. Added last, so that the API twin's node ids stay those of the queued nodes."""
+        self.node("note", NOTE, column, title="Read me", text=text)
 
     def height_of(self, class_type, values):
+        if class_type == NOTE:
+            return NOTE_HEIGHT
         inputs = self.inputs_of(class_type)
         slots = sum(1 for name, _, is_widget, _ in inputs if not is_widget or isinstance(values.get(name), tuple))
         widgets = sum(1 + bool(o.get("control_after_generate")) for name, _, is_widget, o in inputs
@@ -266,28 +340,20 @@ class Graph:
         return max(slots, outputs) * SLOT_HEIGHT + widgets * WIDGET_HEIGHT + 30 + PICTURE_HEIGHT.get(class_type, 0)
 
     def layout(self):
-        """{key: (pos, size)} and the bands' boxes {band: [x, y, w, h]}."""
-        heights = {k: self.height_of(c, v) for k, (_, c, _, v, _) in self.nodes.items()}
-        placed, boxes, y_band = {}, {}, 0
-        for band in sorted({b for _, _, (_, b), _, _ in self.nodes.values()}):
-            members = [k for k, (_, _, (_, b), _, _) in self.nodes.items() if b == band]
-            y_band += TITLE_HEIGHT + (40 if band in self.band_titles else 0)
-            bottom = y_band
-            for column in sorted({self.nodes[k][2][0] for k in members}):
-                y = y_band
-                for k in (k for k in members if self.nodes[k][2][0] == column):
-                    x = column * (COLUMN_WIDTH + COLUMN_GAP)
-                    placed[k] = ([x, y], [COLUMN_WIDTH, heights[k]])
-                    y += heights[k] + TITLE_HEIGHT + ROW_GAP
-                bottom = max(bottom, y - ROW_GAP)
-            if band in self.band_titles:
-                xs = [placed[k][0][0] for k in members]
-                boxes[band] = [min(xs) - 20, y_band - TITLE_HEIGHT - 50, max(xs) + COLUMN_WIDTH + 40 - min(xs),
-                               bottom - y_band + TITLE_HEIGHT + 70]
-            y_band = bottom + BAND_GAP
-        return placed, boxes
+        """{key: (pos, size)}."""
+        placed = {}
+        for column in sorted({c for _, _, c, _, _ in self.nodes.values()}):
+            y = TITLE_HEIGHT
+            for k, (_, class_type, c, values, _) in self.nodes.items():
+                if c == column:
+                    height = self.height_of(class_type, values)
+                    placed[k] = ([column * (COLUMN_WIDTH + COLUMN_GAP), y], [COLUMN_WIDTH, height])
+                    y += height + TITLE_HEIGHT + ROW_GAP
+        return placed
 
     def inputs_of(self, class_type):
+        if class_type == NOTE:
+            return [("text", "STRING", True, {})]
         spec = self.classes[class_type].INPUT_TYPES()
         merged = {**spec.get("required", {}), **spec.get("optional", {})}
         out = []
@@ -299,6 +365,8 @@ class Graph:
         return out
 
     def outputs_of(self, class_type):
+        if class_type == NOTE:
+            return [], []
         cls = self.classes[class_type]
         kinds = [str(getattr(t, "value", t)) for t in cls.RETURN_TYPES]
         names = list(getattr(cls, "RETURN_NAMES", None) or kinds)
@@ -307,6 +375,8 @@ class Graph:
     def api(self):
         prompt = {}
         for key, (nid, class_type, _, values, title) in self.nodes.items():
+            if class_type == NOTE:
+                continue
             inputs = {}
             for name, _, is_widget, options in self.inputs_of(class_type):
                 if name not in values:
@@ -321,7 +391,7 @@ class Graph:
     def ui(self):
         links, ui_nodes = [], []
         by_id = {}
-        placed, boxes = self.layout()
+        placed = self.layout()
         for key, (nid, class_type, _, values, title) in self.nodes.items():
             kinds, names = self.outputs_of(class_type)
             pos, size = placed[key]
@@ -331,6 +401,8 @@ class Graph:
                     "properties": {"Node name for S&R": class_type}, "widgets_values": []}
             if title:
                 node["title"] = title
+            if class_type == NOTE:  # as the editor saves one: a pale yellow text box
+                node.update(properties={"text": ""}, color="#432", bgcolor="#653")
             by_id[nid] = node
             ui_nodes.append(node)
         for key, (nid, class_type, _, values, _) in self.nodes.items():
@@ -348,9 +420,7 @@ class Graph:
                     if options.get("control_after_generate"):
                         node["widgets_values"].append("fixed")
         return {"last_node_id": len(ui_nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
-                "groups": [{"title": self.band_titles[b], "bounding": box, "color": "#3f789e", "font_size": 24}
-                           for b, box in boxes.items()],
-                "config": {}, "extra": {"ds": {"scale": 0.6, "offset": [40, 40]}}, "version": 0.4}
+                "groups": [], "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [40, 40]}}, "version": 0.4}
 
 
 def load_node_classes():

@@ -9,6 +9,7 @@ WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 UI_FILES = sorted(WORKFLOWS.glob("*.json"))
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 MODEL_FILES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf")
+FRONTEND_ONLY = {"Note", "MarkdownNote"}  # the editor's text nodes: saved in the UI file, never queued
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def newer_nodes(ui, info):
     """The node types this example needs that this ComfyUI lacks: only those its file declares (with the
     version that has them), each checked where the host has it."""
     needs = ui["extra"]["guidance_schedules"].get("needs_comfyui", {})
-    missing = {n["type"] for n in ui["nodes"] if n["type"] not in info}
+    missing = {n["type"] for n in ui["nodes"] if n["type"] not in info and n["type"] not in FRONTEND_ONLY}
     assert missing <= set(needs), f"unknown node types {sorted(missing - set(needs))}"
     return missing
 
@@ -78,7 +79,7 @@ def ui_to_api(ui, info):
     prompt = {}
     for node in ui["nodes"]:
         class_type = node["type"]
-        if class_type in newer:
+        if class_type in newer or class_type in FRONTEND_ONLY:
             continue
         specs = input_specs(info, class_type)
         inputs = {}
@@ -187,6 +188,37 @@ def test_no_two_nodes_of_an_example_overlap(path):
         for b_id, b_type, b in boxes[i + 1:]:
             overlap = a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
             assert not overlap, f"{path.name}: node {a_id} ({a_type}) overlaps node {b_id} ({b_type})"
+
+
+# The editor opens a template fitted to its window: at three quarters of the window's width or height
+# (LiteGraph's fitToBounds), which on a 1600 x 900 screen leaves about 1600 x 760 px of canvas. Below a zoom of
+# 0.6 it draws nodes without their text (LiteGraph's low-quality threshold).
+WINDOW, FIT, TEXT_ZOOM = (1600, 760), 0.75, 0.6
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_an_example_opens_at_a_zoom_where_the_editor_draws_text(path):
+    boxes = [drawn_box(n) for n in json.loads(path.read_text())["nodes"]]
+    width = max(b[2] for b in boxes) - min(b[0] for b in boxes)
+    height = max(b[3] for b in boxes) - min(b[1] for b in boxes)
+    zoom = FIT * min(WINDOW[0] / width, WINDOW[1] / height)
+    assert zoom >= TEXT_ZOOM, f"{path.name}: {width} x {height} px opens at {zoom:.2f} on a 1600 x 900 screen"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_an_example_says_what_it_shows_and_what_it_needs(path):
+    """A note in the graph: what the example shows, the files it needs and where they go, what to change."""
+    ui = json.loads(path.read_text())
+    notes = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] in FRONTEND_ONLY]
+    assert len(notes) == 1, f"{path.name}: {len(notes)} notes"
+    loaded = [v for n in ui["nodes"] if n["type"] not in FRONTEND_ONLY for v in n.get("widgets_values", [])
+              if isinstance(v, str) and v.endswith(MODEL_FILES) and "guidance_schedules" not in v]
+    for name in loaded:  # every model file the example loads, named with the folder it goes in
+        stem = name.rsplit(".", 1)[0]
+        assert stem in notes[0], f"{path.name}: the note does not name {name}"
+    assert "models/" in notes[0] and "Try:" in notes[0], f"{path.name}: the note lacks where files go or what to try"
+    if any(n["type"].startswith("Annealing") and n["type"] != "AnnealingGuidanceTrain" for n in ui["nodes"]):
+        assert "github.com/annealing-guidance" in notes[0], f"{path.name}: the note does not say where the network is"
 
 
 def test_the_calibration_example_makes_a_file_the_adaptive_examples_can_use():
