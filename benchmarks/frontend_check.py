@@ -10,6 +10,10 @@ protocol, and takes screenshots.
 2. LinearAG Calibrate run from the editor on the tiny test model: the node shows its result (and so does
    the annealing trainer);
 3. a prompt whose interval bounds select no step: the warning appears as a toast;
+4. every example opened from its card in the template browser, on a 1600 x 900 window: at a zoom where the editor
+   draws text, every node known;
+5. a node's help page in the Node Info panel, in English, then the editor switched to Chinese (the node's name
+   and help page in Chinese), Japanese and Korean (the node's name);
 the node library shows every node of the pack beside the KSampler, with its search words where the host sends
 them; and the annealing node, with no guidance network installed, names where to get one.
 It prints what it found and exits non-zero when a check fails. Needs Debian's chromium.
@@ -127,7 +131,7 @@ async def check(url: str, out: Path) -> list[str]:
     chromium = subprocess.Popen(
         [shutil.which("chromium") or "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
          "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile}", f"--remote-debugging-port={port}", "--window-size=2400,1150", "about:blank"],
+         f"--user-data-dir={profile}", f"--remote-debugging-port={port}", "--window-size=1600,900", "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     failures = []
     try:
@@ -225,23 +229,108 @@ async def check(url: str, out: Path) -> list[str]:
                 trained = await run_from_editor(browser, TRAINING, "AnnealingGuidanceTrain", out / "training.png")
                 print("training result on the node:", trained)
                 if "wrote frontend_" not in trained:
-                    failures.append("Annealing Guidance: Train Network shows no result")
+                    failures.append("Train Annealing Network shows no result")
 
-                # 3. a warning of the pack, as a toast
-                await browser.js(f"{APP}.loadApiJson({json.dumps(NO_STEP)}, 'no step')")
-                await asyncio.sleep(1)
-                await browser.js(f"{APP}.queuePrompt(0, 1).then(() => true)")
-                toast = await browser.wait_for(
-                    "Array.from(document.querySelectorAll('.p-toast-message')).map(e => e.innerText).join(' | ')", 60)
-                await browser.screenshot(out / "warning.png")
-                print("toast:", toast)
-                if "select none" not in toast:
-                    failures.append("the warning did not appear as a toast")
+                # 3. a warning of the pack, as a toast (below)
+                await warning_toast(browser, out, failures)
+                # 4. every example from its card, at a zoom where the editor draws text
+                await examples_from_cards(browser, failures)
+                # 5. help and the user's language
+                await help_and_languages(browser, out, failures)
     finally:
         chromium.terminate()
         chromium.wait(timeout=20)
         shutil.rmtree(profile, ignore_errors=True)
     return failures
+
+
+async def warning_toast(browser, out, failures):
+    """A prompt whose interval bounds select no step: the pack's warning appears as a toast."""
+    await browser.js(f"{APP}.loadApiJson({json.dumps(NO_STEP)}, 'no step')")
+    await asyncio.sleep(1)
+    await browser.js(f"{APP}.queuePrompt(0, 1).then(() => true)")
+    toast = await browser.wait_for(
+        "Array.from(document.querySelectorAll('.p-toast-message')).map(e => e.innerText).join(' | ')", 60)
+    await browser.screenshot(out / "warning.png")
+    print("toast:", toast)
+    if "select none" not in toast:
+        failures.append("the warning did not appear as a toast")
+
+
+async def click_text(browser, text: str) -> bool:
+    """Click the innermost element whose text is `text` (a card's title, a category)."""
+    return await browser.js(f"(() => {{ const e = Array.from(document.querySelectorAll('*')).find(e => e.children.length"
+                            f" === 0 && e.textContent.trim() === {json.dumps(text)}); e?.click(); return !!e; }})()")
+
+
+TEXT_ZOOM = 0.6  # below it the editor draws nodes without their text
+FRONTEND_ONLY = ("Note", "MarkdownNote")
+
+
+async def examples_from_cards(browser, failures):
+    for title in TEMPLATE_ORDER:
+        await browser.js("(() => { const b = Array.from(document.querySelectorAll('button')).find(b =>"
+                         " b.getAttribute('aria-label') === 'Templates'); b?.click(); return !!b; })()")
+        await asyncio.sleep(2)
+        await click_text(browser, "comfyui-guidance-schedules")
+        await asyncio.sleep(2)
+        if not await click_text(browser, title):
+            failures.append(f"no card for {title!r} in the template browser")
+            continue
+        await asyncio.sleep(3)
+        opened = await browser.js(
+            f"(() => {{ const g = {APP}.graph; const known = LiteGraph.registered_node_types; return {{scale:"
+            f" {APP}.canvas.ds.scale, nodes: g._nodes.length, unknown: g._nodes.map(n => n.type).filter(t =>"
+            f" !known[t] && !{json.dumps(FRONTEND_ONLY)}.includes(t))}}; }})()")
+        print(f"example {title!r}: {opened['nodes']} nodes, opens at {opened['scale']:.2f}",
+              f"unknown {opened['unknown']}" if opened["unknown"] else "")
+        if opened["scale"] < TEXT_ZOOM:
+            failures.append(f"{title!r} opens at zoom {opened['scale']:.2f}, where the editor draws no text")
+        if opened["unknown"]:
+            failures.append(f"{title!r} has node types the editor does not know: {opened['unknown']}")
+
+
+async def node_info(browser, node_type: str) -> str:
+    """Add a node, select it, open the Node Info panel from the selection toolbox: the panel's text."""
+    await browser.js(f"(() => {{ const g = {APP}.graph; g.clear(); const n = LiteGraph.createNode({json.dumps(node_type)});"
+                     f" n.pos = [300, 200]; g.add(n); {APP}.canvas.selectNode(n); {APP}.canvas.setDirty(true, true);"
+                     " return true; })()")
+    await asyncio.sleep(1.5)
+    await browser.js("(() => { const b = Array.from(document.querySelectorAll('button')).find(b =>"
+                     " b.getAttribute('aria-label') === 'Node Info' || b.getAttribute('aria-label') === '节点信息'"
+                     " || (b.getAttribute('aria-label') || '').includes('Info')); b?.click(); return !!b; })()")
+    await asyncio.sleep(3)
+    return await browser.js("document.body.innerText")
+
+
+async def help_and_languages(browser, out, failures):
+    help_node = "GuidanceIntervalPatch"
+    text = await node_info(browser, help_node)
+    await browser.screenshot(out / "help.png")
+    print("help page (en) shown:", "Recommended settings" in text)
+    if "Recommended settings" not in text or "2404.07724" not in text:
+        failures.append(f"the Node Info panel does not show {help_node}'s help page")
+    for language in ("zh", "ja", "ko"):
+        expected = json.loads((ROOT / "locales" / language / "nodeDefs.json").read_text(encoding="utf-8"))
+        await browser.js(f"{APP}.extensionManager.setting.set('Comfy.Locale', {json.dumps(language)}).then(() => true)")
+        await asyncio.sleep(2)
+        await browser.call("Page.reload")
+        await browser.wait_for(f"!!({APP}?.graph) && !!document.querySelector('canvas')", 120)
+        await asyncio.sleep(5)
+        await browser.js("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', bubbles: true})) || true")
+        titles = await browser.js(f"Object.fromEntries({json.dumps(PACK_NODES)}.map(n =>"
+                                  " [n, LiteGraph.registered_node_types[n]?.title]))")
+        wrong = {n: t for n, t in titles.items() if t != expected[n]["display_name"]}
+        print(f"{language}: the pack's node names", "translated" if not wrong else f"NOT translated: {wrong}")
+        if wrong:
+            failures.append(f"{language}: node names not translated: {wrong}")
+        if language == "zh":
+            text = await node_info(browser, help_node)
+            await browser.screenshot(out / "help_zh.png")
+            print("help page (zh) shown:", "推荐设置" in text)
+            if "推荐设置" not in text:
+                failures.append("the Node Info panel does not show the Chinese help page")
+    await browser.js(f"{APP}.extensionManager.setting.set('Comfy.Locale', 'en').then(() => true)")
 
 
 def main():

@@ -5,7 +5,8 @@ with the network trained for the bed (lambda 0.4).
 
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/plot_examples.py      # about half a minute on 2 cores
 
-Writes docs/plot_interval.png, docs/plot_adaptive.png and, for every example workflow, workflows/TITLE.jpg:
+Writes web/docs/plot_interval.png, plot_adaptive.png and plot_annealing.png (the nodes' help pages and the
+README show them) and, for every example workflow, workflows/TITLE.jpg:
 its card in the template browser (the method and the example's path in large letters, and which steps the real
 run guided, one bar per step).
 """
@@ -30,8 +31,8 @@ def picture(image):
 
 
 def save(image, name):
-    picture(image).save(ROOT / "docs" / name)
-    print("wrote", ROOT / "docs" / name)
+    picture(image).save(ROOT / "web" / "docs" / name)
+    print("wrote", ROOT / "web" / "docs" / name)
 
 
 def wan22_plot():
@@ -165,6 +166,7 @@ def main():
     annealing = AnnealingGuidanceGuider().get_guider(model, class_conditioning([3, 8, 1], 11), none,
                                                      "annealing_digits.safetensors", **{"lambda": 0.4})[0]
     plots["annealing"] = run(annealing, [3, 8, 1], comfy.samplers.sampler_object("euler_cfg_pp"), method="annealing")
+    save(plots["annealing"], "plot_annealing.png")
     wan22_plot()
     save_thumbnails()
 

@@ -2,12 +2,14 @@
 through a real ComfyUI server (main.py --cpu, started here with the pack and the test helper pack),
 so that the contact sheet shows real differences.
 
-    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/sweep_example.py      # about a minute on 2 CPU cores
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/sweep_example.py OUT_DIR   # about a minute on 2 CPU cores
 
-Writes docs/sweep_digits.png (the sheet) and prints runs.csv.
+Writes OUT_DIR/sweep_digits.png (the sheet; the README's picture is made with OUT_DIR docs) and prints runs.csv;
+nothing else is written outside the temporary folder it removes.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -37,18 +39,25 @@ WORKFLOW = {
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="the folder the sheet goes to (made if missing)")
+    out = parser.parse_args().out
+    out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gs-sweep-example-"))
-    (work / "workflow.json").write_text(json.dumps(WORKFLOW, indent=1))
-    server = ComfyServer()
     try:
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep.py"), str(work / "workflow.json"),
-                        "--server", server.url, "--set", "Interval.sigma_hi=1000,5.42,2",
-                        "--set", "Interval.cfg=2,3,4", "--seeds", "2", "--out", str(work / "out")], check=True)
+        (work / "workflow.json").write_text(json.dumps(WORKFLOW, indent=1))
+        server = ComfyServer()
+        try:
+            subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep.py"), str(work / "workflow.json"),
+                            "--server", server.url, "--set", "Interval.sigma_hi=1000,5.42,2",
+                            "--set", "Interval.cfg=2,3,4", "--seeds", "2", "--out", str(work / "out")], check=True)
+        finally:
+            server.stop()
+        shutil.copy(work / "out" / "sheet.png", out / "sweep_digits.png")
+        print((work / "out" / "runs.csv").read_text())
+        print("wrote", out / "sweep_digits.png")
     finally:
-        server.stop()
-    shutil.copy(work / "out" / "sheet.png", ROOT / "docs" / "sweep_digits.png")
-    print((work / "out" / "runs.csv").read_text())
-    print("wrote", ROOT / "docs" / "sweep_digits.png")
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

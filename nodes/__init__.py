@@ -21,13 +21,15 @@ NODE_CLASS_MAPPINGS = {
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
+    # short and distinct in their first words, so that the node library's truncated names still differ: the
+    # patch (for KSampler and every other sampler that takes a MODEL) has the method's name, the guider adds "Guider"
     "GuidanceIntervalGuider": "Guidance Interval Guider",
-    "GuidanceIntervalPatch": "Guidance Interval (model patch)",
+    "GuidanceIntervalPatch": "Guidance Interval",
     "AdaptiveGuidanceGuider": "Adaptive Guidance Guider",
-    "AdaptiveGuidancePatch": "Adaptive Guidance (model patch)",
-    "LinearAGCalibrate": "Adaptive Guidance: LinearAG Calibrate",
+    "AdaptiveGuidancePatch": "Adaptive Guidance",
+    "LinearAGCalibrate": "LinearAG Calibrate",
     "AnnealingGuidanceGuider": "Annealing Guidance Guider",
-    "AnnealingGuidancePatch": "Annealing Guidance (model patch)",
-    "AnnealingGuidanceTrain": "Annealing Guidance: Train Network",
+    "AnnealingGuidancePatch": "Annealing Guidance",
+    "AnnealingGuidanceTrain": "Train Annealing Network",
     "GuidanceSchedulePlot": "Guidance Schedule Plot",
 }

@@ -13,7 +13,8 @@ from ..samplers.adaptive import AdaptiveSchedule, check_threshold
 from .files import (new_output_path, output_file_key, register_model_folder, write_under_a_free_name,
                     written_file_key, wrote_file)
 from .guidance import Schedule, patch_model
-from .method_nodes import CATEGORY, GuidanceMethod, ScheduleGuider, ScheduleGuiderNode, SchedulePatchNode
+from .method_nodes import (CATEGORY, GuidanceMethod, ScheduleGuider, ScheduleGuiderNode, SchedulePatchNode,
+                           search_aliases)
 from .host_facts import model_facts
 from .rehearsal import sampler_function_name
 
@@ -77,7 +78,7 @@ class AdaptiveGuidanceGuider(ScheduleGuiderNode):
 
 
 class LinearAGCalibrate:
-    SEARCH_ALIASES = ["guidance", "adaptive guidance", "linear ag", "calibrate", "cfg"]
+    SEARCH_ALIASES = search_aliases("adaptive guidance", "linearag", "linear ag", "calibrate")
     DESCRIPTION = ("Fits LinearAG coefficients for Adaptive Guidance: runs full-CFG samplings of your model with "
                    "your sampler and sigmas, fits per-step least-squares coefficients that predict the "
                    "unconditional prediction from earlier ones, and writes them to models/linear_ag/NAME.safetensors "

@@ -33,7 +33,7 @@ from ..samplers.spaces import FLOW
 from .annealing import FOLDER
 from .files import new_output_path, output_file_key, write_under_a_free_name, written_file_key, wrote_file
 from .guidance import history_of, plain_value_errors
-from .method_nodes import CATEGORY
+from .method_nodes import CATEGORY, search_aliases
 from .host_facts import model_facts
 
 log = logging.getLogger("guidance_schedules")
@@ -234,7 +234,7 @@ class AnnealingGuidanceTrain:
                    "the paper, the reference trainer's defaults. Works for EPS, v-prediction and flow models. The "
                    "model's weights stay frozen. Interrupting keeps a checkpoint; queue the same settings again to "
                    "resume.")
-    SEARCH_ALIASES = ["annealing guidance train", "train guidance scheduler", "guidance network training", "cfg"]
+    SEARCH_ALIASES = search_aliases("annealing guidance", "train guidance scheduler", "guidance network training")
 
     @classmethod
     def INPUT_TYPES(cls):

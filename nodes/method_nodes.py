@@ -27,6 +27,12 @@ def _host_sampling_category() -> str:
 CATEGORY = f"{_host_sampling_category()}/guidance schedules"  # every node of the pack, beside the KSampler
 
 
+def search_aliases(*words: str) -> list[str]:
+    """The words a user types into the node search that should find a node of the pack: the pack's name and "cfg"
+    for every node (frontends that read SEARCH_ALIASES), then the node's own."""
+    return ["guidance schedules", "guidance", "cfg", "classifier-free guidance", *words]
+
+
 class ScheduleGuider(comfy.samplers.CFGGuider):
     """The GUIDER the pack's guider nodes output: stock CFGGuider behaviour over a patched model."""
 
@@ -74,7 +80,7 @@ class _MethodNode:
         cls.DESCRIPTION = cls.describe(method)
         # words a user types into the node search (frontends that read SEARCH_ALIASES; the display names
         # carry the main ones for those that do not)
-        cls.SEARCH_ALIASES = ["guidance", "cfg", "classifier-free guidance", method.key, method.title.split(" (")[0]]
+        cls.SEARCH_ALIASES = search_aliases(method.key, method.title.split(" (")[0].lower())
         if method.file_input is not None:
             # ComfyUI re-runs a node whose IS_CHANGED value changed: the file replaced or removed under its name
             name, folder = method.file_input

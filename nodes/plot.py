@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..samplers.schedule import RunRecord
 from .guidance import history_of
-from .method_nodes import CATEGORY
+from .method_nodes import CATEGORY, search_aliases
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127)]
@@ -124,7 +124,8 @@ class GuidanceSchedulePlot:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "plot"
-    SEARCH_ALIASES = ["guidance plot", "cfg schedule", "guidance weight"]
+    SEARCH_ALIASES = search_aliases("guidance interval", "adaptive guidance", "annealing guidance", "guidance plot",
+                                    "cfg schedule", "guidance weight")
 
     @classmethod
     def INPUT_TYPES(cls):

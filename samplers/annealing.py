@@ -167,7 +167,7 @@ class AnnealingScheduler:
             raise ValueError(
                 f"{name} was trained for {t.model_family} models; this model is {model_family}. The guidance scales "
                 "it learned belong to the model it was trained on: train a network for this model "
-                "(Annealing Guidance: Train Network).")
+                "(Train Annealing Network).")
 
 
 def _embedded(value: float, dims: int) -> list[float]:

@@ -124,7 +124,7 @@ def test_models_it_was_not_trained_for_are_refused():
     with pytest.raises(ValueError, match="expects discrete_1000 timesteps"):
         scheduler.check_compatible("eps", 4, "continuous")
     # an SD1.5 model has SDXL's prediction, channels and timesteps, but not its scales
-    with pytest.raises(ValueError, match="trained for sdxl models; this model is sd15.*Train Network"):
+    with pytest.raises(ValueError, match="trained for sdxl models; this model is sd15.*Train Annealing Network"):
         scheduler.check_compatible("eps", 4, "discrete_1000", "sd15")
     scheduler.check_compatible("eps", 4, "discrete_1000", "sdxl")  # ComfyUI's SDXL config: SDXL and its fine-tunes
     scheduler.check_compatible("eps", 4, "discrete_1000", "")  # a family ComfyUI did not recognise: not compared
