@@ -95,7 +95,10 @@ class Browser:
     async def wait_for(self, expression, timeout=60.0):
         deadline = time.time() + timeout
         while time.time() < deadline:
-            value = await self.js(expression)
+            try:
+                value = await self.js(expression)
+            except RuntimeError:  # the page is navigating (a reload): ask again
+                value = None
             if value:
                 return value
             await asyncio.sleep(0.5)

@@ -54,11 +54,13 @@ def interval_patch(g):
            sampler_name="dpmpp_2m", scheduler="karras", positive=("pos", 0), negative=("neg", 0),
            latent_image=("latent", 0), denoise=1.0)
     sdxl_back(g, ("sampler", 0), "guidance_schedules/interval")
+    plot(g, ("sampler", 0), ("model", ("interval", 0)))
     g.note("Guidance interval on a stock KSampler. CFG is applied only while the noise level (sigma) is inside "
            "(sigma_lo, sigma_hi]; at the other steps the negative prompt's model pass is skipped, so the render "
            "is faster and keeps more variety. The paper's SDXL setting (0.28, 5.42] guides about a third of the "
            f"steps.\n\n{CHECKPOINT_NEEDED}\n\nTry: sigma_hi and sigma_lo on Guidance Interval (a wider interval "
-           "guides more steps), cfg on the KSampler (the paper uses higher cfg inside the interval).")
+           "guides more steps), cfg on the KSampler (the paper uses higher cfg inside the interval). The plot shows "
+           "which steps were guided.")
 
 
 def custom_sampler_inputs(g, sampler, sigmas_node, column=2, **sigmas):
