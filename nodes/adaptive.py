@@ -29,9 +29,9 @@ register_model_folder(LINEAR_AG_FOLDER, {".safetensors"})
 
 def linear_ag_input():
     return {"linear_ag": ([NONE] + folder_paths.get_filename_list(LINEAR_AG_FOLDER), {
-        "tooltip": "Optional LinearAG coefficients (models/linear_ag, made by LinearAGCalibrate for this model, "
-                   "sampler and step count): the unconditional pass of every other guided step is estimated from "
-                   "earlier predictions instead of run."})}
+        "tooltip": "Optional: a file made by LinearAG Calibrate for this model, sampler, steps and cfg "
+                   "(models/linear_ag). With it, every other guided step estimates the negative prompt's "
+                   "prediction from earlier steps instead of running the model for it."})}
 
 
 def linear_ag_path(name) -> str | None:
@@ -46,9 +46,10 @@ def linear_ag_path(name) -> str | None:
 def threshold_input():
     return {"threshold": ("FLOAT", {
         "default": DEFAULT_THRESHOLD, "min": -1.0, "max": 2.0, "step": 0.001, "round": False,
-        "tooltip": "Stop guiding a sample once the cosine similarity of its conditional and unconditional denoised "
-                   "predictions reaches this value; it stays conditional-only for the rest of the run. Lower stops "
-                   "earlier (faster, further from CFG); above 1 never stops (plain CFG)."})}
+        "tooltip": "Stop guiding an image once its positive- and negative-prompt predictions point the same way: "
+                   "when their cosine similarity (1 = same direction) reaches this value. The rest of the run "
+                   "uses the positive prompt alone. Lower stops sooner (faster, further from plain CFG); above 1 "
+                   "never stops (plain CFG). 0.995 is a good start."})}
 
 
 def adaptive_schedule(threshold, linear_ag=NONE):
@@ -62,11 +63,12 @@ def adaptive_schedule(threshold, linear_ag=NONE):
 ADAPTIVE = GuidanceMethod(
     key="adaptive",
     title="Adaptive Guidance (Castillo et al. 2023)",
-    summary="each sample is guided until its conditional and unconditional predictions agree (cosine similarity >= "
-            "threshold), then continues with the conditional prediction alone, without the unconditional pass.",
+    summary="each image is guided until its positive- and negative-prompt predictions point the same way (cosine "
+            "similarity >= threshold), then continues with the positive prompt alone, skipping the negative "
+            "prompt's model pass.",
     inputs=threshold_input, optional_inputs=linear_ag_input, schedule=adaptive_schedule,
-    file_input=("linear_ag", LINEAR_AG_FOLDER), cfg_tooltip="Guidance weight while a sample is guided.",
-    patch_note="The KSampler's cfg is the weight while a sample is guided.")
+    file_input=("linear_ag", LINEAR_AG_FOLDER), cfg_tooltip="The guidance weight (cfg) while an image is guided.",
+    patch_note="The KSampler's cfg is the weight while an image is guided.")
 
 
 class AdaptiveGuidancePatch(SchedulePatchNode):

@@ -44,20 +44,22 @@ def annealing_schedule(scheduler, **settings):
 def annealing_inputs():
     return {
         "scheduler": (folder_paths.get_filename_list(FOLDER) or [NO_NETWORK], {
-            "tooltip": "The scheduler network, from models/guidance_schedulers or the pack's weights/ folder. The "
-                       "released network is for SDXL (see the README for where to get it)."}),
+            "tooltip": "The network that picks the guidance scale, from models/guidance_schedulers. The authors' "
+                       "network is for SDXL (the README's 'Get the network' says where to download it); for other "
+                       "models, train one with Train Annealing Network."}),
         "lambda": ("FLOAT", {
             "default": DEFAULT_LAMBDA, "min": 0.0, "max": 1.0, "step": 0.01,
-            "tooltip": "Trade-off: low = image quality, high = prompt alignment. The paper's 0.05 / 0.4 / 0.8 "
-                       "correspond roughly to CFG 7.5 / 10 / 15."}),
+            "tooltip": "Trade-off: low favours image quality, high favours following the prompt. The paper's 0.05 / "
+                       "0.4 / 0.8 behave roughly like cfg 7.5 / 10 / 15."}),
     }
 
 
 ANNEALING = GuidanceMethod(
     key="annealing",
     title="Annealing guidance (Yehezkel et al. 2025)",
-    summary="a small network picks the guidance scale of every step and sample from the timestep, the size of the "
-            "guidance direction and lambda. Needs a CFG++ sampler (euler_cfg_pp, the paper's DDIM).",
+    summary="a small network picks the guidance scale of every step and image from the step, the size of the "
+            "guidance direction (how far the positive prediction is from the negative one) and lambda. Needs a "
+            "CFG++ sampler, which re-noises with the unguided prediction: euler_cfg_pp, the paper's DDIM.",
     inputs=annealing_inputs, schedule=annealing_schedule, file_input=("scheduler", FOLDER),
     patch_note="The KSampler's cfg is not used.")
 

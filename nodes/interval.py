@@ -12,16 +12,16 @@ def interval_inputs():
     return {
         "sigma_hi": ("FLOAT", {
             "default": SIGMA_HI, "min": 0.0, "max": SIGMA_HI_UNBOUNDED, "step": 0.01, "round": False,
-            "tooltip": "Upper end of the guided interval, in EDM sigma units (inclusive). Steps starting above "
-                       "it run without guidance and without the unconditional pass. Default 5.42 is the "
-                       "paper's SDXL setting; 1000 (the maximum) means no upper bound. For flow models "
-                       "(SD3, Flux) the bound applies to the flow time of equal noise level, t = s / (1 + s)."}),
+            "tooltip": "Top of the guided range of noise levels (sigma: about 14.6 at the start of an SD/SDXL run, "
+                       "near 0 at the end). Steps that start above it run without guidance and skip the "
+                       "negative prompt's model pass. 5.42: the paper's SDXL setting; 1000: no top. The same "
+                       "numbers work for every model: for flow models (SD3, Flux, Wan) the pack converts them to "
+                       "the model's own noise scale."}),
         "sigma_lo": ("FLOAT", {
             "default": SIGMA_LO, "min": 0.0, "max": SIGMA_HI_UNBOUNDED, "step": 0.01, "round": False,
-            "tooltip": "Lower end of the guided interval, in EDM sigma units (exclusive). Steps starting at or "
-                       "below it run without guidance. Default 0.28 is the paper's SDXL setting; 0 guides to "
-                       "the end. Bounds are compared at the precision they are written with (0.28 excludes "
-                       "the grid sigma 0.2809, as in the paper)."}),
+            "tooltip": "Bottom of the guided range of noise levels (sigma). Steps that start at or below it run "
+                       "without guidance. 0.28: the paper's SDXL setting; 0: guide to the end. Compared at the "
+                       "precision written (0.28 also leaves out a step at 0.2809, as in the paper)."}),
     }
 
 
@@ -33,11 +33,11 @@ def interval_schedule(sigma_hi, sigma_lo):
 INTERVAL = GuidanceMethod(
     key="interval",
     title="Guidance interval (Kynkaeaenniemi et al. 2024)",
-    summary="guidance only for steps whose sigma lies in (sigma_lo, sigma_hi]; other steps use the conditional "
-            "prediction alone and skip the unconditional model pass.",
+    summary="CFG only for the steps whose noise level (sigma) lies in (sigma_lo, sigma_hi]; the other steps use the "
+            "positive prompt alone and skip the negative prompt's model pass, so they cost half.",
     inputs=interval_inputs, schedule=interval_schedule,
-    cfg_tooltip="Guidance weight inside the interval (the paper uses higher weights than full-run CFG: 16 for SDXL "
-                "with its default interval).",
+    cfg_tooltip="The guidance weight (cfg) inside the interval. Use more than your usual cfg: the paper uses 16 for "
+                "SDXL with the default interval.",
     patch_note="The KSampler's cfg is the weight inside the interval.",
     model_tooltip="The model to sample with guidance only in the interval.")
 
