@@ -1,34 +1,19 @@
 """The pack's run records over the API, and scripts/sweep.py against a real ComfyUI server."""
 import json
-import math
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-import comfy.samplers
-import tiny_models
+from sweep_support import STEPS, SWEEP, between, karras_grid, read_runs
 
-SWEEP = Path(__file__).resolve().parents[2] / "scripts" / "sweep.py"
-STEPS = 8
 
 
 @pytest.fixture(scope="module")
 def server(comfy_server):
     return comfy_server
-
-
-def karras_grid():
-    """The grid the server's KSampler samples the tiny EPS model on (written out from ComfyUI, not the pack)."""
-    ms = tiny_models.build_model("eps").get_model_object("model_sampling")
-    return [float(s) for s in comfy.samplers.calculate_sigmas(ms, "karras", STEPS)]
-
-
-def between(a, b):
-    return math.sqrt(a * b)
 
 
 def workflow(steps=STEPS):
@@ -55,10 +40,6 @@ def sweep(tmp_path, server, *args, workflow_file=None):
         workflow_file.write_text(json.dumps(workflow()))
     return subprocess.run([sys.executable, str(SWEEP), str(workflow_file), "--server", server.url, *args],
                           capture_output=True, text=True, timeout=600)
-
-
-def read_runs(out):
-    return json.loads((out / "runs.json").read_text())["runs"]
 
 
 def test_a_prompt_reports_what_guidance_did_over_the_websocket_and_get(server):

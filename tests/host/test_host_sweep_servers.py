@@ -9,7 +9,6 @@ from the sweep's records; the model evaluations of a run from the pack's records
 import base64
 import contextlib
 import json
-import math
 import os
 import signal
 import socket
@@ -18,17 +17,13 @@ import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-import comfy.samplers
-import tiny_models
+from sweep_support import STEPS, SWEEP, between, karras_grid, read_runs
 from comfy_server import ComfyServer
 from path_proxy import PathProxy
 
-SWEEP = Path(__file__).resolve().parents[2] / "scripts" / "sweep.py"
-STEPS = 8
 CFGS = (1, 3, 5)
 SEEDS = 2
 
@@ -53,16 +48,6 @@ def gate(tmp_path):
     path = tmp_path / "gate"
     yield path
     path.unlink(missing_ok=True)
-
-
-def karras_grid():
-    """The grid the servers' KSampler samples the tiny EPS model on (written out from ComfyUI, not the pack)."""
-    ms = tiny_models.build_model("eps").get_model_object("model_sampling")
-    return [float(s) for s in comfy.samplers.calculate_sigmas(ms, "karras", STEPS)]
-
-
-def between(a, b):
-    return math.sqrt(a * b)
 
 
 def sigma_his():
@@ -101,11 +86,6 @@ def sweep_command(tmp_path, servers, out, flow, *extra, seeds=SEEDS):
     return [sys.executable, str(SWEEP), str(workflow_file), *[a for s in servers for a in ("--server", s.url)],
             "--set", f"Interval.sigma_hi={his[0]!r},{his[1]!r}", "--set", f"4.cfg={','.join(map(str, CFGS))}",
             "--seeds", str(seeds), "--out", str(out), *extra]
-
-
-def read_runs(out):
-    path = out / "runs.json"
-    return json.loads(path.read_text())["runs"] if path.is_file() else []
 
 
 def executed(server, prefix):
@@ -318,16 +298,15 @@ def test_a_server_that_hangs_gives_up_its_runs_and_takes_back_those_no_one_took(
                              "--grace", "1", "--heartbeat", "2")) as sweep:
         wait_until_full([a, b, c], "gs_hang")
         on_b = held(b, "gs_hang")
-        away, back = sweep.times(f"{b.url} does not answer"), sweep.times(f"{b.url} answers again")
+        given, back = sweep.times(f"{b.url} stayed away"), sweep.times(f"{b.url} answers again")
         b.proc.send_signal(signal.SIGSTOP)
         try:
-            wait_for(lambda: sweep.said(f"{b.url} does not answer", away), "the sweep noticing", timeout=120)
-            time.sleep(2)  # its grace
+            wait_for(lambda: sweep.said(f"{b.url} stayed away", given), "its runs going to the others", timeout=120)
         finally:
             b.proc.send_signal(signal.SIGCONT)
         wait_for(lambda: sweep.said(f"{b.url} answers again", back), "the sweep reconnecting", timeout=120)
-        time.sleep(1)
-        assert held(b, "gs_hang") == on_b  # the same two runs, nothing more
+        # it says so once it has caught up with what B holds: B kept its two runs, and was given nothing more
+        assert held(b, "gs_hang") == on_b
         gate.unlink()
     returncode, stderr = sweep.wait()
     assert returncode == 0, stderr
@@ -347,11 +326,11 @@ def test_a_server_back_while_its_run_is_on_its_way_to_another_leaves_it_to_that_
             Sweep(sweep_command(tmp_path, [link_to_a, b], out, workflow("gs_sending", gate=str(gate)),
                                 "--grace", "1", "--heartbeat", "2")) as sweep:
         wait_until_full([a, b], "gs_sending")
-        away, back = sweep.times(f"{b.url} does not answer"), sweep.times(f"{b.url} answers again")
+        given, back = sweep.times(f"{b.url} stayed away"), sweep.times(f"{b.url} answers again")
         b.proc.send_signal(signal.SIGSTOP)
         try:
-            wait_for(lambda: sweep.said(f"{b.url} does not answer", away), "the sweep noticing", timeout=120)
-            time.sleep(2)  # its grace: B's runs wait again; A is full
+            # its grace over: B's runs wait again; A is full
+            wait_for(lambda: sweep.said(f"{b.url} stayed away", given), "B's runs going back in line", timeout=120)
             link_to_a.delays["POST /prompt"] = 6.0
             gate.unlink()  # A's runs end; it takes the waiting ones, on their way for 6 s
             wait_for(lambda: link_to_a.holding, "A taking a run of B's", timeout=60)
