@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .checks import check_servers
-from .dispatch import Dispatch, Progress, plural
+from .dispatch import Dispatch, Progress, ServerState, plural
 from .grid import GRID_LIMIT, Axis, Grid, UsageError, parse_axis, parse_seeds
 from .results import contact_sheet, keep_previous, load_previous, save
 from .runs import Run, RunState
@@ -115,8 +115,9 @@ async def sweep(args, axes: list[Axis], runs: list[Run], out: Path, earlier: lis
             raise UsageError("the servers must all run what the workflow uses; nothing was queued:\n  "
                              + "\n  ".join(problems))
         (out / "images").mkdir(parents=True, exist_ok=True)
-        progress = Progress(runs, servers, axes)
-        dispatch = Dispatch(servers, runs, out, axes, depth=args.depth, grace=args.grace, patience=args.patience,
+        states = [ServerState(server) for server in servers]
+        progress = Progress(runs, states, axes)
+        dispatch = Dispatch(states, runs, out, axes, depth=args.depth, grace=args.grace, patience=args.patience,
                             heartbeat=args.heartbeat, progress=progress, earlier=earlier)
         try:
             await dispatch.run()

@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .downloads import finish
@@ -17,6 +18,27 @@ from .runs import Run, RunState
 from .server import Server, ServerGone
 
 QUEUE_CHECK_SECONDS = 5.0  # how often a connected server's queue is read, beside its events (Dispatch.follow)
+
+
+@dataclass(eq=False)
+class ServerState:
+    """What the dispatch knows of one server and does with it; `api` is the server itself (server.Server, its
+    HTTP API), which keeps no state of the dispatch's."""
+
+    api: Server
+    holding: dict = field(default_factory=dict)  # prompt id -> Run: queued there and not yet finished
+    sending: int = 0  # runs on their way to it (a POST under way)
+    released: dict = field(default_factory=dict)  # runs it held when it stopped answering, given to the others since
+    connected: bool = False  # its websocket is open (it may still be catching up)
+    answering: bool = False  # connected and caught up: runs are queued on it
+    down_since: float | None = None
+    running: Run | None = None
+    step: tuple = (0, 0)
+    finished: int = 0
+
+    @property
+    def url(self) -> str:
+        return self.api.url
 
 
 def plural(count: int, noun: str) -> str:
@@ -35,7 +57,7 @@ class Dispatch:
     back after the others had started it. While it answers, its events tell when a run ends, and its queue
     is read every QUEUE_CHECK_SECONDS as well, for the ends whose events did not come (see serve)."""
 
-    def __init__(self, servers: list[Server], runs: list[Run], out: Path, axes: list[Axis], *, depth: int,
+    def __init__(self, servers: list[ServerState], runs: list[Run], out: Path, axes: list[Axis], *, depth: int,
                  grace: float, patience: float, heartbeat: float, progress, earlier: list[dict] = ()):
         self.servers, self.runs, self.out, self.axes = servers, runs, out, axes
         self.earlier = earlier  # the folder's runs of earlier sweeps outside this grid, kept in its records
@@ -88,13 +110,13 @@ class Dispatch:
         after 10 s)."""
         async def withdraw(server):
             try:
-                await asyncio.wait_for(server.withdraw(list(server.holding)), 10)
+                await asyncio.wait_for(server.api.withdraw(list(server.holding)), 10)
             except (ServerGone, asyncio.TimeoutError):
                 pass
         await asyncio.gather(*(withdraw(s) for s in self.servers if s.holding))
 
     # one task per server: connect, catch up, fill, follow; when it stops answering, retry every second
-    async def serve(self, server: Server) -> None:
+    async def serve(self, server: ServerState) -> None:
         import aiohttp
         while True:
             # A new client id for each connection. ComfyUI keeps one websocket per client id, and where the
@@ -102,10 +124,10 @@ class Dispatch:
             # too busy to answer a ping, sees the old one closed late), it unregisters the new one: the events
             # of prompts queued under that id would go nowhere. Runs queued under an earlier id are followed
             # by reading the server's queue (check).
-            server.client_id = uuid.uuid4().hex
+            server.api.client_id = uuid.uuid4().hex
             try:
                 # bounded: a hung server (or proxy) accepts the connection and never answers
-                ws = await asyncio.wait_for(server.session.ws_connect(server.ws_url, heartbeat=self.heartbeat), 10)
+                ws = await asyncio.wait_for(server.api.session.ws_connect(server.api.ws_url, heartbeat=self.heartbeat), 10)
                 async with ws:
                     server.connected = True
                     await self.catch_up(server)
@@ -161,20 +183,20 @@ class Dispatch:
             if server.answering:
                 self.start(self.fill_quietly(server))
 
-    async def fill_quietly(self, server: Server) -> None:
+    async def fill_quietly(self, server: ServerState) -> None:
         try:
             await self.fill(server)
         except ServerGone:
             pass  # the server's own task notices when it reads its connection, and retries
 
-    async def fill(self, server: Server) -> None:
+    async def fill(self, server: ServerState) -> None:
         """Queue waiting runs on the server until it holds `depth` of them."""
         while server.answering and self.waiting and len(server.holding) + server.sending < self.depth:
             run = self.waiting.popleft()
             run.send()  # out of the line: a server catching up must not take it back meanwhile
             server.sending += 1
             try:
-                prompt_id, reason = await server.queue(run.prompt)
+                prompt_id, reason = await server.api.queue(run.prompt)
             except ServerGone:
                 run.wait()
                 self.waiting.appendleft(run)
@@ -189,7 +211,7 @@ class Dispatch:
                 server.holding[prompt_id] = run
             self.progress.show(server)
 
-    async def follow(self, server: Server, ws) -> None:
+    async def follow(self, server: ServerState, ws) -> None:
         """The server's events until it closes the connection: progress, and each run's end. Its queue is read
         too, every QUEUE_CHECK_SECONDS: a run whose events went elsewhere (see serve) is collected all the same."""
         import aiohttp
@@ -213,7 +235,7 @@ class Dispatch:
         finally:
             receiving.cancel()
 
-    async def on_event(self, server: Server, event: dict) -> None:
+    async def on_event(self, server: ServerState, event: dict) -> None:
         data = event.get("data") or {}
         run = server.holding.get(data.get("prompt_id"))
         if run is None:
@@ -230,9 +252,9 @@ class Dispatch:
             await self.collect(server, data["prompt_id"])
             await self.fill(server)
 
-    async def collect(self, server: Server, prompt_id: str) -> None:
+    async def collect(self, server: ServerState, prompt_id: str) -> None:
         run = server.holding[prompt_id]
-        await finish(server, run, self.out)  # ServerGone: it stays held, and is collected when the server answers
+        await finish(server.api, run, self.out)  # ServerGone: it stays held, and is collected when the server answers
         del server.holding[prompt_id]
         server.running = None if server.running is run else server.running
         server.finished += 1
@@ -244,27 +266,27 @@ class Dispatch:
         if not self.unfinished():
             self.done.set()
 
-    async def check(self, server: Server) -> tuple[set, set]:
+    async def check(self, server: ServerState) -> tuple[set, set]:
         """The runs it holds that the server no longer has in its queue: collected where they ran, else (lost
         with a restart) waiting again. Returns its queue: the prompt ids running, and those pending."""
         held = list(server.holding)  # before asking: a run queued while the answer comes is not in it
-        running, pending = await server.queue_ids()
+        running, pending = await server.api.queue_ids()
         for prompt_id in held:
             if prompt_id not in server.holding or prompt_id in running or prompt_id in pending:
                 continue  # collected meanwhile, or still to run
-            if await server.history(prompt_id):  # ComfyUI moves a prompt from its queue to its history at once
+            if await server.api.history(prompt_id):  # ComfyUI moves a prompt from its queue to its history at once
                 await self.collect(server, prompt_id)
                 await self.fill(server)
             else:
                 self.wait_again([server.holding.pop(prompt_id)])
         return running, pending
 
-    async def catch_up(self, server: Server) -> None:
+    async def catch_up(self, server: ServerState) -> None:
         """On (re)connecting: what happened to the runs the server held, or was relieved of, meanwhile."""
         running, pending = await self.check(server)
         for prompt_id, run in list(server.released.items()):
             queued = prompt_id in running or prompt_id in pending
-            ran = not queued and run.status is RunState.WAITING and bool(await server.history(prompt_id))
+            ran = not queued and run.status is RunState.WAITING and bool(await server.api.history(prompt_id))
             if run.status is RunState.WAITING and (queued or ran):  # nobody took it meanwhile: it stays here
                 self.waiting.remove(run)
                 run.queued_on(server.url, prompt_id, now=False)
@@ -272,7 +294,7 @@ class Dispatch:
                 if ran:
                     await self.collect(server, prompt_id)
             elif prompt_id in pending:  # another server has it, or had it
-                await server.request("POST", "/queue", json={"delete": [prompt_id]})
+                await server.api.request("POST", "/queue", json={"delete": [prompt_id]})
             del server.released[prompt_id]
 
 
@@ -280,7 +302,7 @@ class Progress:
     """Runs done of the total, and one line per server: what it is running, what it holds, what it did.
     The server lines only on a terminal (in a log they would be a line per step); messages always."""
 
-    def __init__(self, runs: list[Run], servers: list[Server], axes: list[Axis]):
+    def __init__(self, runs: list[Run], servers: list[ServerState], axes: list[Axis]):
         from tqdm import tqdm
         self.axes = axes
         done = sum(r.status is RunState.SUCCESS for r in runs)
@@ -293,7 +315,7 @@ class Progress:
     def label(self, run: Run) -> str:
         return ", ".join([f"{a.key}={v}" for a, v in zip(self.axes, run.settings)] + [f"seed {run.seed}"])
 
-    def show(self, server: Server, often: bool = False) -> None:
+    def show(self, server: ServerState, often: bool = False) -> None:
         if often and time.monotonic() - self.shown.get(server.url, 0) < 0.2:
             return
         self.shown[server.url] = time.monotonic()

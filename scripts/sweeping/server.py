@@ -1,12 +1,9 @@
-"""One ComfyUI server as the sweep sees it: its standard HTTP API (nothing else is needed on the server), and
-the runs of the sweep it holds."""
+"""One ComfyUI server's standard HTTP API as the sweep uses it (nothing else is needed on the server)."""
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 from urllib.parse import urlencode
-
-from .runs import Run
 
 RUNS_ROUTE = "/guidance_schedules/runs"  # the pack's run records (404 on a server without the pack)
 
@@ -16,7 +13,8 @@ class ServerGone(Exception):
 
 
 class Server:
-    """One ComfyUI server as the sweep sees it: its standard HTTP API, and the sweep's runs it holds."""
+    """One ComfyUI server's standard HTTP API, as the sweep uses it (what the dispatch knows of the server and does
+    with it is dispatch.ServerState)."""
 
     def __init__(self, session, url: str, answer_within: float = 60.0):
         self.session, self.url = session, url
@@ -24,16 +22,7 @@ class Server:
         # as its connection's heartbeat, so that a hang in the middle of a request is noticed as soon as one
         # between requests (a large download goes on as long as its data keeps coming)
         self.answer_within = answer_within
-        self.client_id = ""  # a new one for each connection, given by Dispatch.serve
-        self.holding: dict[str, Run] = {}  # prompt id -> run: queued there and not yet finished
-        self.sending = 0  # runs on their way to it (a POST under way)
-        self.released: dict[str, Run] = {}  # runs it held when it stopped answering, given to the others since
-        self.connected = False  # its websocket is open (it may still be catching up)
-        self.answering = False  # connected and caught up: runs are queued on it
-        self.down_since: float | None = None
-        self.running: Run | None = None
-        self.step = (0, 0)
-        self.finished = 0
+        self.client_id = ""  # a new one for each connection, given by the dispatch
 
     def timeout(self):
         import aiohttp
