@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -325,6 +326,15 @@ def _passes(model, conds: list, x, timestep, model_options, cond_scale: float) -
     return out[0], out[1]
 
 
+def _as_new_branch(conds: list) -> list:
+    """The conditioning under new uuids. ComfyUI gives each conditioning a uuid, by which caches that keep a
+    difference per branch (EasyCache) tell the branches apart; where the unconditional pass runs again after
+    evaluations without it, the difference such a cache kept for it is from before the gap, and applying it
+    would stand in for the pass with a stale prediction. Under new uuids the cache has none to apply: the model
+    runs (and the cache keeps a difference under the new uuid from then on, until its run ends)."""
+    return [dict(c, uuid=uuid.uuid4()) for c in conds]
+
+
 def _guided_prediction(guider, run: GuidanceRun, located: tuple, x, timestep, model_options={}, seed=None):
     """comfy.samplers.sampling_function with a per-sample choice of the unconditional pass and weight.
 
@@ -349,7 +359,8 @@ def _guided_prediction(guider, run: GuidanceRun, located: tuple, x, timestep, mo
         return out
 
     def predict(run_uncond: bool):
-        return _passes(model, [positive, negative if run_uncond else None], x, timestep, model_options, ev.cond_scale)
+        uncond = (_as_new_branch(negative) if run.driver.pass_returns else negative) if run_uncond else None
+        return _passes(model, [positive, uncond], x, timestep, model_options, ev.cond_scale)
 
     guided = run.driver.evaluate(ev, predict, uncond_available=negative is not None)
     # Without the pass, the post-CFG functions get the positive conditioning as `uncond`: the one whose prediction

@@ -227,6 +227,11 @@ class ScheduleDriver:
         self.record = record
         self.plan: tuple[int, StepPlan] | None = None  # (step, its plan)
         self._masks: dict = {}  # (mask, device, rank) -> the mask as a tensor that broadcasts over a latent
+        self.last_ran_uncond: bool | None = None  # whether the previous evaluation ran the pass (None: the first)
+        # set while predict runs: the pass runs again after evaluations without it. The glue runs it as a new
+        # branch then: a cache that keeps a difference per branch (EasyCache) holds one from before the gap,
+        # and would apply that stale difference in place of the pass
+        self.pass_returns = False
 
     def step_plan(self, ev: Evaluation) -> StepPlan:
         if self.plan is None or ev.first_of_step or self.plan[0] != ev.step:
@@ -244,7 +249,9 @@ class ScheduleDriver:
         estimate = plan.estimated and any(guidable)
         needs_pass = guidable if uncond_available and not estimate else nobody
         ran_uncond = any(needs_pass) or (ev.hooks_read_uncond and uncond_available)
+        self.pass_returns = ran_uncond and self.last_ran_uncond is False
         cond, uncond = predict(ran_uncond)
+        self.last_ran_uncond, self.pass_returns = ran_uncond, False
         if estimate:
             uncond = self.schedule.estimate_uncond(ev, cond)
         with_uncond = guidable if estimate or ran_uncond else needs_pass  # the samples whose uncond is at hand
@@ -269,7 +276,9 @@ class ScheduleDriver:
         if plan.estimated:
             return None
         if all(plan.guided):
-            return True
+            # the pass returning after a gap runs as a new branch (evaluate's pass_returns): not ComfyUI's own step
+            returns = self.last_ran_uncond is False and self.guidance_applies(ev)
+            return None if returns else True
         return False if not any(plan.guided) else None
 
     def record_plain(self, ev: Evaluation, guided: bool) -> None:
@@ -278,6 +287,7 @@ class ScheduleDriver:
         applied = guided and self.guidance_applies(ev)
         mask = every(ev.batch_size, applied)
         self.record.add(ev, mask, mask, [ev.cond_scale] * ev.batch_size, applied)
+        self.last_ran_uncond = applied
 
     def guidance_applies(self, ev: Evaluation) -> bool:
         """False where ComfyUI's cfg == 1 shortcut holds: per evaluation, since another node may change cfg

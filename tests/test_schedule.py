@@ -45,3 +45,24 @@ def test_every_input_number_is_checked_by_one_rule():
         for bad in (True, False, math.nan, math.inf, "1", None):
             with pytest.raises(ValueError, match=f"^{name} must be a"):
                 check(bad)
+
+
+def test_the_driver_says_when_the_pass_runs_again_after_evaluations_without_it():
+    """The glue runs such a pass as a new branch (caches keep a difference per branch, EasyCache): the driver tells
+    it while the model is asked, at exactly the evaluations whose previous evaluation had no pass; the first
+    evaluation of a run has no previous one. A whole-batch guided step after a gap is not a plain step then."""
+    from guidance_schedules.samplers.schedule import GuidanceSchedule, RunInfo, ScheduleDriver, StepPlan, every
+    wanted = [False, False, True, True, False, True, True, False, False, True]
+
+    class Wanted(GuidanceSchedule):
+        def plan_step(self, ev):
+            return StepPlan(guided=every(ev.batch_size, wanted[ev.step]))
+
+    driver = ScheduleDriver(Wanted(RunInfo(sigmas=tuple(range(len(wanted), -1, -1)))), RunRecord(steps=len(wanted)))
+    returns, plain = [], []
+    for step in range(len(wanted)):
+        ev = Evaluation(step=step, first_of_step=True, sigma=1.0, batch_size=1, cond_scale=5.0)
+        plain.append(driver.plain_step(ev))
+        driver.evaluate(ev, lambda run_uncond: (returns.append(driver.pass_returns), (torch.ones(1, 1), torch.zeros(1, 1)))[1])
+    assert returns == [False, False, True, False, False, True, False, False, False, True]
+    assert plain == [False, False, None, True, False, None, True, False, False, None]

@@ -78,14 +78,28 @@ class CountingDenoiser(torch.nn.Module):
         return [t for t, chunks, _ in self.calls if 1 in chunks]
 
 
-def build_model(model_type="eps"):
-    """A ModelPatcher around CountingDenoiser with the given prediction type."""
+class WrappedDenoiser(CountingDenoiser):
+    """CountingDenoiser whose forward goes through the DIFFUSION_MODEL wrappers, as ComfyUI's own diffusion models'
+    do (UNetModel.forward): what EasyCache hooks. A call its wrapper answers from its cache is not counted."""
+
+    def forward(self, x, timesteps, context=None, transformer_options={}, **kwargs):
+        import comfy.patcher_extension as extension
+        wrappers = extension.get_all_wrappers(extension.WrappersMP.DIFFUSION_MODEL, transformer_options)
+        return extension.WrapperExecutor.new_class_executor(self._forward, self, wrappers).execute(
+            x, timesteps, context, transformer_options, **kwargs)
+
+    def _forward(self, x, timesteps, context=None, transformer_options={}, **kwargs):
+        return CountingDenoiser.forward(self, x, timesteps, context, transformer_options, **kwargs)
+
+
+def build_model(model_type="eps", denoiser=CountingDenoiser):
+    """A ModelPatcher around CountingDenoiser (or `denoiser`) with the given prediction type."""
     config = comfy.supported_models_base.BASE({"disable_unet_model_creation": True})
     config.latent_format = comfy.latent_formats.SD15()
     if model_type in SAMPLING_SETTINGS:
         config.sampling_settings = dict(SAMPLING_SETTINGS[model_type])
     base = comfy.model_base.BaseModel(config, model_type=MODEL_TYPES[model_type], device=torch.device("cpu"))
-    base.diffusion_model = CountingDenoiser()
+    base.diffusion_model = denoiser()
     return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
