@@ -335,6 +335,18 @@ def _as_new_branch(conds: list) -> list:
     return [dict(c, uuid=uuid.uuid4()) for c in conds]
 
 
+def _check_branch_cache(model_options: dict) -> None:
+    """EasyCache before ComfyUI 0.33 applies its kept difference to every branch of a step it skips, and stops
+    with a KeyError for a branch it has none for: a negative pass that starts or returns mid-run. Said plainly
+    instead, before the model is called."""
+    holder = model_options.get("transformer_options", {}).get("easycache")
+    if hasattr(holder, "uuid_cache_diffs") and not hasattr(holder, "can_apply_cache_diff"):
+        raise ValueError("EasyCache: this ComfyUI's EasyCache cannot take a negative-prompt pass that starts or comes "
+                         "back in the middle of a run (here: an interval that begins after the first step, or "
+                         "LinearAG); it would stop with a KeyError. Update ComfyUI (0.33 handles it), or remove "
+                         "EasyCache (LazyCache works)")
+
+
 def _guided_prediction(guider, run: GuidanceRun, located: tuple, x, timestep, model_options={}, seed=None):
     """comfy.samplers.sampling_function with a per-sample choice of the unconditional pass and weight.
 
@@ -359,8 +371,11 @@ def _guided_prediction(guider, run: GuidanceRun, located: tuple, x, timestep, mo
         return out
 
     def predict(run_uncond: bool):
-        uncond = (_as_new_branch(negative) if run.driver.pass_returns else negative) if run_uncond else None
-        return _passes(model, [positive, uncond], x, timestep, model_options, ev.cond_scale)
+        uncond = negative
+        if run_uncond and run.driver.pass_returns:
+            _check_branch_cache(model_options)
+            uncond = _as_new_branch(negative)
+        return _passes(model, [positive, uncond if run_uncond else None], x, timestep, model_options, ev.cond_scale)
 
     guided = run.driver.evaluate(ev, predict, uncond_available=negative is not None)
     # Without the pass, the post-CFG functions get the positive conditioning as `uncond`: the one whose prediction
