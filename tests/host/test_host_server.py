@@ -103,7 +103,7 @@ def test_an_api_prompt_runs_annealing_guidance_and_its_plot(server):
     import reference
     from guidance_schedules.samplers.annealing import convert_official_checkpoint
     if not reference.CHECKPOINT.is_file():
-        host_support.skip_or_fail(f"annealing reference data not found in {reference.REFERENCE}")
+        host_support.skip_or_fail(f"no annealing reference data in {reference.REFERENCE}: {reference.HOW}")
     folder = server.base / "models" / "guidance_schedulers"
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "annealing_sdxl.safetensors").exists():
@@ -243,7 +243,7 @@ def test_a_scheduler_file_replaced_under_the_same_name_is_read_again(server):
     from safetensors.torch import save_file
     from guidance_schedules.samplers.annealing import convert_official_checkpoint
     if not reference.CHECKPOINT.is_file():
-        host_support.skip_or_fail(f"annealing reference data not found in {reference.REFERENCE}")
+        host_support.skip_or_fail(f"no annealing reference data in {reference.REFERENCE}: {reference.HOW}")
     folder = server.base / "models" / "guidance_schedulers"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "replaced.safetensors"
