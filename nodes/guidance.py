@@ -372,7 +372,7 @@ def _guided_prediction(guider, run: GuidanceRun, located: tuple, x, timestep, mo
 
     def predict(run_uncond: bool):
         uncond = negative
-        if run_uncond and run.driver.pass_returns:
+        if run.driver.pass_returns(run_uncond):
             _check_branch_cache(model_options)
             uncond = _as_new_branch(negative)
         return _passes(model, [positive, uncond if run_uncond else None], x, timestep, model_options, ev.cond_scale)

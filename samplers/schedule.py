@@ -228,10 +228,6 @@ class ScheduleDriver:
         self.plan: tuple[int, StepPlan] | None = None  # (step, its plan)
         self._masks: dict = {}  # (mask, device, rank) -> the mask as a tensor that broadcasts over a latent
         self.last_ran_uncond: bool | None = None  # whether the previous evaluation ran the pass (None: the first)
-        # set while predict runs: the pass runs again after evaluations without it. The glue runs it as a new
-        # branch then: a cache that keeps a difference per branch (EasyCache) holds one from before the gap,
-        # and would apply that stale difference in place of the pass
-        self.pass_returns = False
 
     def step_plan(self, ev: Evaluation) -> StepPlan:
         if self.plan is None or ev.first_of_step or self.plan[0] != ev.step:
@@ -249,9 +245,8 @@ class ScheduleDriver:
         estimate = plan.estimated and any(guidable)
         needs_pass = guidable if uncond_available and not estimate else nobody
         ran_uncond = any(needs_pass) or (ev.hooks_read_uncond and uncond_available)
-        self.pass_returns = ran_uncond and self.last_ran_uncond is False
         cond, uncond = predict(ran_uncond)
-        self.last_ran_uncond, self.pass_returns = ran_uncond, False
+        self.last_ran_uncond = ran_uncond
         if estimate:
             uncond = self.schedule.estimate_uncond(ev, cond)
         with_uncond = guidable if estimate or ran_uncond else needs_pass  # the samples whose uncond is at hand
@@ -265,6 +260,13 @@ class ScheduleDriver:
         return GuidedPrediction(cond, unguided_to_cond(cond, uncond, guided, self.mask),
                                 scale_argument(weights, guided, cond), ran_uncond, guided)
 
+    def pass_returns(self, run_uncond: bool) -> bool:
+        """Whether the pass, if run now, runs again after evaluations without it (asked before the evaluation is
+        recorded, e.g. from within `evaluate`'s predict). The glue runs such a pass as a new branch: a cache that
+        keeps a difference per branch (EasyCache) holds one from before the gap, and would apply that stale
+        difference in place of the pass."""
+        return run_uncond and self.last_ran_uncond is False
+
     def plain_step(self, ev: Evaluation) -> bool | None:
         """True (False) where this evaluation is plain CFG with the sampler's cfg (the conditional prediction alone)
         for the whole batch, decided by the step's plan without the predictions: the schedule weighs with the cfg
@@ -276,9 +278,8 @@ class ScheduleDriver:
         if plan.estimated:
             return None
         if all(plan.guided):
-            # the pass returning after a gap runs as a new branch (evaluate's pass_returns): not ComfyUI's own step
-            returns = self.last_ran_uncond is False and self.guidance_applies(ev)
-            return None if returns else True
+            # the pass returning after a gap runs as a new branch (pass_returns): not ComfyUI's own step
+            return None if self.pass_returns(self.guidance_applies(ev)) else True
         return False if not any(plan.guided) else None
 
     def record_plain(self, ev: Evaluation, guided: bool) -> None:

@@ -63,6 +63,7 @@ def test_the_driver_says_when_the_pass_runs_again_after_evaluations_without_it()
     for step in range(len(wanted)):
         ev = Evaluation(step=step, first_of_step=True, sigma=1.0, batch_size=1, cond_scale=5.0)
         plain.append(driver.plain_step(ev))
-        driver.evaluate(ev, lambda run_uncond: (returns.append(driver.pass_returns), (torch.ones(1, 1), torch.zeros(1, 1)))[1])
+        driver.evaluate(ev, lambda run_uncond: (returns.append(driver.pass_returns(run_uncond)),
+                                             (torch.ones(1, 1), torch.zeros(1, 1)))[1])
     assert returns == [False, False, True, False, False, True, False, False, False, True]
     assert plain == [False, False, None, True, False, None, True, False, False, None]
