@@ -47,20 +47,6 @@ def model():
     return tiny_models.build_model("eps")
 
 
-def test_the_cache_really_answers_evaluations_itself(model):
-    _, calls = sample(lazy_cache(model))
-    assert 0 < len(calls) < STEPS
-
-
-@pytest.mark.parametrize("order", ["cache, then interval", "interval, then cache"])
-def test_a_schedule_that_guides_every_step_gives_the_caches_own_result(model, order):
-    stock, stock_calls = sample(lazy_cache(model))
-    patched = interval(lazy_cache(model)) if order.startswith("cache") else lazy_cache(interval(model))
-    out, calls = sample(patched)
-    assert torch.allclose(out, stock, rtol=1e-5, atol=1e-6)
-    assert [(t, c) for t, c, _ in calls] == [(t, c) for t, c, _ in stock_calls]
-
-
 @pytest.mark.parametrize("order", ["cache, then interval", "interval, then cache"])
 def test_under_the_cache_the_pass_runs_on_the_intervals_steps_only(model, order):
     lo, hi = 0.5, 4.0
@@ -106,15 +92,27 @@ def step_timesteps(model):
     return sigmas, [round(float(ms.timestep(torch.tensor([s]))), 3) for s in sigmas]
 
 
-def test_easy_cache_really_answers_evaluations_itself(wrapped_model):
-    _, calls = sample(easy_cache(wrapped_model))
+# each cache with the model it answers for: LazyCache wraps the prediction, EasyCache the diffusion model's forward
+CACHES = {"LazyCache": (lazy_cache, "model"), "EasyCache": (easy_cache, "wrapped_model")}
+
+
+@pytest.fixture(params=list(CACHES))
+def cache_and_model(request):
+    cache, model_fixture = CACHES[request.param]
+    return cache, request.getfixturevalue(model_fixture)
+
+
+def test_the_cache_really_answers_evaluations_itself(cache_and_model):
+    cache, model = cache_and_model
+    _, calls = sample(cache(model))
     assert 0 < len(calls) < STEPS
 
 
 @pytest.mark.parametrize("order", ["cache, then interval", "interval, then cache"])
-def test_under_easy_cache_a_schedule_that_guides_every_step_gives_the_caches_own_result(wrapped_model, order):
-    stock, stock_calls = sample(easy_cache(wrapped_model))
-    patched = interval(easy_cache(wrapped_model)) if order.startswith("cache") else easy_cache(interval(wrapped_model))
+def test_a_schedule_that_guides_every_step_gives_the_caches_own_result(cache_and_model, order):
+    cache, model = cache_and_model
+    stock, stock_calls = sample(cache(model))
+    patched = interval(cache(model)) if order.startswith("cache") else cache(interval(model))
     out, calls = sample(patched)
     assert torch.allclose(out, stock, rtol=1e-5, atol=1e-6)
     assert [(t, c) for t, c, _ in calls] == [(t, c) for t, c, _ in stock_calls]
