@@ -52,6 +52,7 @@ class FakeComfy:
         self.image = png()
         self.loop = asyncio.new_event_loop()
         self.awake = None  # asyncio.Event in its loop: cleared while it hangs
+        self.hang_at_prompt = False
         self.runner = None
         ready = threading.Event()
         self.thread = threading.Thread(target=self._serve, args=(ready,), daemon=True)
@@ -63,6 +64,10 @@ class FakeComfy:
     def hang(self):
         """It stops answering: requests and pings wait, the prompt running stops where it is."""
         self.loop.call_soon_threadsafe(self.awake.clear)
+
+    def hang_at_next_prompt(self):
+        """It hangs as the next prompt is posted to it: that request gets no answer (a hang mid-request)."""
+        self.hang_at_prompt = True
 
     def wake(self):
         self.loop.call_soon_threadsafe(self.awake.set)
@@ -112,12 +117,17 @@ class FakeComfy:
             web.post("/interrupt", self._interrupt), web.get("/history/{prompt_id}", self._history),
             web.get("/object_info/{node_class}", self._object_info), web.get("/view", self._view),
             web.get("/guidance_schedules/runs", self._records), web.get("/ws", self._ws)])
-        self.runner = web.AppRunner(app, handle_signals=False)
+        # a drop cuts its connections at once, as the network's failure does: aiohttp's shutdown would wait (60 s)
+        # for the handlers to end, and a websocket's handler ends only when the sweep's side closes it
+        self.runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.05)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True).start()
 
     @web.middleware
     async def _slow_and_hung(self, request, handler):
+        if self.hang_at_prompt and request.path == "/prompt":
+            self.hang_at_prompt = False
+            self.awake.clear()
         await self.awake.wait()
         if self.latency:
             await asyncio.sleep(self.latency)

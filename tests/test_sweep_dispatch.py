@@ -92,17 +92,28 @@ def test_a_grid_over_slow_and_fast_links_runs_each_run_once_on_every_server(swee
 def test_a_server_that_hangs_gives_its_runs_to_the_others(sweep, servers, tmp_path):
     hung, *others = servers(3, run_seconds=0.1)
     command = Command(sweep, tmp_path, [hung, *others], "--grace", "0.3", "--heartbeat", "1")
-    hung.started.wait(10)
+    assert hung.started.wait(10)
     hung.hang()  # mid-run: that run and the one waiting behind it never finish there
-    assert command.wait() == 0
+    # noticed within 1.5 heartbeats, its runs given away after the grace and run in about a second: the sweep
+    # ends well within 8 s (closing the connection to the hung server once waited 10 s for its close frame)
+    assert command.wait(timeout=8) == 0
     each_run_once([hung, *others], command.out)
     assert len(hung.executed) == 0
+
+
+def test_a_server_that_hangs_as_runs_are_queued_on_it_is_noticed_at_once(sweep, servers, tmp_path):
+    hung, *others = servers(3, run_seconds=0.1)
+    command = Command(sweep, tmp_path, [hung, *others], "--grace", "0.3", "--heartbeat", "1")
+    assert hung.started.wait(10)
+    hung.hang_at_next_prompt()  # the POST of the next run it is given gets no answer
+    assert command.wait(timeout=8) == 0  # as above: noticed within 1.5 heartbeats
+    each_run_once([hung, *others], command.out)
 
 
 def test_a_server_off_the_network_finishes_its_run_and_is_used_again_once_back(sweep, servers, tmp_path):
     away, other = servers(2, run_seconds=0.15)
     command = Command(sweep, tmp_path, [away, other])
-    away.started.wait(10)
+    assert away.started.wait(10)
     away.drop()  # within the grace (5 s): its runs stay its own, its queue goes on running
     wait_for(lambda: len(other.executed) >= 2)
     given = away.accepted

@@ -126,8 +126,12 @@ class Dispatch:
             # by reading the server's queue (check).
             server.api.client_id = uuid.uuid4().hex
             try:
-                # bounded: a hung server (or proxy) accepts the connection and never answers
-                ws = await asyncio.wait_for(server.api.session.ws_connect(server.api.ws_url, heartbeat=self.heartbeat), 10)
+                # bounded: a hung server (or proxy) accepts the connection and never answers; and closing the
+                # connection to one that stopped answering waits for its close frame no longer than for any answer
+                # (aiohttp's own bound is 10 s, by which a hung server would be noticed late)
+                ws = await asyncio.wait_for(server.api.session.ws_connect(
+                    server.api.ws_url, heartbeat=self.heartbeat,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=server.api.answer_within)), 10)
                 async with ws:
                     server.connected = True
                     await self.catch_up(server)
