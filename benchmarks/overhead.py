@@ -16,14 +16,21 @@ compared with:
 - annealing against stock CFG++ (euler_cfg_pp), with a random network of the released network's
   configuration (its cost does not depend on its weights).
 
+With --floors, diagnostic rows that say what no implementation of a method can go below here: a
+PREDICT_NOISE wrapper that does nothing but call on (the least any pack that patches sampling adds),
+and AG and annealing with their per-step measurements taken out (AG's similarity, annealing's norm
+and network replaced by constants: images are not theirs; only the time counts).
+
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/overhead.py                 # batch 1 and 4
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/overhead.py --batch 1 --steps 100 --repeats 3
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/overhead.py --batch 1 --floors
 
 Not a test: it asserts nothing about time. The targets (issue 26) are read off its table.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -156,31 +163,66 @@ def rows_for(model, pos, neg, latent, steps, folder):
     return rows
 
 
-def measure(batch, steps, repeats, size, folder):
+@contextlib.contextmanager
+def replaced(owner, name, value):
+    """owner.name is value for the duration (a diagnostic row's measurement taken out)."""
+    kept = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, kept)
+
+
+def floor_rows(model, rows):
+    """Diagnostic rows (name, model, cfg, sampler, stock row, context): what is left of a method's cost without
+    its per-step measurement, and a wrapper that does nothing. The contexts replace the measurement for their
+    row's runs only."""
+    from comfy.patcher_extension import WrappersMP
+    from guidance_schedules.samplers.adaptive import AdaptiveSchedule
+    from guidance_schedules.samplers.annealing import AnnealingSchedule
+    from guidance_schedules.samplers.schedule import Guidance
+    nothing = model.clone()
+    nothing.add_wrapper_with_key(WrappersMP.PREDICT_NOISE, "overhead_floor", lambda executor, *a, **k: executor(*a, **k))
+    by_name = {row[0]: row for row in rows}
+    ag, annealing = by_name["AG never stopping"], by_name["annealing 0.4 (euler_cfg_pp)"]
+    return [
+        ("floor: a PREDICT_NOISE wrapper doing nothing", nothing, CFG, "euler", "stock CFG", contextlib.nullcontext),
+        ("floor: AG never stopping, no similarity", *ag[1:5], lambda: replaced(
+            AdaptiveSchedule, "similarity_of", lambda self, ev, cond, uncond: [0.0] * ev.batch_size)),
+        ("floor: annealing, no norm or network", *annealing[1:5], lambda: replaced(
+            AnnealingSchedule, "guide", lambda self, ev, cond, uncond, candidates: Guidance(1.0, candidates))),
+    ]
+
+
+def measure(batch, steps, repeats, size, folder, floors=False):
     import torch
     import nodes
     model, pos, neg = negligible_model()
     latent = {"samples": torch.zeros(batch, 4, size, size)}
-    rows = rows_for(model, pos, neg, latent, steps, folder)
+    rows = [(*row, contextlib.nullcontext) for row in rows_for(model, pos, neg, latent, steps, folder)]
+    if floors:
+        rows += floor_rows(model, rows)
 
-    def run(m, cfg, sampler):
-        start = time.perf_counter()
-        nodes.KSampler().sample(m, 0, steps, cfg, sampler, "karras", pos, neg, latent, 1.0)
-        return (time.perf_counter() - start) / steps * 1e6
+    def run(m, cfg, sampler, context):
+        with context():
+            start = time.perf_counter()
+            nodes.KSampler().sample(m, 0, steps, cfg, sampler, "karras", pos, neg, latent, 1.0)
+            return (time.perf_counter() - start) / steps * 1e6
 
-    for name, m, cfg, sampler, _ in rows:  # warm-up
-        run(m, cfg, sampler)
+    for name, *row in rows:  # warm-up
+        run(*row[:3], row[4])
     times = {name: [] for name, *_ in rows}
     for _ in range(repeats):  # interleaved: drift of the machine hits every row alike
-        for name, m, cfg, sampler, _ in rows:
-            times[name].append(run(m, cfg, sampler))
+        for name, *row in rows:
+            times[name].append(run(*row[:3], row[4]))
     return rows, times
 
 
 def print_table(rows, times, batch):
     print(f"\n| batch {batch}: method | us per step, median (min-max) | vs its stock row |")
     print("|---|---|---|")
-    for name, _, _, _, base in rows:
+    for name, _, _, _, base, *_ in rows:
         t = times[name]
         med = statistics.median(t)
         ratio = "-" if name == base else f"{med / statistics.median(times[base]):.2f}x"
@@ -193,6 +235,8 @@ def main():
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--size", type=int, default=16, help="latent side (4 x size x size)")
+    parser.add_argument("--floors", action="store_true",
+                        help="add diagnostic rows: a wrapper doing nothing, AG and annealing without their measurements")
     args = parser.parse_args()
     standalone.import_comfyui(cpu=True, progress_bars=False)
     import logging
@@ -207,7 +251,7 @@ def main():
           f"{args.steps} steps, cfg {CFG}, {args.repeats} interleaved runs")
     with tempfile.TemporaryDirectory(prefix="gs-overhead-") as folder:  # the files the rows read
         for batch in args.batch or [1, 4]:
-            rows, times = measure(batch, args.steps, args.repeats, args.size, folder)
+            rows, times = measure(batch, args.steps, args.repeats, args.size, folder, args.floors)
             print_table(rows, times, batch)
 
 
