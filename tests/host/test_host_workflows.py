@@ -255,3 +255,78 @@ def test_the_frontend_lists_every_template_in_reading_order():
     assert sorted(order) == sorted(p.stem for p in UI_FILES)
     assert len(order) == len(set(order))
     assert order[0].startswith("Guidance interval") and "calibration" not in order[0]
+
+
+# --- the image examples run as a user queues them, with only the weights stood in ------------------------------
+# The test pack's tiny model (tests/helper_pack) stands in for the checkpoint's MODEL and its text encoder's
+# CONDITIONING, and its latent-to-image for the VAE's decoding; every other node, setting and link is the example's
+# own (its sampler, scheduler, steps, the pack's node, the plot, SaveImage), on a small latent. The examples that
+# need more weights than a checkpoint are not here: annealing's (the SDXL network refuses another model),
+# the trainer's and the calibration's (files written; their own API tests: test_host_annealing_training.py,
+# test_host_adaptive.py) and Wan 2.2's (three model files; its sampling: test_host_every_model.py).
+API = WORKFLOWS / "api"
+IMAGE_EXAMPLES = {  # the API workflow -> the method its run record names
+    "guidance_interval_patch_sdxl": "interval", "guidance_interval_guider_sdxl": "interval",
+    "guidance_interval_perpneg_sdxl": "interval", "adaptive_guidance_patch_sdxl": "adaptive",
+    "adaptive_guidance_guider_sdxl": "adaptive"}
+QUICK_START = "guidance_interval_patch_sdxl"  # the README's Quick start: "Guidance interval with KSampler (SDXL)"
+
+
+def with_weights_stood_in(prompt: dict) -> dict:
+    prompt = json.loads(json.dumps(prompt))
+    (checkpoint,) = [k for k, v in prompt.items() if v["class_type"] == "CheckpointLoaderSimple"]
+    prompt[checkpoint] = {"class_type": "GSTestTinyModel", "inputs": {"model_type": "eps"}}
+    # the tiny model's positive and negative conditioning for the example's prompts (an empty prompt: the negative)
+    texts = {k: [checkpoint, 1 if v["_meta"]["title"] == "Positive prompt" else 2]
+             for k, v in prompt.items() if v["class_type"] == "CLIPTextEncode"}
+    for k in texts:
+        del prompt[k]
+    for node in prompt.values():
+        node["inputs"] = {name: texts.get(value[0], value) if isinstance(value, list) and value[1] == 0 else value
+                          for name, value in node["inputs"].items()}
+        if node["class_type"] == "VAEDecode":
+            node.update(class_type="GSTestLatentToImage", inputs={"samples": node["inputs"]["samples"]})
+        if node["class_type"] == "EmptyLatentImage":
+            node["inputs"].update(width=64, height=64)
+    return prompt
+
+
+def sampling_node(prompt: dict) -> dict:
+    (node,) = [v for v in prompt.values() if v["class_type"] in ("KSampler", "SamplerCustomAdvanced")]
+    return node
+
+
+@pytest.mark.parametrize("name", IMAGE_EXAMPLES)
+def test_an_image_example_runs_to_its_image_and_plot_with_only_the_weights_stood_in(comfy_server, name):
+    example = json.loads((API / f"{name}.json").read_text())
+    history = comfy_server.run_prompt(with_weights_stood_in(example))
+    assert history["status"]["status_str"] == "success", history["status"]
+    for node_id, node in example.items():
+        if node["class_type"] in ("SaveImage", "PreviewImage"):  # the image, and the plot where the example has one
+            (image,) = history["outputs"][node_id]["images"]
+            assert (comfy_server.base / image["type"] / image["subfolder"] / image["filename"]).is_file(), image
+            if node["class_type"] == "SaveImage":
+                assert image["filename"].startswith(node["inputs"]["filename_prefix"].rsplit("/", 1)[-1])
+    prompt_id = history["prompt"][1]
+    records = comfy_server.get(f"/guidance_schedules/runs?prompt_id={prompt_id}")
+    assert [record["method"] for record in records] == [IMAGE_EXAMPLES[name]]
+
+
+def test_the_quick_start_skips_the_negative_pass_where_its_sigma_is_outside_the_interval(comfy_server):
+    """The Quick start's KSampler (dpmpp_2m, karras, 32 steps: one model evaluation per step, at the step's
+    sigma) runs the negative pass exactly at the steps whose sigma is in (sigma_lo, sigma_hi], counted on the
+    sigmas ComfyUI itself makes for the model."""
+    import comfy.samplers
+    import tiny_models
+    example = json.loads((API / f"{QUICK_START}.json").read_text())
+    sampler = sampling_node(example)["inputs"]
+    (patch,) = [v["inputs"] for v in example.values() if v["class_type"] == "GuidanceIntervalPatch"]
+    assert (sampler["sampler_name"], sampler["scheduler"]) == ("dpmpp_2m", "karras")
+    sigmas = comfy.samplers.calculate_sigmas(tiny_models.build_model("eps").get_model_object("model_sampling"),
+                                             "karras", sampler["steps"]).tolist()
+    guided = sum(patch["sigma_lo"] < s <= patch["sigma_hi"] for s in sigmas[:-1])
+    assert 0 < guided < sampler["steps"]
+    history = comfy_server.run_prompt(with_weights_stood_in(example))
+    assert history["status"]["status_str"] == "success", history["status"]
+    (record,) = comfy_server.get(f"/guidance_schedules/runs?prompt_id={history['prompt'][1]}")
+    assert (record["evaluations"], record["uncond_evaluations"]) == (sampler["steps"], guided)
