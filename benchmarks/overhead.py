@@ -210,19 +210,19 @@ def measure(batch, steps, repeats, size, folder, floors=False):
             nodes.KSampler().sample(m, 0, steps, cfg, sampler, "karras", pos, neg, latent, 1.0)
             return (time.perf_counter() - start) / steps * 1e6
 
-    for name, *row in rows:  # warm-up
-        run(*row[:3], row[4])
+    for name, m, cfg, sampler, _, context in rows:  # warm-up
+        run(m, cfg, sampler, context)
     times = {name: [] for name, *_ in rows}
     for _ in range(repeats):  # interleaved: drift of the machine hits every row alike
-        for name, *row in rows:
-            times[name].append(run(*row[:3], row[4]))
+        for name, m, cfg, sampler, _, context in rows:
+            times[name].append(run(m, cfg, sampler, context))
     return rows, times
 
 
 def print_table(rows, times, batch):
     print(f"\n| batch {batch}: method | us per step, median (min-max) | vs its stock row |")
     print("|---|---|---|")
-    for name, _, _, _, base, *_ in rows:
+    for name, _, _, _, base, _ in rows:
         t = times[name]
         med = statistics.median(t)
         ratio = "-" if name == base else f"{med / statistics.median(times[base]):.2f}x"
