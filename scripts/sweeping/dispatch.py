@@ -54,7 +54,8 @@ class Dispatch:
     it holds is checked against its own queue and history: finished runs are collected, runs it lost (a
     restart) wait again, and runs it was relieved of are taken back if no other server has them yet, or
     else taken off its queue. A run is therefore run twice only when a server that had it running came
-    back after the others had started it. While it answers, its events tell when a run ends, and its queue
+    back after the others had started it, or when a server that was frozen (not restarted) starts the next
+    run of its queue as it resumes, before the sweep can take it off. While it answers, its events tell when a run ends, and its queue
     is read every QUEUE_CHECK_SECONDS as well, for the ends whose events did not come (see serve)."""
 
     def __init__(self, servers: list[ServerState], runs: list[Run], out: Path, axes: list[Axis], *, depth: int,

@@ -318,7 +318,9 @@ def test_a_server_back_while_its_run_is_on_its_way_to_another_leaves_it_to_that_
     """B stops and its two runs go back in line; A, behind a link that now holds each queued prompt 6 s, takes
     them as its own runs end, and B answers again while they are still on their way to A. B leaves them to
     A (they are out of the line: taking them back would take them out twice) and the sweep goes on; only
-    the run B was running when it stopped runs twice (B finishes it too)."""
+    the run B was running when it stopped runs twice (B finishes it too). The gate is closed again before B
+    resumes and opened once B answers: else B, resumed, ends its run at once and starts the next of its queue
+    before the sweep can speak to it (a race of the servers', not the sweep's)."""
     a, b, _, _ = servers
     out = tmp_path / "sending"
     gate.touch()
@@ -334,11 +336,13 @@ def test_a_server_back_while_its_run_is_on_its_way_to_another_leaves_it_to_that_
             link_to_a.delays["POST /prompt"] = 6.0
             gate.unlink()  # A's runs end; it takes the waiting ones, on their way for 6 s
             wait_for(lambda: link_to_a.holding, "A taking a run of B's", timeout=60)
+            gate.touch()  # B's run held when it resumes, until the sweep has caught up with B
         finally:
             b.proc.send_signal(signal.SIGCONT)
         wait_for(lambda: sweep.said(f"{b.url} answers again", back) or sweep.process.poll() is not None,
                  "B answering again", timeout=60)
         back_at = time.monotonic()
+        gate.unlink()
         link_to_a.delays.clear()
         returncode, stderr = sweep.wait()
     assert returncode == 0, stderr
