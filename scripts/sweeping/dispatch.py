@@ -55,8 +55,9 @@ class Dispatch:
     restart) wait again, and runs it was relieved of are taken back if no other server has them yet, or
     else taken off its queue. A run is therefore run twice only when a server that had it running came
     back after the others had started it, or when a server that was frozen (not restarted) starts the next
-    run of its queue as it resumes, before the sweep can take it off. While it answers, its events tell when a run ends, and its queue
-    is read every QUEUE_CHECK_SECONDS as well, for the ends whose events did not come (see serve)."""
+    run of its queue as it resumes, before the sweep can take it off. While it answers, its events tell when a
+    run ends, and its queue is read every QUEUE_CHECK_SECONDS as well, for the ends whose events did not come
+    (see serve)."""
 
     def __init__(self, servers: list[ServerState], runs: list[Run], out: Path, axes: list[Axis], *, depth: int,
                  grace: float, patience: float, heartbeat: float, progress, earlier: list[dict] = ()):
@@ -127,12 +128,8 @@ class Dispatch:
             # by reading the server's queue (check).
             server.api.client_id = uuid.uuid4().hex
             try:
-                # bounded: a hung server (or proxy) accepts the connection and never answers; and closing the
-                # connection to one that stopped answering waits for its close frame no longer than for any answer
-                # (aiohttp's own bound is 10 s, by which a hung server would be noticed late)
-                ws = await asyncio.wait_for(server.api.session.ws_connect(
-                    server.api.ws_url, heartbeat=self.heartbeat,
-                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=server.api.answer_within)), 10)
+                # bounded: a hung server (or proxy) accepts the connection and never answers
+                ws = await asyncio.wait_for(server.api.session.ws_connect(server.api.ws_url, heartbeat=self.heartbeat), 10)
                 async with ws:
                     server.connected = True
                     await self.catch_up(server)
