@@ -261,10 +261,11 @@ class ScheduleDriver:
                                 scale_argument(weights, guided, cond), ran_uncond, guided)
 
     def pass_returns(self, run_uncond: bool) -> bool:
-        """Whether the pass, if run now, runs again after evaluations without it (asked before the evaluation is
-        recorded, e.g. from within `evaluate`'s predict). The glue runs such a pass as a new branch: a cache that
-        keeps a difference per branch (EasyCache) holds one from before the gap, and would apply that stale
-        difference in place of the pass."""
+        """Whether the pass, if run now, follows evaluations without it: it starts mid-run (the interval's first
+        step) or comes back (LinearAG's real step after an estimated one). Asked before the evaluation is recorded,
+        e.g. from within `evaluate`'s predict. The glue runs such a pass as a new branch: a cache that keeps a
+        difference per branch (EasyCache) may hold one from before the gap, and would apply that stale difference
+        in place of the pass."""
         return run_uncond and self.last_ran_uncond is False
 
     def plain_step(self, ev: Evaluation) -> bool | None:
